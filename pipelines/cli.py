@@ -1,0 +1,109 @@
+"""`study`: the command line. Every command takes --preset, --run and --set section.key=value.
+
+  study config   [--preset P] [--set ...]        print the resolved config and derived values
+  study ingest   [--preset P] [--run R] [...]    real web pages -> document shards
+  study tokenize [--preset P] [--run R] [...]    document shards -> llm.c token shards
+  study run      [--preset P] [--run R] [...]    every stage built so far, in order
+  study status   RUN [--preset P]                done / stale / incomplete / missing per stage
+  study assets                                   offline assets (GPT-2 BPE) into their caches
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from pipelines.config import StudyConfig, dump_yaml, list_presets, load_config
+from pipelines.errors import StudyError
+from pipelines.manifest import STAGES, Run, format_table
+
+
+def print_start(cfg: StudyConfig, run: Run) -> None:
+    print(f"study: preset {cfg.preset}, run {run.name} -> {run.root}")
+    for k, v in cfg.derived().items():
+        print(f"  {k} = {v}")
+
+
+def run_stages(cfg: StudyConfig, run_name: str | None, stages: list[str], force: bool = False) -> dict[str, dict]:
+    run = Run(cfg, run_name)
+    print_start(cfg, run)
+    out = {}
+    for stage in stages:
+        out[stage] = run.execute(stage, force=force)
+    print(format_table(run.status_rows()))
+    return out
+
+
+def _common(p: argparse.ArgumentParser, run: bool = True) -> None:
+    p.add_argument("--preset", default="smoke", help=f"preset name ({', '.join(list_presets())}) or YAML path")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config value (repeatable), e.g. --set ingest.max_documents=500")
+    if run:
+        p.add_argument("--run", default=None, help="run name: results/<run>/ (default: the preset's name)")
+        p.add_argument("--force", action="store_true", help="rerun the stage even if it is done")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="study", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="command", required=True)
+    _common(sub.add_parser("config", help="print the resolved config and derived values"), run=False)
+    for stage in STAGES:
+        _common(sub.add_parser(stage, help=f"run the {stage} stage"))
+    _common(sub.add_parser("run", help="run every stage in order (complete stages are skipped)"))
+    st = sub.add_parser("status", help="table of stages of a run")
+    st.add_argument("run")
+    st.add_argument("--preset", default=None, help="compare against this preset instead of the run's last config")
+    st.add_argument("--set", dest="overrides", action="append", default=[])
+    st.add_argument("--results-dir", default=None, help="where runs live (default: the config's results_dir)")
+    sub.add_parser("assets", help="fetch offline assets (GPT-2 BPE ranks) into their caches")
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "assets":
+            from pipelines.tokenizer import ensure_gpt2_bpe
+
+            print(f"GPT-2 BPE: {ensure_gpt2_bpe()}")
+            return 0
+        if args.command == "status":
+            return _status(args)
+        cfg = load_config(args.preset, args.overrides)
+        if args.command == "config":
+            print(dump_yaml(cfg), end="")
+            print("# derived")
+            for k, v in cfg.derived().items():
+                print(f"#   {k} = {v}")
+            return 0
+        stages = list(STAGES) if args.command == "run" else [args.command]
+        run_stages(cfg, args.run, stages, force=args.force)
+        return 0
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: the stage has no manifest and will rerun (resumable stages continue)", file=sys.stderr)
+        return 130
+
+
+def _status(args: argparse.Namespace) -> int:
+    if args.preset:
+        cfg = load_config(args.preset, args.overrides)
+    else:
+        results = Path(args.results_dir or "results")
+        saved = results / args.run / "config.yaml"
+        if not saved.exists():
+            raise StudyError(f"no run at {results / args.run} (no config.yaml); runs: "
+                             f"{', '.join(sorted(p.name for p in results.glob('*') if p.is_dir())) or 'none'}")
+        cfg = load_config(str(saved), args.overrides)
+    if args.results_dir:
+        cfg = cfg.model_copy(update={"results_dir": args.results_dir})
+    run = Run(cfg, args.run)
+    print(f"run {run.name} ({run.root}), preset {cfg.preset}")
+    print(format_table(run.status_rows()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
