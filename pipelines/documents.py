@@ -66,8 +66,13 @@ class DropLog:
         text = example.get("text")
         if isinstance(text, str) and len(text) > EXAMPLE_CHARS:
             example = {**example, "text": text[:EXAMPLE_CHARS], "text_chars": len(text), "truncated": True}
-        json.dump({"dropped_reason": reason, **example}, f, ensure_ascii=False, default=repr)
-        f.write("\n")
+        record = {"dropped_reason": reason, **example}
+        line = json.dumps(record, ensure_ascii=False, default=repr)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates: keep them as \ud800 escapes
+            line = json.dumps(record, ensure_ascii=True, default=repr)
+        f.write(line + "\n")
 
     def close(self) -> None:
         for f in self._files.values():

@@ -1,0 +1,127 @@
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from pipelines.cli import main, run_stages
+from pipelines.errors import StudyError
+from pipelines.manifest import Run
+
+
+def test_complete_stages_are_skipped_and_changes_propagate_downstream(ci_config, capsys):
+    cfg = ci_config()
+    run_stages(cfg, "r", ["ingest", "tokenize"])
+    run = Run(cfg, "r")
+    assert [run.state(s).status for s in ("ingest", "tokenize")] == ["done", "done"]
+    m_ingest = run.manifest_path("ingest").stat().st_mtime_ns
+    m_tok = run.manifest_path("tokenize").stat().st_mtime_ns
+
+    capsys.readouterr()
+    run_stages(cfg, "r", ["ingest", "tokenize"])
+    out = capsys.readouterr().out
+    assert "[ingest] done" in out and "skipped" in out
+    assert run.manifest_path("ingest").stat().st_mtime_ns == m_ingest
+    assert run.manifest_path("tokenize").stat().st_mtime_ns == m_tok
+
+    # a change to tokenize leaves ingest done
+    cfg_tok = ci_config("tokenize.shard_tokens=50000")
+    r2 = Run(cfg_tok, "r")
+    assert r2.state("ingest").status == "done"
+    assert (r2.state("tokenize").status, r2.state("tokenize").reason) == ("stale", "config changed")
+
+    # a change to ingest makes everything downstream stale
+    cfg_ing = ci_config("ingest.max_documents=120")
+    r3 = Run(cfg_ing, "r")
+    assert r3.state("ingest").status == "stale"
+    assert r3.state("tokenize").status == "stale"
+    assert "upstream `ingest`" in r3.state("tokenize").reason
+    with pytest.raises(StudyError, match="needs `ingest`.*study ingest"):
+        r3.execute("tokenize")
+
+    # rerunning ingest alone: tokenize's recorded input no longer matches
+    r3.execute("ingest")
+    assert r3.state("ingest").status == "done"
+    assert r3.state("tokenize").reason == "upstream `ingest` was rerun"
+    r3.execute("tokenize")
+    assert r3.state("tokenize").status == "done"
+    m = json.loads(r3.manifest_path("tokenize").read_text())
+    assert m["counts"]["documents"] == 120
+    assert m["inputs"]["ingest"]["config_hash"] == r3.stage_hash("ingest")
+
+
+def test_manifest_is_an_id_card(ci_config):
+    cfg = ci_config()
+    run_stages(cfg, "r", ["ingest", "tokenize"])
+    m = json.loads(Run(cfg, "r").manifest_path("tokenize").read_text())
+    for key in ("stage", "config", "config_hash", "inputs", "outputs", "counts", "timings", "versions", "git", "derived"):
+        assert key in m, key
+    assert m["status"] == "complete"
+    assert m["config"]["tokenize"]["shard_tokens"] == cfg.tokenize.shard_tokens
+    assert m["inputs"]["ingest"]["path"].endswith("ingest/manifest.json")
+    assert m["versions"]["tiktoken"]
+    assert m["derived"]["ingest.documents"] == cfg.ingest.max_documents
+
+
+def test_stage_killed_before_its_manifest_is_not_complete(ci_config):
+    cfg = ci_config()
+    run = Run(cfg, "r")
+
+    def dies_halfway(ctx):
+        (ctx.dir / "train").mkdir()
+        (ctx.dir / "train" / "train_00000.jsonl.gz").write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run.execute("ingest", dies_halfway)
+    st = run.state("ingest")
+    assert st.status == "incomplete"
+    # a temporary manifest left by a kill during the write is not a manifest either
+    (run.dir("ingest") / ".manifest.json.tmp-999").write_text('{"status": "complete"}')
+    assert run.state("ingest").status == "incomplete"
+    run.execute("ingest")
+    assert run.state("ingest").status == "done"
+    assert not (run.dir("ingest") / ".manifest.json.tmp-999").exists()  # fresh folder
+
+
+def test_sigkill_mid_stage_then_rerun(ci_config, tmp_path):
+    """A real kill -9 of `study ingest` in the middle of writing: the rerun starts clean."""
+    cfg = ci_config()
+    code = (
+        "import os, signal, sys\n"
+        "import pipelines.documents as d\n"
+        "orig = d.ShardedWriter._close_shard\n"
+        "def die(self):\n"
+        "    orig(self)\n"
+        "    os.kill(os.getpid(), signal.SIGKILL)\n"
+        "d.ShardedWriter._close_shard = die\n"
+        "from pipelines.cli import main\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = ["ingest", "--preset", "ci", "--run", "k", "--set", f"results_dir={cfg.results_dir}",
+            "--set", f"ingest.path={cfg.ingest.path}"]
+    p = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True)
+    assert p.returncode == -9
+    run = Run(cfg, "k")
+    assert any(run.dir("ingest").rglob("*.jsonl.gz"))  # it had written a shard
+    assert run.state("ingest").status == "incomplete"
+    assert main(args) == 0
+    m = run.read_manifest("ingest")
+    assert m["counts"]["documents"] == cfg.ingest.max_documents
+    assert sum(o["documents"] for o in m["outputs"]) == cfg.ingest.max_documents
+
+
+def test_status_command_prints_a_table(ci_config, capsys):
+    cfg = ci_config()
+    run_stages(cfg, "r", ["ingest"])
+    capsys.readouterr()
+    assert main(["status", "r", "--results-dir", cfg.results_dir]) == 0
+    out = capsys.readouterr().out
+    lines = {l.split()[0]: l.split()[1] for l in out.splitlines()[2:] if l and not l.startswith("-")}
+    assert lines["ingest"] == "done" and lines["tokenize"] == "missing"
+    # against a changed config, ingest shows as stale
+    assert main(["status", "r", "--results-dir", cfg.results_dir, "--preset", "ci",
+                 "--set", f"ingest.path={cfg.ingest.path}", "--set", "ingest.max_documents=5"]) == 0
+    assert "stale" in capsys.readouterr().out
+    assert main(["status", "nope", "--results-dir", cfg.results_dir]) == 2
