@@ -49,7 +49,14 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("config", help="print the resolved config and derived values"), run=False)
     for stage in STAGES:
         _common(sub.add_parser(stage, help=f"run the {stage} stage"))
-    _common(sub.add_parser("run", help="run every stage in order (complete stages are skipped)"))
+    rp = sub.add_parser("run", help="execute the stage notebooks in order with papermill (complete stages are skipped)")
+    _common(rp)
+    rp.add_argument("--direct", action="store_true", help="run the stages without the notebooks")
+    sw = sub.add_parser("sweep", help="run a grid of overrides (sweeps/<name>.yaml), sharing upstream stages")
+    sw.add_argument("file")
+    sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
+    sw.add_argument("--jobs", type=int, default=None, help="points run at a time (default: the sweep's `jobs`)")
+    sw.add_argument("--direct", action="store_true", help="run the stages without the notebooks")
     st = sub.add_parser("status", help="table of stages of a run")
     st.add_argument("run")
     st.add_argument("--preset", default=None, help="compare against this preset instead of the run's last config")
@@ -69,12 +76,26 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "status":
             return _status(args)
+        if args.command == "sweep":
+            from pipelines.sweep import run_sweep
+
+            run_sweep(args.file, args.overrides, jobs=args.jobs, notebooks=False if args.direct else None)
+            return 0
         cfg = load_config(args.preset, args.overrides)
         if args.command == "config":
             print(dump_yaml(cfg), end="")
             print("# derived")
             for k, v in cfg.derived().items():
                 print(f"#   {k} = {v}")
+            return 0
+        if args.command == "run" and not args.direct:
+            from pipelines.notebooks import run_notebooks
+
+            run = Run(cfg, args.run)
+            print_start(cfg, run)
+            for r in run_notebooks(cfg, run.name, args.overrides, preset=args.preset):
+                print(f"[run] {r['notebook']}: {r['seconds']} s")
+            print(format_table(run.status_rows()))
             return 0
         stages = list(STAGES) if args.command == "run" else [args.command]
         run_stages(cfg, args.run, stages, force=args.force)

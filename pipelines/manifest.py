@@ -38,6 +38,7 @@ class StageSpec:
     inputs: tuple[str, ...] = ()  # upstream stages
     resumable: bool = False  # keeps its folder on rerun and skips work already written
     command: str = ""  # the CLI command that runs it
+    inputs_from: str | None = None  # "section.property" of the config naming more upstream stages
 
     def load(self) -> Callable[["StageContext"], dict]:
         module, func = self.runner.split(":")
@@ -48,6 +49,18 @@ class StageSpec:
 STAGES: dict[str, StageSpec] = {
     "ingest": StageSpec("pipelines.ingest:run", ("ingest",), command="study ingest"),
     "tokenize": StageSpec("pipelines.tokenize:run", ("tokenize",), ("ingest",), command="study tokenize"),
+    "prompts": StageSpec("pipelines.prompts:run", ("prompts",), ("ingest",), command="study prompts"),
+    "generate": StageSpec("pipelines.generate:run", ("generate",), ("prompts",), resumable=True,
+                          command="study generate"),
+    "mix": StageSpec("pipelines.mix:run", ("mix",), ("ingest",), inputs_from="mix.source_stages",
+                     command="study mix"),
+    # one llm.c-format run per shard set; resumable: a rerun continues from the last DONE checkpoint
+    "train": StageSpec("pipelines.train.stage:run", ("train",), ("tokenize",), resumable=True,
+                       command="study train"),
+    # after train: its checkpoints (evaluate.trained) plus reference models; resumable: a finished
+    # (model, checkpoint) keeps its per-item results while its evaluation settings are unchanged
+    "evaluate": StageSpec("pipelines.evaluate:run", ("evaluate",), inputs_from="evaluate.upstream_stages",
+                          resumable=True, command="study evaluate"),
 }
 
 MANIFEST = "manifest.json"
@@ -137,6 +150,18 @@ class Run:
             return None
         return m if isinstance(m, dict) else None
 
+    def inputs(self, stage: str) -> tuple[str, ...]:
+        spec = STAGES[stage]
+        extra: tuple[str, ...] = ()
+        if spec.inputs_from:
+            section, prop = spec.inputs_from.split(".")
+            extra = tuple(getattr(getattr(self.config, section), prop))
+            unknown = [s for s in extra if s not in STAGES]
+            if unknown:
+                raise StudyError(f"[{stage}] {spec.inputs_from} names unknown stage(s) {unknown}; stages: "
+                                 f"{', '.join(STAGES)}")
+        return tuple(dict.fromkeys(spec.inputs + extra))
+
     def stage_config(self, stage: str) -> dict:
         spec = STAGES[stage]
         return {"seed": self.config.seed, **{s: getattr(self.config, s).model_dump(mode="json") for s in spec.sections}}
@@ -155,7 +180,7 @@ class Run:
                               "outputs without a complete manifest (killed or running)" if has_files else "")
         if m.get("config_hash") != self.stage_hash(stage):
             return StageState(stage, "stale", "config changed", m)
-        for dep in STAGES[stage].inputs:
+        for dep in self.inputs(stage):
             dep_state = self.state(dep)
             if dep_state.status != "done":
                 return StageState(stage, "stale", f"upstream `{dep}` is {dep_state.status}", m)
@@ -163,6 +188,23 @@ class Run:
             if recorded != file_sha256(self.manifest_path(dep)):
                 return StageState(stage, "stale", f"upstream `{dep}` was rerun", m)
         return StageState(stage, "done", "", m)
+
+    def find_donor(self, stage: str) -> "Run | None":
+        """A run of `config.share_with` where `stage` is done with this run's config hash and inputs
+        (sweeps share generation, annotation, ... this way instead of recomputing them)."""
+        mine = {dep: file_sha256(self.manifest_path(dep)) for dep in self.inputs(stage)
+                if self.manifest_path(dep).exists()}
+        if len(mine) != len(self.inputs(stage)):
+            return None
+        for name in self.config.share_with:
+            other = Run(self.config, name)
+            if name == self.name or other.dir(stage).is_symlink() and other.dir(stage).resolve() == self.dir(stage).resolve():
+                continue
+            st = other.state(stage)
+            if st.status == "done" and all(st.manifest["inputs"].get(dep, {}).get("sha256") == sha
+                                           for dep, sha in mine.items()):
+                return other
+        return None
 
     def save_config(self) -> None:
         """The config of the latest invocation: what `study status RUN` compares against."""
@@ -183,8 +225,21 @@ class Run:
             log(f"[{stage}] done, config {st.manifest['config_hash']}: skipped "
                 f"(use --force to rerun)")
             return st.manifest
+        d = self.dir(stage)
+        if d.is_symlink():  # a stage shared from another run that no longer fits: drop the link only
+            d.unlink()
+        elif st.status != "done":
+            donor = self.find_donor(stage)
+            if donor is not None:
+                self.save_config()
+                d.parent.mkdir(parents=True, exist_ok=True)
+                if d.exists():
+                    shutil.rmtree(d)
+                d.symlink_to(os.path.relpath(donor.dir(stage), d.parent), target_is_directory=True)
+                log(f"[{stage}] done in run `{donor.name}` with the same config and inputs: shared (symlink)")
+                return self.read_manifest(stage)
         inputs = {}
-        for dep in STAGES[stage].inputs:
+        for dep in self.inputs(stage):
             dep_state = self.state(dep)
             if dep_state.status != "done":
                 raise StudyError(
@@ -196,7 +251,6 @@ class Run:
         spec = STAGES[stage]
         fn = fn or spec.load()
         self.save_config()
-        d = self.dir(stage)
         # the manifest goes first, so a kill from here on never leaves a complete-looking stage
         self.manifest_path(stage).unlink(missing_ok=True)
         if not spec.resumable and d.exists():
@@ -219,7 +273,7 @@ class Run:
             "inputs": {
                 dep: {"path": str(self.manifest_path(dep)), "sha256": file_sha256(self.manifest_path(dep)),
                       "config_hash": inputs[dep].get("config_hash")}
-                for dep in STAGES[stage].inputs
+                for dep in self.inputs(stage)
             },
             **result,
             "timings": {"started": started.isoformat(timespec="seconds"),

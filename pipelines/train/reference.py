@@ -1,0 +1,444 @@
+"""The torch backend: train_gpt2cu's main loop in PyTorch on CPU, taking the same flag list.
+
+    python -m pipelines.train.reference [--seed 42] [--dtype fp32|bf16] [--threads N] <llm.c flags>
+
+It follows train_gpt2.cu step by step, so its output folder (`-o`) cannot be told apart from
+llm.c's: main.log (`s:%d trl:%.4f lr:%.6f norm:%.2f`, `s:%d tel:%.4f`, `s:%d eval:%.4f`),
+model_%08d.bin (v3 fp32, or v5 bf16 with --dtype bf16), state_%08d_00000.bin in llm.c's state
+layout (AdamW m and v, fp32 master weights when the model file is bf16, the loader's position
+and shuffle state) and an empty DONE_%08d once a checkpoint is complete. stdout prints llm.c's
+step lines (`step 1/20 | loss ... | 123 tok/s`), which the launcher turns into a progress bar.
+
+The loop, for step = first .. steps (the last pass only evaluates and checkpoints):
+  val loss every -v steps and at the end (-m batches of the val shards, from their start);
+  HellaSwag every -v steps (not at 0) and at the end, when -h 1 and the eval file exists;
+  a sample every -s steps (not at 0); a checkpoint every -n steps (not at 0) and at the end;
+  then grad_accum = -d / (B*T) micro-batches, grad norm, clip to 1.0, AdamW with llm.c's lr.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from pipelines.errors import StudyError
+from pipelines.model import GPT2, build_model, load_checkpoint, write_checkpoint
+from pipelines.train.data import MT_STATE_BYTES, MT19937, DataLoader, read_eval_file
+from pipelines.train.flags import LlmcArgs, parse_llmc_args
+from pipelines.train.hellaswag import LLMC_RELATIVE_PATH
+from pipelines.train.optim import AdamW, OutlierDetector, clip_scale, grad_norm, learning_rate
+from pipelines.train.shapes import DECAYED
+
+STATE_MAGIC = 20240527
+EOT = 50256
+
+
+# ---------------------------------------------------------------------------------------------
+# output folder: main.log, checkpoints, DONE files (llmc/logger.h, write_checkpoint)
+
+
+class Logger:
+    """main.log, appended line by line; wiped at start unless resuming (llm.c's logger_init)."""
+
+    def __init__(self, out: Path | None, resume: bool):
+        self.path = None if out is None else out / "main.log"
+        if self.path is not None and not resume:
+            self.path.write_text("")
+
+    def _write(self, line: str) -> None:
+        if self.path is not None:
+            with open(self.path, "a") as f:
+                f.write(line + "\n")
+
+    def train(self, step: int, loss: float, lr: float, norm: float) -> None:
+        self._write(f"s:{step} trl:{loss:.4f} lr:{lr:.6f} norm:{norm:.2f}")
+
+    def val(self, step: int, loss: float) -> None:
+        self._write(f"s:{step} tel:{loss:.4f}")
+
+    def eval(self, step: int, acc: float) -> None:
+        self._write(f"s:{step} eval:{acc:.4f}")
+
+
+def find_max_step(out: Path | None) -> int:
+    """The highest N of the DONE_N files in `out`, -1 if none (llm.c's find_max_step)."""
+    if out is None or not out.is_dir():
+        return -1
+    steps = [int(p.name[5:]) for p in out.glob("DONE_*") if p.name[5:].isdigit()]
+    return max(steps, default=-1)
+
+
+def _write_atomic(path: Path, chunks: list[bytes]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        for c in chunks:
+            f.write(c)
+    os.replace(tmp, path)
+
+
+def save_state(path: Path, step: int, opt: AdamW, loader: DataLoader, master: bool) -> None:
+    """llm.c's save_state layout for one process: header, m, v, [master weights], loader state."""
+    h = np.zeros(256, dtype="<i4")
+    h[:6] = (STATE_MAGIC, 1, 1, 0, int(master), int(loader.shuffle))
+    h[10] = step
+    h[30:34] = np.array([loader.shard_idx, loader.sample_idx], dtype="<u8").view("<i4")
+    flat = lambda ts: torch.cat([t.reshape(-1) for t in ts]).numpy().astype("<f4").tobytes()  # noqa: E731
+    chunks = [h.tobytes(), flat(opt.m), flat(opt.v)]
+    if master:
+        chunks.append(flat([p.detach() for p in opt.params]))
+    if loader.shuffle:
+        chunks += [np.array([len(loader.shard_indices)], "<u8").tobytes(), np.array(loader.shard_indices, "<i4").tobytes(),
+                   np.array([len(loader.intra)], "<u8").tobytes(), np.array(loader.intra, "<i4").tobytes(),
+                   loader.rng.to_bytes()]
+    _write_atomic(path, chunks)
+
+
+def load_state(path: Path, opt: AdamW, loader: DataLoader) -> int:
+    """Restore AdamW, (master) weights and the train loader from a state file; returns its step."""
+    raw = path.read_bytes()
+    h = np.frombuffer(raw[:1024], dtype="<i4")
+    if h[0] != STATE_MAGIC or h[1] != 1:
+        raise StudyError(f"{path}: not an llm.c state file (magic {h[0]}, version {h[1]})")
+    if h[2] != 1 or h[3] != 0:
+        raise StudyError(f"{path}: written by {h[2]} processes (rank {h[3]}); the torch backend resumes 1-process runs")
+    master, shuffle = bool(h[4]), bool(h[5])
+    if shuffle != loader.shuffle:
+        raise StudyError(f"{path}: loader shuffle={shuffle} in the state, {loader.shuffle} now (-a changed?)")
+    n = sum(p.numel() for p in opt.params)
+    pos = 1024
+
+    def floats(count: int) -> torch.Tensor:
+        nonlocal pos
+        t = torch.from_numpy(np.frombuffer(raw, "<f4", count, pos).copy())
+        pos += 4 * count
+        return t
+
+    def unflatten(flat: torch.Tensor, into: list[torch.Tensor]) -> None:
+        i = 0
+        for t in into:
+            t.copy_(flat[i : i + t.numel()].view_as(t))
+            i += t.numel()
+
+    with torch.no_grad():
+        unflatten(floats(n), opt.m)
+        unflatten(floats(n), opt.v)
+        if master:
+            unflatten(floats(n), [p.data for p in opt.params])
+    if shuffle:
+        nshards = int(np.frombuffer(raw, "<u8", 1, pos)[0])
+        if nshards != len(loader.files):
+            raise StudyError(f"{path}: {nshards} train shards in the state, {len(loader.files)} now: "
+                             f"the shards changed; start over (remove the output folder)")
+        loader.shard_indices = np.frombuffer(raw, "<i4", nshards, pos + 8).tolist()
+        pos += 8 + 4 * nshards
+        nsamples = int(np.frombuffer(raw, "<u8", 1, pos)[0])
+        loader.intra = np.frombuffer(raw, "<i4", nsamples, pos + 8).tolist()
+        pos += 8 + 4 * nsamples
+        loader.rng = MT19937.from_bytes(raw[pos : pos + MT_STATE_BYTES])
+    shard_idx, sample_idx = (int(x) for x in h[30:34].view("<u8"))
+    loader.resume(shard_idx, sample_idx)
+    return int(h[10])
+
+
+def write_llmc_checkpoint(out: Path, step: int, model: GPT2, opt: AdamW, loader: DataLoader, dtype: str,
+                          master: bool) -> None:
+    """model_%08d.bin, state_%08d_00000.bin, then the empty DONE_%08d (the checkpoint is complete)."""
+    print(f"Writing checkpoint at step {step}", flush=True)
+    write_checkpoint(model, out / f"model_{step:08d}.bin", dtype=dtype)
+    save_state(out / f"state_{step:08d}_00000.bin", step, opt, loader, master)
+    (out / f"DONE_{step:08d}").touch()
+
+
+def delete_checkpoint(out: Path, step: int) -> None:
+    print(f"Deleting checkpoint at step {step}", flush=True)
+    for name in (f"model_{step:08d}.bin", f"state_{step:08d}_00000.bin", f"DONE_{step:08d}"):
+        (out / name).unlink(missing_ok=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation and sampling
+
+
+@torch.no_grad()
+def val_loss(model: GPT2, loader: DataLoader, steps: int) -> float:
+    loader.reset()
+    total = 0.0
+    for _ in range(steps):
+        x, y = loader.next_batch()
+        total += float(model(torch.from_numpy(x), torch.from_numpy(y))[1])
+    return total / steps
+
+
+@torch.no_grad()
+def hellaswag_correct(model: GPT2, examples, B: int) -> int:
+    """llm.c's EvalLoader + evalloader_stat_losses: B // 4 examples per batch; an ending's score is
+    its mean token loss; the lowest wins (the first on ties). Rows are cut to the longest row of the
+    batch instead of T: attention is causal, so the losses are the same."""
+    per_batch, correct = B // 4, 0
+    for i in range(0, len(examples), per_batch):
+        chunk = examples[i : i + per_batch]
+        rows = [ex.context + e for ex in chunk for e in ex.endings]
+        idx = torch.zeros(len(rows), max(map(len, rows)), dtype=torch.long)
+        for r, row in enumerate(rows):
+            idx[r, : len(row)] = torch.tensor(row)
+        h = model.hidden(idx)  # (rows, L, C)
+        # ending token j of a row is predicted at position len(context) - 1 + j
+        pos = [(r, len(ex.context) - 1 + j) for k, ex in enumerate(chunk) for c, e in enumerate(ex.endings)
+               for r in [4 * k + c] for j in range(len(e))]
+        rr, pp = torch.tensor(pos).T
+        losses = F.cross_entropy(model.logits(h[rr, pp]), idx[rr, pp + 1], reduction="none")
+        row_loss = torch.zeros(len(rows)).index_add_(0, rr, losses) / torch.bincount(rr, minlength=len(rows))
+        pred = row_loss.view(len(chunk), 4).argmin(dim=1)
+        correct += sum(int(p) == ex.label for p, ex in zip(pred.tolist(), chunk))
+    return correct
+
+
+def _xorshift_f32(state: int) -> tuple[float, int]:
+    """llm.c's random_f32 (llmc/sampler.h): a float in [0, 1) and the next xorshift state."""
+    m = (1 << 64) - 1
+    state ^= state >> 12
+    state = (state ^ (state << 25)) & m
+    state ^= state >> 27
+    u32 = ((state * 0x2545F4914F6CDD1D) & m) >> 32
+    return (u32 >> 8) / 16777216.0, state
+
+
+@torch.no_grad()
+def sample_text(model: GPT2, gen_tokens: int) -> str:
+    """Sample from <|endoftext|> like train_gpt2cu (rng state 1337, inverse-CDF sampling)."""
+    tokens, state = [EOT], 1337
+    for _ in range(1, min(gen_tokens, model.shape.max_seq_len)):
+        probs = torch.softmax(model(torch.tensor([tokens]))[0, -1].double(), dim=-1)
+        coin, state = _xorshift_f32(state)
+        tokens.append(min(int(torch.searchsorted(probs.cumsum(0), torch.tensor([coin], dtype=torch.float64))),
+                          len(probs) - 1))
+    from pipelines.tokenizer import _valid, cached_bpe_path
+
+    if _valid(cached_bpe_path()):  # decode only when the BPE file is at hand (never download here)
+        from pipelines.tokenizer import gpt2
+
+        return gpt2().decode(tokens[1:])
+    return " ".join(map(str, tokens[1:]))
+
+
+def measure_peak_flops(seconds: float = 0.3, n: int = 1024) -> float:
+    """fp32 matmul FLOP/s of this CPU (torch's threads): the MFU denominator on CPU."""
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    a @ b
+    best, t_end = 0.0, time.perf_counter() + seconds
+    while time.perf_counter() < t_end:
+        t0 = time.perf_counter()
+        a @ b
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+# ---------------------------------------------------------------------------------------------
+# training
+
+
+def train_step(model: GPT2, opt: AdamW, batches, lr: float, t: int, skip: Callable[[float, float], str] | None = None
+               ) -> tuple[float, float, str]:
+    """One optimizer step over the micro-batches: (mean loss, grad norm before clipping, skip reason)."""
+    n = len(batches)
+    loss_sum = 0.0
+    for x, y in batches:
+        _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
+        (loss / n).backward()  # accumulate the mean over micro-batches, like llm.c's grad_accum
+        loss_sum += float(loss.detach())
+    mean_loss = loss_sum / n
+    norm = grad_norm(opt.params)
+    reason = skip(mean_loss, norm) if skip else ""
+    if not reason:
+        opt.step(lr, t, clip_scale(norm))
+    for p in opt.params:
+        p.grad = None
+    return mean_loss, norm, reason
+
+
+def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0, workdir: str | Path = ".",
+          on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Run train_gpt2cu's loop with these flags; paths are relative to `workdir` (llm.c's cwd).
+    Returns {"steps", "last_train_loss", "last_val_loss", "hellaswag"}."""
+    if args.num_processes != 1:
+        raise StudyError("the torch backend runs one process; drop the multi-node flags (-pn)")
+    if threads:
+        torch.set_num_threads(threads)
+    wd = Path(workdir)
+    out = None if args.output_log_dir is None else wd / args.output_log_dir
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+    B, T = args.B, args.T
+    tokens_per_fwdbwd = B * T
+    total_batch = tokens_per_fwdbwd if args.total_batch_size == -1 else args.total_batch_size
+    if total_batch % tokens_per_fwdbwd:
+        raise StudyError(f"-d {total_batch} is not a multiple of B*T = {tokens_per_fwdbwd}")
+    grad_accum = total_batch // tokens_per_fwdbwd
+    overfit = args.overfit_single_batch == 1
+    train_pattern = args.val_data_pattern if overfit else args.train_data_pattern
+
+    # resume from the highest DONE checkpoint when -y 1
+    resume_step = find_max_step(out) if args.resume == 1 else -1
+    resuming = resume_step != -1
+    if resuming:
+        model = load_checkpoint(out / f"model_{resume_step:08d}.bin")
+    else:
+        load = args.load_filename
+        model = build_model(str(wd / load) if load.endswith(".bin") else load, seed=seed)
+    if T > model.shape.max_seq_len:
+        raise StudyError(f"-t {T} exceeds the model's max_seq_len {model.shape.max_seq_len}")
+    model.train()
+
+    train_loader = DataLoader(str(wd / train_pattern), B, T, shuffle=not overfit, seed=seed)
+    val_loader = DataLoader(str(wd / args.val_data_pattern), B, T, shuffle=False)
+    steps = args.max_steps if args.max_steps != -1 else train_loader.num_tokens // total_batch
+    val_steps = args.val_max_steps if args.val_max_steps != -1 else val_loader.num_tokens // tokens_per_fwdbwd
+    if steps < 1 or val_steps < 1:
+        raise StudyError(f"nothing to do: {steps} train steps, {val_steps} val batches (too little data for -d / -b / -t)")
+    hs_path = wd / LLMC_RELATIVE_PATH
+    examples = None
+    if args.hellaswag_eval and hs_path.exists():
+        if B < 4:
+            raise StudyError(f"HellaSwag EvalLoader: batch size {B} is < 4; disable HellaSwag with -h 0 or raise -b")
+        examples = read_eval_file(hs_path, T)
+
+    shape = model.shape
+    peak = measure_peak_flops()
+    for k, v in [("train data pattern", train_pattern), ("val data pattern", args.val_data_pattern),
+                 ("output log dir", args.output_log_dir or "NULL"), ("micro batch size B", B),
+                 ("sequence length T", T), ("total batch size", total_batch), ("LR scheduler", args.lr_scheduler_type),
+                 ("learning rate (LR)", f"{args.learning_rate:e}"), ("warmup iterations", args.warmup_iterations),
+                 ("final LR fraction", f"{args.final_learning_rate_frac:e}"), ("weight decay", f"{args.weight_decay:e}"),
+                 ("max_steps", args.max_steps), ("device", f"CPU (torch {torch.__version__}, {torch.get_num_threads()} threads)"),
+                 ("peak TFlops", f"{peak / 1e12:.3f} (measured fp32 matmul)"), ("precision", "FP32"),
+                 ("weight init method", "intermediate checkpoint" if resuming else args.load_filename),
+                 ("num_layers L", shape.num_layers), ("num_heads NH", shape.num_heads), ("channels C", shape.channels),
+                 ("num_parameters", shape.num_parameters), ("train_num_batches", steps), ("val_num_batches", val_steps),
+                 ("run hellaswag", "yes" if examples is not None else "no")]:
+        print(f"| {k:<21} | {str(v):<50} |")
+    if args.hellaswag_eval and examples is None:
+        print(f"HellaSwag eval not found at {LLMC_RELATIVE_PATH}, skipping its evaluation")
+    print(f"=> setting grad_accum_steps={grad_accum}", flush=True)
+
+    logger = Logger(out, resume=args.resume == 1)
+    named = model.llmc_parameters()
+    opt = AdamW([p for _, _, p in named], [n in DECAYED for n, _, _ in named], args.weight_decay)
+    master = dtype == "bf16" and args.use_master_weights == 1  # bf16 model file: keep exact fp32 weights
+    step = 0
+    if resuming:
+        step = load_state(out / f"state_{resume_step:08d}_00000.bin", opt, train_loader)
+
+    det_loss, det_grad = OutlierDetector(), OutlierDetector()
+    flops_per_step = shape.flops_per_token(T) * total_batch
+    ema, total_time, result = 0.0, 0.0, {"last_val_loss": None, "hellaswag": None, "last_train_loss": None}
+    first_step = step
+    for step in range(step, steps + 1):
+        last = step == steps
+        if step % args.val_loss_every == 0 or last:
+            model.eval()
+            vl = val_loss(model, val_loader, val_steps)
+            model.train()
+            print(f"val loss {vl:f}", flush=True)
+            logger.val(step, vl)
+            result["last_val_loss"] = vl
+        if examples is not None and ((step > 0 and step % args.val_loss_every == 0) or last):
+            model.eval()
+            correct = hellaswag_correct(model, examples, B)
+            model.train()
+            acc = correct / len(examples)
+            print(f"HellaSwag: {correct}/{len(examples)} = {acc:f}", flush=True)
+            logger.eval(step, acc)
+            result["hellaswag"] = acc
+        if args.sample_every > 0 and ((step > 0 and step % args.sample_every == 0) or last):
+            model.eval()
+            print(f"generating:\n---\n{sample_text(model, args.genT)}\n---", flush=True)
+            model.train()
+        if (args.checkpoint_every > 0 and out is not None and not resuming
+                and ((step > 0 and step % args.checkpoint_every == 0) or last)):
+            write_llmc_checkpoint(out, step, model, opt, train_loader, dtype, master)
+            old = step - args.checkpoints_keep * args.checkpoint_every
+            if args.checkpoints_keep > 0 and old > 0 and (args.major_checkpoint_every == 0
+                                                          or old % args.major_checkpoint_every):
+                delete_checkpoint(out, old)
+        resuming = False
+        if last:
+            break
+
+        t0 = time.perf_counter()
+        if overfit:
+            train_loader.reset()
+        batches = [train_loader.next_batch() for _ in range(grad_accum)]
+        lr = learning_rate(args.lr_scheduler_type, step, args.learning_rate, args.warmup_iterations, steps,
+                           args.final_learning_rate_frac)
+        z = {}
+
+        def skip(loss: float, norm: float) -> str:
+            z["loss"], z["grad"] = det_loss.update(loss), det_grad.update(norm)
+            if math.isfinite(z["loss"]) and args.skip_update_lossz and z["loss"] > args.skip_update_lossz:
+                return f"skipping update due to loss z-score of {z['loss']:f}"
+            if math.isfinite(z["grad"]) and args.skip_update_gradz and z["grad"] > args.skip_update_gradz:
+                return f"skipping update due to grad z-score of {z['grad']:f}"
+            return ""
+
+        loss, norm, reason = train_step(model, opt, batches, lr, step + 1, skip)
+        if reason:
+            print(reason)
+        dt = time.perf_counter() - t0
+        tok_s = total_batch / dt
+        shown = tok_s
+        if step > first_step:  # the first step of a process is warmup, as in llm.c
+            total_time += dt
+            ema = 0.95 * ema + 0.05 * tok_s
+            shown = ema / (1 - 0.95 ** (step - first_step))
+        mfu = flops_per_step / dt / peak
+        print(f"step {step + 1:4d}/{steps} | loss {loss:7.6f} ({z['loss']:+.2f}z)| norm {norm:6.4f} ({z['grad']:+.2f}z)"
+              f"| lr {lr:.2e} | {dt * 1000:.2f} ms | {100 * mfu:.1f}% fp32 MFU | {shown:.0f} tok/s", flush=True)
+        logger.train(step, loss, lr, norm)
+        result["last_train_loss"] = loss
+        if on_step is not None:
+            on_step(step, loss)
+    if steps - first_step > 1:
+        print(f"total average iteration time: {total_time / (steps - first_step - 1) * 1000:f} ms")
+    return {"steps": steps, **result}
+
+
+def split_options(argv: list[str]) -> tuple[dict, list[str]]:
+    """Our long options (llm.c has no flag for them) out of an argument list; the rest are llm.c's."""
+    opts: dict = {}
+    rest = []
+    it = iter(argv)
+    for a in it:
+        if a in ("--seed", "--threads"):
+            opts[a[2:]] = int(next(it))
+        elif a == "--dtype":
+            opts["dtype"] = next(it)
+            if opts["dtype"] not in ("fp32", "bf16"):
+                raise StudyError(f"--dtype {opts['dtype']}: fp32 (v3 checkpoints) or bf16 (v5)")
+        else:
+            rest.append(a)
+    return opts, rest
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        opts, rest = split_options(list(sys.argv[1:] if argv is None else argv))
+        train(parse_llmc_args(rest), **opts)
+    except StudyError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: resume with -y 1 from the last DONE checkpoint", file=sys.stderr, flush=True)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

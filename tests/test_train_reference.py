@@ -1,0 +1,189 @@
+"""The torch backend on real shards: a ci-preset `study train` whose loss falls and whose files pass
+llm.c's checks; exact resume from the last DONE checkpoint; llm.c's loader, lr schedules, eval file."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.cli import main as study
+from pipelines.errors import StudyError
+from pipelines.model import read_checkpoint, read_checkpoint_header
+from pipelines.shards import write_shard
+from pipelines.train.data import DataLoader, read_eval_file
+from pipelines.train.flags import parse_llmc_args
+from pipelines.train.hellaswag import read_items, write_eval_file
+from pipelines.train.optim import learning_rate
+from pipelines.train.reference import train
+from pipelines.train.trainlog import read_log
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory, web_sample):
+    """ingest + tokenize + train of the ci preset, through the CLI, results in a temporary folder."""
+    root = tmp_path_factory.mktemp("ci")
+    args = ["--preset", "ci", "--run", "ci", "--set", f"results_dir={root}", "--set", f"ingest.path={web_sample}"]
+    for stage in ("ingest", "tokenize", "train"):
+        assert study([stage, *args]) == 0
+    return {"root": root / "ci", "args": args}
+
+
+def test_ci_run_loss_falls(ci_run):
+    table = read_log(ci_run["root"] / "train" / "web")
+    assert table["step"].tolist() == list(range(17))
+    train_loss = table["train_loss"].dropna()
+    assert len(train_loss) == 16 and train_loss.iloc[0] > 10.5  # ln(50257) = 10.8 at init
+    assert train_loss.iloc[-4:].mean() < train_loss.iloc[:4].mean() - 1.0
+    val = table.set_index("step")["val_loss"]
+    assert val.loc[16] < val.loc[8] < val.loc[0]
+    assert table.loc[table.step == 0, "lr"].item() == pytest.approx(0.003)  # warmup: 0.006 * 1/2
+    assert table["tokens"].iloc[-1] == 16 * 256
+    assert table["hellaswag"].notna().sum() == 2  # steps 8 and 16, not 0 (llm.c's rule)
+
+
+def test_ci_run_files_pass_llmc_checks(ci_run):
+    out = ci_run["root"] / "train" / "web"
+    assert sorted(p.name for p in out.glob("DONE_*")) == ["DONE_00000008", "DONE_00000016"]
+    assert all((out / f"DONE_{s:08d}").stat().st_size == 0 for s in (8, 16))
+    for step in (8, 16):
+        path = out / f"model_{step:08d}.bin"
+        header = np.fromfile(path, "<i4", 8).tolist()
+        assert header == [20240326, 3, 1024, 50257, 2, 2, 64, 50304]  # magic, v3, maxT, V, L, NH, C, Vp
+        shape, _ = read_checkpoint_header(path)
+        assert path.stat().st_size == 1024 + 4 * shape.num_parameters  # llm.c reads exactly this much
+        _, _, tensors = read_checkpoint(path)
+        assert torch.count_nonzero(tensors["wte"][50257:]) == 0  # padding rows stay zero through training
+        state = np.fromfile(out / f"state_{step:08d}_00000.bin", "<i4", 256)
+        assert state[:6].tolist() == [20240527, 1, 1, 0, 0, 1] and state[10] == step
+    pattern = re.compile(r"^s:\d+ (trl:\d+\.\d{4} lr:\d+\.\d{6} norm:\d+\.\d{2}|tel:\d+\.\d{4}|eval:\d\.\d{4})$")
+    lines = (out / "main.log").read_text().splitlines()
+    assert lines and all(pattern.match(line) for line in lines)
+    hs = ci_run["root"] / "train" / "dev" / "data" / "hellaswag" / "hellaswag_val.bin"
+    assert np.fromfile(hs, "<i4", 3).tolist() == [20240522, 1, 8]
+    manifest = json.loads((ci_run["root"] / "train" / "manifest.json").read_text())
+    assert manifest["status"] == "complete" and manifest["outputs"][0]["path"] == "web/model_00000016.bin"
+    assert manifest["runs"]["web"]["last_train_loss"] < manifest["runs"]["web"]["first_train_loss"]
+
+
+def test_ci_rerun_is_skipped(ci_run, capsys):
+    assert study(["train", *ci_run["args"]]) == 0
+    assert "[train] done" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def shards(ci_run):
+    return ci_run["root"] / "tokenize"
+
+
+def flags(shards: Path, out: Path, *extra: str) -> list[str]:
+    return ["-i", str(shards / "web_train_*.bin"), "-j", str(shards / "web_val_*.bin"), "-o", str(out),
+            "-e", "d2c64", "-b", "2", "-t", "16", "-d", "64", "-x", "10", "-n", "4", "-v", "5", "-m", "1",
+            "-s", "0", "-l", "0.004", "-u", "2", "-q", "0.1", "-c", "0.1", "-y", "1", *extra]
+
+
+@pytest.mark.parametrize("dtype", ["fp32", "bf16"])
+def test_resume_after_crash_continues_exactly(shards, tmp_path, dtype):
+    full = tmp_path / "full"
+    train(parse_llmc_args(flags(shards, full)), dtype=dtype)
+
+    class Crash(Exception):
+        pass
+
+    def crash(step: int, loss: float) -> None:
+        if step == 6:
+            raise Crash
+
+    part = tmp_path / "part"
+    with pytest.raises(Crash):
+        train(parse_llmc_args(flags(shards, part)), dtype=dtype, on_step=crash)
+    assert sorted(p.name for p in part.glob("DONE_*")) == ["DONE_00000004"]
+    result = train(parse_llmc_args(flags(shards, part)), dtype=dtype)  # -y 1: resumes from step 4
+    assert result["steps"] == 10
+    a, b = read_log(full, 64), read_log(part, 64)
+    assert b["step"].tolist() == list(range(11))  # no step skipped or repeated in the table
+    log = (part / "main.log").read_text()
+    assert log.count("s:4 trl:") == 2 and log.count("s:7 trl:") == 1  # steps 4..6 were redone after the crash
+    np.testing.assert_allclose(b["train_loss"].dropna(), a["train_loss"].dropna(), atol=1e-4)
+    np.testing.assert_allclose(b["val_loss"].dropna(), a["val_loss"].dropna(), atol=1e-4)
+    _, version, ta = read_checkpoint(full / "model_00000010.bin")
+    _, _, tb = read_checkpoint(part / "model_00000010.bin")
+    assert version == (3 if dtype == "fp32" else 5)
+    assert all(torch.allclose(ta[k], tb[k], atol=1e-5) for k in ta)  # same weights as without the crash
+    master = np.fromfile(part / "state_00000008_00000.bin", "<i4", 5)[4]
+    assert master == (dtype == "bf16")  # a bf16 model file keeps exact fp32 weights in the state
+
+
+def test_no_resume_flag_starts_over(shards, tmp_path):
+    out = tmp_path / "run"
+    train(parse_llmc_args(flags(shards, out, "-x", "4")))
+    train(parse_llmc_args(flags(shards, out, "-x", "4", "-y", "0")))
+    assert (out / "main.log").read_text().count("s:0 trl:") == 1  # -y 0 wipes main.log, like llm.c
+
+
+def test_lr_schedules_are_llmcs():
+    kw = dict(lr=1.0, warmup=10, total_steps=110, final_frac=0.1)
+    assert [learning_rate("cosine", s, **kw) for s in (0, 9)] == [0.1, 1.0]
+    assert learning_rate("cosine", 10, **kw) == 1.0
+    assert learning_rate("cosine", 60, **kw) == pytest.approx(0.1 + 0.5 * 0.9)
+    assert learning_rate("cosine", 110, **kw) == pytest.approx(0.1)
+    assert learning_rate("linear", 60, **kw) == pytest.approx(0.55) and learning_rate("linear", 110, **kw) == pytest.approx(0.1)
+    assert learning_rate("constant", 0, **kw) == 1.0
+    assert learning_rate("wsd", 50, **kw) == 1.0  # stable until 80% (step 88)
+    assert learning_rate("wsd", 88, **kw) == 1.0 and learning_rate("wsd", 110, **kw) == pytest.approx(0.1)
+    assert learning_rate("wsd", 99, **kw) == pytest.approx(0.1 + (1 - math.sqrt(0.5)) * 0.9)
+    with pytest.raises(StudyError, match="cosine, linear, constant, wsd"):
+        learning_rate("step", 0, **kw)
+
+
+def test_loader_is_llmcs(tmp_path):
+    sizes = [41, 57, 33]  # uneven shards; samples of B*T+1 = 9 tokens, stride 8
+    for i, n in enumerate(sizes):
+        write_shard(tmp_path / f"d_train_{i:06d}.bin", np.r_[50256, np.arange(1000 * i, 1000 * i + n - 1)])
+    starts = lambda batches: [int(x[0, 1]) for x, _ in batches]  # noqa: E731  (unique per sample)
+    seq = DataLoader(str(tmp_path / "d_train_*.bin"), 2, 4, shuffle=False)
+    assert seq.num_tokens == sum(sizes)
+    epoch = [seq.next_batch() for _ in range(5 + 7 + 4)]  # (n - 1) // 8 samples per shard
+    x, y = epoch[0]
+    assert x.shape == (2, 4) and np.array_equal(y.reshape(-1)[:-1], x.reshape(-1)[1:])
+    assert starts(epoch)[:7] == [0, 8, 16, 24, 32, 1000, 1008]
+    assert starts([seq.next_batch()]) == [0]  # then a new epoch
+    shuf = DataLoader(str(tmp_path / "d_train_*.bin"), 2, 4, shuffle=True)
+    one, two = starts([shuf.next_batch() for _ in range(16)]), starts([shuf.next_batch() for _ in range(16)])
+    assert sorted(one) == sorted(starts(epoch)) == sorted(two) and one != two  # every sample once per epoch
+    again = DataLoader(str(tmp_path / "d_train_*.bin"), 2, 4, shuffle=True)
+    assert starts([again.next_batch() for _ in range(16)]) == one  # seeded (42, like llm.c)
+    with pytest.raises(StudyError, match="at least P\\*B\\*T\\+1"):
+        DataLoader(str(tmp_path / "d_train_*.bin"), 4, 16)
+
+
+def test_hellaswag_eval_file_in_llmc_format(tmp_path):
+    from pipelines.tokenizer import gpt2
+
+    info = write_eval_file(tmp_path / "hs.bin", seq_len=64, max_examples=20)
+    assert info["examples"] == 20
+    raw = (tmp_path / "hs.bin").read_bytes()
+    header = np.frombuffer(raw[:1024], "<i4")
+    assert header[:3].tolist() == [20240522, 1, 20]
+    stream = np.frombuffer(raw[1024:], "<u2")
+    assert stream[0] == 65535 and stream[2] == 0 and header[3] == max(info["longest_bytes"], stream[1])
+    examples = read_eval_file(tmp_path / "hs.bin", T=64)
+    items = [it for it in read_items(None)[:40]]
+    enc = gpt2()
+    first = next(it for it in items if enc.encode_ordinary(it["ctx"]) == examples[0].context)
+    assert examples[0].label == int(first["label"])
+    assert examples[0].endings == [enc.encode_ordinary(" " + e) for e in first["endings"]]
+    assert all(len(e.context) + max(map(len, e.endings)) < 64 for e in examples)
