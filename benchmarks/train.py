@@ -21,12 +21,14 @@ sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("benchmarks")]
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the launcher sets it for the torch backend
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
@@ -78,8 +80,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     peak = peak_flops()
-    print(f"CPU: torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (2048x2048)")
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"CPU: torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} cores, load "
+          f"{load:.1f}; fp32 matmul peak {peak / 1e9:.1f} GFLOP/s (2048x2048)")
     rows = []
     for spec in args.models.split(","):
         desc, B, T = spec.split(":")
@@ -91,7 +94,7 @@ def main() -> None:
         print(f"{r['model']:<8} {r['params_M']:>7.1f}M {r['B']:>4} x {r['T']:<4}{r['step_ms']:>8.1f} "
               f"{r['tok_s']:>9,.0f} {r['model_gflops']:>9.1f} {r['mfu_pct']:>5.1f}%")
     if args.json:
-        Path(args.json).write_text(json.dumps({"peak_gflops": peak / 1e9, "threads": torch.get_num_threads(),
+        Path(args.json).write_text(json.dumps({"peak_gflops": peak / 1e9, "threads": torch.get_num_threads(), "load": load,
                                                "models": rows}, indent=2) + "\n")
 
 

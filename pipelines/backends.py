@@ -24,6 +24,7 @@ import shutil
 import socket
 import time
 import urllib.error
+import urllib.parse
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -278,7 +279,10 @@ class OpenAIBackend(Backend):
         key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
         if key:  # held in memory for the requests only: never logged, never written
             self._headers["Authorization"] = f"Bearer {key}"
-        self._opener = urllib.request.build_opener()
+        host = urllib.parse.urlsplit(cfg.base_url).hostname or ""
+        # a server on this machine is never reached through an http_proxy from the environment
+        local = host in ("127.0.0.1", "localhost", "::1")
+        self._opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
 
     def request_body(self, prompt: Prompt, sampling: SamplingConfig, seed: int | None) -> dict:
         body: dict[str, Any] = {

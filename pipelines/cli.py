@@ -3,7 +3,9 @@
   study config   [--preset P] [--set ...]        print the resolved config and derived values
   study ingest   [--preset P] [--run R] [...]    real web pages -> document shards
   study tokenize [--preset P] [--run R] [...]    document shards -> llm.c token shards
+  study classifier train|apply [...]             the stages classify / filter (also `study classify|filter`)
   study run      [--preset P] [--run R] [...]    every stage built so far, in order
+  study figures  [--preset P] [--run R] [...]    paper figures + tables -> results/<run>/figures/ and paper/
   study status   RUN [--preset P]                done / stale / incomplete / missing per stage
   study assets                                   offline assets (GPT-2 BPE) into their caches
 """
@@ -18,6 +20,10 @@ from pipelines.errors import StudyError
 from pipelines.manifest import STAGES, Run, format_table
 
 
+# `study classifier train|apply` are the stages `classify` and `filter`
+CLASSIFIER_ACTIONS = {"train": "classify", "apply": "filter"}
+
+
 def print_start(cfg: StudyConfig, run: Run) -> None:
     print(f"study: preset {cfg.preset}, run {run.name} -> {run.root}")
     for k, v in cfg.derived().items():
@@ -29,7 +35,8 @@ def run_stages(cfg: StudyConfig, run_name: str | None, stages: list[str], force:
     print_start(cfg, run)
     out = {}
     for stage in stages:
-        out[stage] = run.execute(stage, force=force)
+        # figures read whichever stages exist and are cheap: always redrawn, never skipped as done
+        out[stage] = run.execute(stage, force=force or stage == "figures")
     print(format_table(run.status_rows()))
     return out
 
@@ -49,6 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
     _common(sub.add_parser("config", help="print the resolved config and derived values"), run=False)
     for stage in STAGES:
         _common(sub.add_parser(stage, help=f"run the {stage} stage"))
+    cl = sub.add_parser("classifier", help="the educational classifier: train (stage classify) or apply (stage filter)")
+    cl.add_argument("action", choices=sorted(CLASSIFIER_ACTIONS))
+    _common(cl)
     rp = sub.add_parser("run", help="execute the stage notebooks in order with papermill (complete stages are skipped)")
     _common(rp)
     rp.add_argument("--direct", action="store_true", help="run the stages without the notebooks")
@@ -97,8 +107,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"[run] {r['notebook']}: {r['seconds']} s")
             print(format_table(run.status_rows()))
             return 0
+        if args.command == "classifier":
+            args.command = CLASSIFIER_ACTIONS[args.action]
         stages = list(STAGES) if args.command == "run" else [args.command]
         run_stages(cfg, args.run, stages, force=args.force)
+        if args.command == "figures":  # `study figures` also exports into paper/ (`study run` does not)
+            from pipelines.paper import export
+
+            export(Run(cfg, args.run))
         return 0
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)

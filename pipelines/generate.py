@@ -38,7 +38,8 @@ from pipelines.errors import StudyError
 from pipelines.manifest import StageContext, write_json_atomic
 
 LENGTH_BINS = (0, 50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 2500, 3000)
-LOG_EVERY_S = 30.0  # without a terminal (tqdm off), a progress line this often
+LOG_EVERY_S = 30.0
+SESSIONS = "sessions.jsonl"  # in parts/: one line per finished (or failed) generation invocation  # without a terminal (tqdm off), a progress line this often
 
 # ---------------------------------------------------------------------------------------------
 # post-processing
@@ -47,11 +48,12 @@ LOG_EVERY_S = 30.0  # without a terminal (tqdm off), a progress line this often
 _COURTESY = re.compile(r"^(?:sure|certainly|of course|absolutely|okay|ok|alright|great)\b[!,.:]*[ \t]*", re.I)
 # a first line that announces the text: "Here is a blog post about X:", "Below is a story for kids."
 _ANNOUNCE = re.compile(r"^(?:here(?:'s| is| are)|below (?:is|are)|the following is|i(?:'d| would) be (?:happy|glad) to"
-                       r"|i'll (?:write|create)|let me (?:write|create)|let's (?:write|create|dive|explore))\b", re.I)
+                       r"|i'm (?:happy|glad|excited|thrilled) to|i'll (?:write|create)|let me (?:write|create)"
+                       r"|let's (?:write|create|dive|explore))\b", re.I)
 # a title line: markdown heading, bold-only line, "Title: ...", "Chapter 3: ...", "Unit 2.1 ..."
 # ... and names what it announces
 _GENRE = re.compile(r"\b(?:story|stories|blog|post|article|section|textbook|unit|chapter|guide|wikihow|tutorial|essay"
-                    r"|lesson|version|text|response|piece|narrative)\b", re.I)
+                    r"|lesson|version|text|response|piece|narrative|sample|example|how-to)\b", re.I)
 _TITLE = re.compile(r"^(?:#{1,6}\s+\S.*|\*\*[^*\n]{1,150}\*\*:?|(?:title|chapter|unit|section|lesson|course unit)\b"
                     r"\s*[\d.:IVX-]*\s*[:.\-]?.{0,150})$", re.I)
 _SENTENCE_END = re.compile(r"[.!?][\"')\]*]*(?=\s|$)")
@@ -81,7 +83,7 @@ def strip_openers(text: str) -> tuple[str, str]:
         if not rest.strip():  # a one-line output: nothing left to strip it from
             break
         announces = _ANNOUNCE.match(line) and ((line.endswith(":") and ":" not in line[:-1])
-                                               or (len(line) <= 120 and _GENRE.search(line)))
+                                               or (len(line) <= 200 and _GENRE.search(line)))
         if announces or _TITLE.match(line) \
                 or _is_bare_title(line, rest):
             removed.append(first)
@@ -310,6 +312,12 @@ def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
         writer.close()
         backend.close()
         stats["wall_s_now"] = round(time.perf_counter() - t0, 3)
+        # one line per invocation that got here (a kill -9 skips it): throughput across resumes
+        session = {"part": writer.path.name, "generated": stats["generated_now"],
+                   "completion_tokens": stats["completion_tokens_now"], "wall_s": stats["wall_s_now"],
+                   "model_load_s": stats["model_load_s"]}
+        with open(parts_dir / SESSIONS, "a") as f:
+            f.write(json.dumps(session) + "\n")
     return stats
 
 
@@ -429,10 +437,16 @@ def run(ctx: StageContext, backend_factory=make_backend) -> dict:
         result = finalize(ctx)
     c = result["counts"]
     rate = gen["completion_tokens_now"] / gen["wall_s_now"] if gen.get("wall_s_now") else None
+    sessions_path = ctx.dir / "parts" / SESSIONS
+    sessions = [json.loads(line) for line in sessions_path.read_text().splitlines()] if sessions_path.exists() else []
+    wall = sum(x["wall_s"] for x in sessions)
     result["throughput"] = {
         **gen,
         "completion_tokens_per_s": round(rate, 2) if rate else None,
         "docs_per_s": round(gen["generated_now"] / gen["wall_s_now"], 3) if gen.get("wall_s_now") else None,
+        # every invocation that was not killed: a killed one's completions count, its time does not
+        "sessions": sessions,
+        "all_sessions_completion_tokens_per_s": round(sum(x["completion_tokens"] for x in sessions) / wall, 2) if wall else None,
     }
     result["parts"] = sorted(p.name for p in (ctx.dir / "parts").glob("part-*.jsonl"))
     print(f"[generate] {c['documents']:,} documents, {c['tokens']:,} tokens kept of {c['completions']:,} completions; "
@@ -449,3 +463,39 @@ def read_generated(run_dir: str | Path, removed: bool = False) -> list[dict]:
     """The documents of results/<run>/generate (or its removed/ ones), in prompt order."""
     d = Path(run_dir) / "generate" / ("removed" if removed else "documents")
     return list(read_documents(sorted(d.glob("*.jsonl.gz"))))
+
+
+def samples_table(run_dir: str | Path, per_cell: int = 1, chars: int = 400):
+    """A pandas table of the first `per_cell` documents of each (audience, style), text shortened."""
+    import pandas as pd
+
+    rows, seen = [], Counter()
+    for d in read_generated(run_dir):
+        md = d["metadata"]
+        cell = (md["audience"], md["style"])
+        if seen[cell] < per_cell:
+            seen[cell] += 1
+            text = d["text"] if len(d["text"]) <= chars else d["text"][:chars] + " …"
+            rows.append({"audience": cell[0], "style": cell[1], "tokens": md["tokens"],
+                         "finish": md["finish_reason"], "seed": md["seed_id"], "text": text})
+    return pd.DataFrame(rows).sort_values(["audience", "style"]).reset_index(drop=True) if rows else pd.DataFrame()
+
+
+def stats_tables(manifest: dict) -> dict:
+    """The generate manifest's statistics as pandas tables: kept documents per audience x style,
+    drops per reason, the token-length summary and histogram, and throughput."""
+    import pandas as pd
+
+    c = manifest["counts"]
+    cells = pd.Series({tuple(k.split("/")): v for k, v in c["per_cell"].items()}, dtype="int64")
+    per_cell = cells.unstack(fill_value=0) if len(cells) else pd.DataFrame()
+    hist = manifest["lengths"]["tokens_histogram"]
+    edges = hist["edges"]
+    bins = [f"{edges[i]}–{edges[i + 1] if edges[i + 1] is not None else '∞'}" for i in range(len(hist["counts"]))]
+    return {
+        "documents_per_audience_style": per_cell,
+        "dropped": pd.Series(c["dropped"], name="documents", dtype="int64"),
+        "token_lengths": pd.Series(manifest["lengths"]["tokens"], name="tokens"),
+        "token_histogram": pd.Series(hist["counts"], index=bins, name="documents"),
+        "throughput": pd.Series({k: v for k, v in manifest["throughput"].items() if v is not None}, name="value"),
+    }

@@ -52,15 +52,26 @@ STAGES: dict[str, StageSpec] = {
     "prompts": StageSpec("pipelines.prompts:run", ("prompts",), ("ingest",), command="study prompts"),
     "generate": StageSpec("pipelines.generate:run", ("generate",), ("prompts",), resumable=True,
                           command="study generate"),
+    # FineWeb-Edu-style: LLM labels (resumable like generate), a classifier trained on labels, and the
+    # classifier applied as datatrove steps (resumable: datatrove skips tasks already completed)
+    "annotate": StageSpec("pipelines.annotate:run", ("annotate",), ("ingest",), resumable=True,
+                          command="study annotate"),
+    "classify": StageSpec("pipelines.classifier:run", ("classifier",), inputs_from="classifier.input_stages",
+                          command="study classifier train"),
+    "filter": StageSpec("pipelines.filtering:run", ("filter",), inputs_from="filter.input_stages", resumable=True,
+                        command="study classifier apply"),
     "mix": StageSpec("pipelines.mix:run", ("mix",), ("ingest",), inputs_from="mix.source_stages",
                      command="study mix"),
     # one llm.c-format run per shard set; resumable: a rerun continues from the last DONE checkpoint
-    "train": StageSpec("pipelines.train.stage:run", ("train",), ("tokenize",), resumable=True,
+    "train": StageSpec("pipelines.train.stage:run", ("train",), ("mix",), resumable=True,
                        command="study train"),
     # after train: its checkpoints (evaluate.trained) plus reference models; resumable: a finished
     # (model, checkpoint) keeps its per-item results while its evaluation settings are unchanged
     "evaluate": StageSpec("pipelines.evaluate:run", ("evaluate",), inputs_from="evaluate.upstream_stages",
                           resumable=True, command="study evaluate"),
+    # last: paper figures and tables from whichever stages exist (pipelines/paper.py; each output names the
+    # stages it reads and is left out, with the command to run, when one is missing); redrawn every time
+    "figures": StageSpec("pipelines.paper:run", (), command="study figures"),
 }
 
 MANIFEST = "manifest.json"

@@ -138,7 +138,8 @@ class GPT2(nn.Module):
                      "qkvb": ("qkv", "bias"), "attprojw": ("attproj", "weight"), "attprojb": ("attproj", "bias"),
                      "ln2w": ("ln_2", "weight"), "ln2b": ("ln_2", "bias"), "fcw": ("fc", "weight"),
                      "fcb": ("fc", "bias"), "fcprojw": ("fcproj", "weight"), "fcprojb": ("fcproj", "bias")}
-        out: list[tuple[str, int | None, nn.Parameter]] = [("wte", None, self.wte.weight), ("wpe", None, self.wpe.weight)]
+        out: list[tuple[str, int | None, nn.Parameter]] = [("wte", None, self.wte.weight),
+                                                           ("wpe", None, self.wpe.weight)]
         for name in PARAM_ORDER[2:14]:
             mod, attr = per_layer[name]
             out.extend((name, l, getattr(getattr(b, mod), attr)) for l, b in enumerate(self.h))

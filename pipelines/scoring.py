@@ -53,10 +53,19 @@ class LM:
         raise NotImplementedError
 
 
+HEAD_CHUNK = 1024  # positions per lm-head call: bounds the (chunk, V) float32 logits to ~200 MB
+
+
+def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """logits (N, V), targets (N,) -> log p(target) (N,) float64 on the CPU: log-softmax in float32,
+    then gather (as lm-evaluation-harness; torch's fused log_softmax beats logsumexp on CPU)."""
+    return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0].double().cpu()
+
+
 def _full_logits_logprobs(logits: torch.Tensor, rows, cols, targets) -> torch.Tensor:
-    # logits (B, T, V) -> the N selected rows, log-softmax in float32 (as lm-evaluation-harness)
-    sel = torch.log_softmax(logits[rows, cols].float(), dim=-1)  # (N, V)
-    return sel.gather(1, targets[:, None])[:, 0].double().cpu()
+    # logits (B, T, V) -> the N selected positions only, in chunks
+    return torch.cat([target_logprobs(logits[rows[i : i + HEAD_CHUNK], cols[i : i + HEAD_CHUNK]],
+                                      targets[i : i + HEAD_CHUNK]) for i in range(0, len(targets), HEAD_CHUNK)])
 
 
 class CallableLM(LM):
@@ -146,10 +155,9 @@ class HFCausalLM(LM):
         rows, cols, targets = rows.to(dev), cols.to(dev), targets.to(dev)
         if not self.head_only:
             return _full_logits_logprobs(self.model(**kw).logits, rows, cols, targets)
-        hidden = self.body(**kw).last_hidden_state  # (B, T, C)
-        logits = self.head(hidden[rows, cols])  # (N, V): only the positions that predict an answer token
-        sel = torch.log_softmax(logits.float(), dim=-1)
-        return sel.gather(1, targets[:, None])[:, 0].double().cpu()
+        hidden = self.body(**kw).last_hidden_state[rows, cols]  # (N, C): positions that predict an answer token
+        return torch.cat([target_logprobs(self.head(hidden[i : i + HEAD_CHUNK]), targets[i : i + HEAD_CHUNK])
+                          for i in range(0, len(targets), HEAD_CHUNK)])
 
 
 def resolve_max_length(config, tokenizer=None, default: int = 2048) -> int:
@@ -225,8 +233,9 @@ def pack(encoded: list[Encoded], max_length: int, tree: bool) -> list[Packed]:
     for i, e in enumerate(encoded):
         c, conts = e.context, e.continuations
         if any(len(x) > max_length for x in conts):
-            raise StudyError(f"item {i}: a continuation of {max(map(len, conts))} tokens is longer than the "
-                             f"model's {max_length}")
+            raise StudyError(f"item {i}: an answer of {max(map(len, conts))} tokens is longer than the model's "
+                             f"context ({max_length} tokens), so it cannot be scored (lm-evaluation-harness "
+                             f"refuses it too): leave this benchmark out or use a model with a longer context")
         if tree and len(c) + max(map(len, conts)) <= max_length + 1:
             tokens, positions, segments, picks = list(c), list(range(len(c))), [CONTEXT_SEGMENT] * len(c), []
             for j, cont in enumerate(conts):

@@ -10,7 +10,7 @@
 Point i runs as results/<sweep>-<i:02d>/ with `share_with` naming every other point, so a stage
 whose config and inputs equal those of a done stage in another point is linked, not recomputed
 (generation and annotation run once). The sweep writes results/sweeps/<sweep>/points.json and,
-when the points have evaluation tables, table.csv (every point's rows with its grid values) and a
+when the points have evaluation tables (evaluate/table.csv), table.csv (every point's rows with its grid values) and a
 comparison figure.
 """
 
@@ -114,7 +114,7 @@ def gather(results_dir: str, record: dict, out: Path) -> str | None:
 
     frames = []
     for p in record["points"]:
-        csv = Path(results_dir) / p["run"] / "evaluate" / "results.csv"
+        csv = Path(results_dir) / p["run"] / "evaluate" / "table.csv"
         if csv.exists():
             df = pd.read_csv(csv)
             for k, v in p["values"].items():
@@ -122,7 +122,7 @@ def gather(results_dir: str, record: dict, out: Path) -> str | None:
             df["run"] = p["run"]
             frames.append(df)
     if not frames:
-        print("[sweep] no evaluation tables yet (results/<run>/evaluate/results.csv): nothing to gather")
+        print("[sweep] no evaluation tables yet (results/<run>/evaluate/table.csv): nothing to gather")
         return None
     table = pd.concat(frames, ignore_index=True)
     path = out / "table.csv"

@@ -417,6 +417,7 @@ def test_resume_after_kill_9_ends_with_exactly_one_completion_per_prompt(ci_conf
     assert next(d for d in docs if d["metadata"]["prompt_id"] == first["prompt_id"])["text"] != "a second answer"
     t = m["throughput"]
     assert (t["completed_before"], t["generated_now"], t["torn_lines"], t["duplicate_lines"]) == (4, 6, 1, 1)
+    assert [x["generated"] for x in t["sessions"]] == [6]  # the killed invocation left no session line
     assert m["counts"]["completions"] == 10 == m["counts"]["documents"]
 
     # a rerun with the stage done does nothing; changed sampling discards the saved completions
@@ -441,3 +442,37 @@ def test_a_second_writer_is_refused(ci_config):
     with generate.Lock(d):
         with pytest.raises(StudyError, match="another process is generating"):
             Run(cfg, "lock").execute("generate", fn=lambda ctx: generate.run(ctx, backend_factory=lambda c, s: EchoBackend()))
+
+
+# ---------------------------------------------------------------------------------------------
+# the notebook
+
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "01_synthetic.ipynb"
+
+
+def test_notebook_is_thin_clean_and_runs(tmp_path, web_sample, server_factory):
+    import ast
+
+    import nbformat
+    import papermill as pm
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)  # committed without outputs
+    [params] = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    values = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(params.source).body}
+    assert set(values) == {"run", "preset", "results_dir", "overrides", "n_prompts", "backend", "model"}
+    # the backend and model parameters at work: an OpenAI-compatible server (the real model runs above)
+    srv = server_factory()
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(NOTEBOOK), str(out), cwd=str(NOTEBOOK.parent.parent), progress_bar=False, parameters={
+        "run": "nb", "preset": "ci", "results_dir": str(tmp_path / "results"), "n_prompts": 3,
+        "backend": "openai", "model": "served-model",
+        "overrides": [f"ingest.path={web_sample}", f"generate.backend.base_url={srv.url}", "generate.min_tokens=1"]})
+    m = json.loads((tmp_path / "results" / "nb" / "generate" / "manifest.json").read_text())
+    assert m["counts"]["completions"] == 3 == len(srv.requests)
+    assert m["generator"]["models"] == {"served-model": 3}
+    shown = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                    for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code" for o in c.outputs)
+    assert "documents_per_audience_style" in shown and "evenness" in shown

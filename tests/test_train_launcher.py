@@ -166,13 +166,14 @@ def test_study_train_with_llmc_backend(llmc, tmp_path, web_sample):
               "--set", f"ingest.path={web_sample}"]
     train_set = ["--set", "train.backend=llmc", "--set", f"train.model={llmc['init']}", "--set", "train.dtype=bf16",
                  "--set", "train.export_hf=false"]
-    assert study(["tokenize", *common]) == 2  # needs ingest first: a clear error, not a traceback
-    assert study(["ingest", *common]) == 0 and study(["tokenize", *common]) == 0
+    assert study(["mix", *common]) == 2  # needs ingest first: a clear error, not a traceback
+    assert study(["ingest", *common]) == 0 and study(["mix", *common]) == 0
     assert study(["train", *common, *train_set]) == 0
     stage = tmp_path / "results" / "fake" / "train"
     launch = json.loads((stage / "web" / "launch.json").read_text())
     got = flag_dict(launch["flags"])
-    assert got["-i"] == "../tokenize/web_train_*.bin" and got["-o"] == "web" and got["-h"] == "1"
+    assert got["-i"] == "../mix/web/web_train_*.bin" and got["-o"] == "web" and got["-h"] == "1"
+    assert got["-j"] == "../mix/val/heldout_val_*.bin"
     assert (stage / "web" / "argv.log").read_text().split() == launch["flags"]  # what the binary received
     assert launch["command"][-len(launch["flags"]):] == launch["flags"]
     assert np.fromfile(stage / "gpt2_tokenizer.bin", "<u4", 4).tolist() == [20240328, 2, 50257, 50256]

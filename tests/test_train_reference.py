@@ -34,10 +34,10 @@ def one_thread():
 
 @pytest.fixture(scope="module")
 def ci_run(tmp_path_factory, web_sample):
-    """ingest + tokenize + train of the ci preset, through the CLI, results in a temporary folder."""
+    """ingest + mix + train of the ci preset, through the CLI, results in a temporary folder."""
     root = tmp_path_factory.mktemp("ci")
     args = ["--preset", "ci", "--run", "ci", "--set", f"results_dir={root}", "--set", f"ingest.path={web_sample}"]
-    for stage in ("ingest", "tokenize", "train"):
+    for stage in ("ingest", "mix", "train"):
         assert study([stage, *args]) == 0
     return {"root": root / "ci", "args": args}
 
@@ -86,11 +86,11 @@ def test_ci_rerun_is_skipped(ci_run, capsys):
 
 @pytest.fixture(scope="module")
 def shards(ci_run):
-    return ci_run["root"] / "tokenize"
+    return ci_run["root"] / "mix"
 
 
 def flags(shards: Path, out: Path, *extra: str) -> list[str]:
-    return ["-i", str(shards / "web_train_*.bin"), "-j", str(shards / "web_val_*.bin"), "-o", str(out),
+    return ["-i", str(shards / "web" / "web_train_*.bin"), "-j", str(shards / "val" / "heldout_val_*.bin"), "-o", str(out),
             "-e", "d2c64", "-b", "2", "-t", "16", "-d", "64", "-x", "10", "-n", "4", "-v", "5", "-m", "1",
             "-s", "0", "-l", "0.004", "-u", "2", "-q", "0.1", "-c", "0.1", "-y", "1", *extra]
 

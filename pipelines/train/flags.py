@@ -96,7 +96,8 @@ def parse_llmc_args(argv: list[str]) -> LlmcArgs:
         try:
             parsed = int(value) if "int" in str(kind) else float(value) if "float" in str(kind) else value
         except ValueError:
-            raise StudyError(f"llm.c flag {flag} {value!r}: expected {'an integer' if 'int' in str(kind) else 'a number'}") from None
+            expected = "an integer" if "int" in str(kind) else "a number"
+            raise StudyError(f"llm.c flag {flag} {value!r}: expected {expected}") from None
         setattr(args, name, parsed)
     return args
 

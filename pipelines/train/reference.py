@@ -14,6 +14,9 @@ The loop, for step = first .. steps (the last pass only evaluates and checkpoint
   HellaSwag every -v steps (not at 0) and at the end, when -h 1 and the eval file exists;
   a sample every -s steps (not at 0); a checkpoint every -n steps (not at 0) and at the end;
   then grad_accum = -d / (B*T) micro-batches, grad norm, clip to 1.0, AdamW with llm.c's lr.
+
+Computation is fp32 on CPU. GPU-only flags (-r recompute, -z ZeRO, -ge GELU fusion, -f TF32, -lg)
+are accepted and change nothing here; -pn > 1 (several processes) is refused.
 """
 
 from __future__ import annotations
@@ -95,8 +98,10 @@ def save_state(path: Path, step: int, opt: AdamW, loader: DataLoader, master: bo
     if master:
         chunks.append(flat([p.detach() for p in opt.params]))
     if loader.shuffle:
-        chunks += [np.array([len(loader.shard_indices)], "<u8").tobytes(), np.array(loader.shard_indices, "<i4").tobytes(),
-                   np.array([len(loader.intra)], "<u8").tobytes(), np.array(loader.intra, "<i4").tobytes(),
+        chunks += [np.array([len(loader.shard_indices)], "<u8").tobytes(),  # shards, their (shuffled) order
+                   np.array(loader.shard_indices, "<i4").tobytes(),
+                   np.array([len(loader.intra)], "<u8").tobytes(),  # samples of the current shard, their order
+                   np.array(loader.intra, "<i4").tobytes(),
                    loader.rng.to_bytes()]
     _write_atomic(path, chunks)
 
@@ -302,7 +307,8 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
     steps = args.max_steps if args.max_steps != -1 else train_loader.num_tokens // total_batch
     val_steps = args.val_max_steps if args.val_max_steps != -1 else val_loader.num_tokens // tokens_per_fwdbwd
     if steps < 1 or val_steps < 1:
-        raise StudyError(f"nothing to do: {steps} train steps, {val_steps} val batches (too little data for -d / -b / -t)")
+        raise StudyError(f"nothing to do: {steps} train steps, {val_steps} val batches "
+                         f"(too little data for -d / -b / -t)")
     hs_path = wd / LLMC_RELATIVE_PATH
     examples = None
     if args.hellaswag_eval and hs_path.exists():
@@ -316,8 +322,10 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
                  ("output log dir", args.output_log_dir or "NULL"), ("micro batch size B", B),
                  ("sequence length T", T), ("total batch size", total_batch), ("LR scheduler", args.lr_scheduler_type),
                  ("learning rate (LR)", f"{args.learning_rate:e}"), ("warmup iterations", args.warmup_iterations),
-                 ("final LR fraction", f"{args.final_learning_rate_frac:e}"), ("weight decay", f"{args.weight_decay:e}"),
-                 ("max_steps", args.max_steps), ("device", f"CPU (torch {torch.__version__}, {torch.get_num_threads()} threads)"),
+                 ("final LR fraction", f"{args.final_learning_rate_frac:e}"),
+                 ("weight decay", f"{args.weight_decay:e}"),
+                 ("max_steps", args.max_steps),
+                 ("device", f"CPU (torch {torch.__version__}, {torch.get_num_threads()} threads)"),
                  ("peak TFlops", f"{peak / 1e12:.3f} (measured fp32 matmul)"), ("precision", "FP32"),
                  ("weight init method", "intermediate checkpoint" if resuming else args.load_filename),
                  ("num_layers L", shape.num_layers), ("num_heads NH", shape.num_heads), ("channels C", shape.channels),

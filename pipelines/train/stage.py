@@ -8,7 +8,7 @@
                                            hf/ (the final model as a Hugging Face folder)
 
 Both backends run with results/<run>/train/ as their working directory and relative paths
-(-i ../tokenize/web_train_*.bin -o web). The stage is resumable: a rerun after a kill or crash
+(-i ../mix/web/web_train_*.bin -j ../mix/val/heldout_val_*.bin -o web). The stage is resumable: a rerun after a kill or crash
 continues each run from its last DONE checkpoint (-y 1); a run whose config or input shards
 changed (launch.json differs) starts over in an emptied folder.
 """
@@ -41,12 +41,11 @@ class ShardSet:
 
 
 def shard_sets(ctx: StageContext) -> list[ShardSet]:
-    """The shard sets to train on. Now: the tokenize stage's shards, one set named tokenize.name;
-    the mixes stage will supply one set per mix here."""
-    tok = ctx.inputs["tokenize"]
-    d = ctx.run.dir("tokenize")
-    return [ShardSet(ctx.config.tokenize.name, d / tok["patterns"]["train"], d / tok["patterns"]["val"],
-                     int(tok["counts"]["train_tokens"]))]
+    """One shard set per mix of the mix stage; all share the mix stage's held-out validation shards."""
+    mix = ctx.inputs["mix"]
+    d = ctx.run.dir("mix")
+    return [ShardSet(m["name"], d / m["train_pattern"], d / m["val_pattern"], int(m["tokens"]))
+            for m in mix["mixes"]]
 
 
 def final_step(cfg, s: ShardSet) -> int:

@@ -1,0 +1,351 @@
+"""Evaluation: loaders on the real shared items, lm-eval's prompts, the batched tree scorer against a
+plain per-choice loop, metrics, bootstrap intervals, and the `evaluate` stage end to end."""
+
+from __future__ import annotations
+
+import gzip
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from pipelines.benchmarks import (Item, hellaswag_preprocess, load_benchmark, make_item, prompt, BadItem,
+                                  fewshot_examples, load_fewshot_pool)
+from pipelines.errors import StudyError
+from pipelines.evaluate import (TABLE_COLUMNS, bootstrap_ci, item_record, llmc_checkpoints, metric_rows,
+                                reference_targets)
+from pipelines.config import EvalModel
+from pipelines.scoring import CallableLM, HFCausalLM, score
+
+
+
+@pytest.fixture(scope="module")
+def eval_dir() -> Path:
+    from pipelines.benchmarks import default_data_dir  # ../shared/data/eval, or $STUDY_SHARED_DIR/data/eval
+
+    d = default_data_dir()
+    if not (d / "mmlu_test.jsonl.gz").exists():
+        pytest.fail(f"the shared benchmark items are missing at {d}: clone with shared/ beside the checkout "
+                    f"or set STUDY_SHARED_DIR")
+    return d
+
+
+@pytest.fixture(scope="module")
+def enc():
+    from pipelines.tokenizer import gpt2
+
+    return gpt2()
+
+
+def tiny_gpt2(n_positions: int = 256, seed: int = 0):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    cfg = GPT2Config(n_layer=2, n_head=2, n_embd=32, n_positions=n_positions, vocab_size=50257)
+    return GPT2LMHeadModel(cfg).eval()
+
+
+def hand_loglikelihood(model, enc, context: str, continuation: str, max_length: int) -> float:
+    """One (context, continuation) at a time, no batching, no masks: lm-eval's definition."""
+    n_spaces = len(context) - len(context.rstrip())
+    if n_spaces:
+        context, continuation = context[:-n_spaces], context[-n_spaces:] + continuation
+    ctx = enc.encode_ordinary(context)
+    cont = enc.encode_ordinary(context + continuation)[len(ctx):]
+    inp = (ctx + cont)[-(max_length + 1):][:-1]
+    with torch.no_grad():
+        logp = torch.log_softmax(model(torch.tensor([inp])).logits[0].float(), dim=-1)
+    total = 0.0
+    for k, t in enumerate(cont):
+        total += float(logp[len(inp) - len(cont) + k, t])
+    return total
+
+
+def real_prompts(eval_dir, n=3):
+    out = []
+    for b in ("arc_easy", "arc_challenge", "hellaswag", "mmlu"):
+        for it in load_benchmark(b, eval_dir, limit=n, sample="random", seed=3).items:
+            out.append((it, prompt(it, "cloze")))
+            if b == "mmlu":
+                out.append((it, prompt(it, "letter")))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# loaders
+
+
+@pytest.mark.parametrize("name,count", [("arc_easy", 2376), ("arc_challenge", 1172), ("hellaswag", 10042),
+                                        ("mmlu", 14042)])
+def test_loaders_read_the_shared_real_files(eval_dir, name, count):
+    b = load_benchmark(name, eval_dir)
+    assert len(b.items) == count and b.rows == count and b.bad == []
+    assert all(0 <= it.gold < len(it.choices) for it in b.items)
+    assert len({it.id for it in b.items}) == count
+    if name == "mmlu":
+        assert len({it.subject for it in b.items}) == 57
+        assert len(load_fewshot_pool("mmlu", eval_dir)) == 285
+
+
+def test_limit_and_seeded_subsample(eval_dir):
+    first = load_benchmark("arc_easy", eval_dir, limit=5)
+    assert [it.row for it in first.items] == [0, 1, 2, 3, 4]
+    a = load_benchmark("arc_easy", eval_dir, limit=50, sample="random", seed=1)
+    b = load_benchmark("arc_easy", eval_dir, limit=50, sample="random", seed=1)
+    c = load_benchmark("arc_easy", eval_dir, limit=50, sample="random", seed=2)
+    rows = [it.row for it in a.items]
+    assert rows == [it.row for it in b.items] and rows == sorted(rows) and len(set(rows)) == 50
+    assert rows != [it.row for it in c.items]
+
+
+def test_hellaswag_preprocessing_as_lm_eval():
+    row = {"ind": 7, "activity_label": "Making a cake", "ctx_a": "She mixes the flour.", "ctx_b": "then she",
+           "endings": ["bakes it [title] Step  two.", "b", "c", "d"], "label": "0"}
+    it = make_item("hellaswag", row, 0)
+    assert it.question == "Making a cake: She mixes the flour. Then she"  # ctx_b capitalised
+    assert it.choices[0] == "bakes it. Step two."  # " [title]" -> ". ", double space collapsed
+    # lm-eval strips before removing tags, so a leading tag leaves its space: kept for agreement
+    assert hellaswag_preprocess("  [header] Hello [step] world ") == " Hello world"
+
+
+def test_prompts_are_lm_eval_templates(eval_dir):
+    arc = load_benchmark("arc_easy", eval_dir, limit=1).items[0]
+    p = prompt(arc)
+    assert p.context == "Question: Which statement best explains why photosynthesis is the foundation of most food webs?\nAnswer:"
+    assert p.continuations[0] == " Sunlight is the source of energy for nearly all ecosystems."
+    mmlu = load_benchmark("mmlu", eval_dir, limit=1).items[0]
+    letter = prompt(mmlu, "letter")
+    assert letter.context == ("The following are multiple choice questions (with answers) about abstract algebra.\n\n"
+                              "Find the degree for the given field extension Q(sqrt(2), sqrt(3), sqrt(18)) over Q.\n"
+                              "A. 0\nB. 4\nC. 2\nD. 6\nAnswer:")
+    assert letter.continuations == [" A", " B", " C", " D"] and letter.answers == ["A", "B", "C", "D"]
+    cloze = prompt(mmlu, "cloze")
+    assert cloze.context.startswith("The following are questions (with answers) about abstract algebra.\n\nQuestion: ")
+    assert cloze.continuations == [" 0", " 4", " 2", " 6"]
+    with pytest.raises(StudyError):
+        prompt(arc, "letter")
+
+
+def test_mmlu_fewshot_uses_first_dev_items_of_the_subject(eval_dir):
+    pool = load_fewshot_pool("mmlu", eval_dir)
+    item = load_benchmark("mmlu", eval_dir, subjects=["anatomy"], limit=1).items[0]
+    shots = fewshot_examples(item, 2, pool, [item], seed=0)
+    assert [s.subject for s in shots] == ["anatomy", "anatomy"]
+    assert shots == [s for s in pool if s.subject == "anatomy"][:2]
+    ctx = prompt(item, "letter", shots).context
+    # description once, then each shot's question + " " + its answer letter + blank line, then the item
+    assert ctx.count("The following are") == 1
+    assert f"\nAnswer: {'ABCD'[shots[0].gold]}\n\n" in ctx and ctx.endswith("\nAnswer:")
+
+
+def _write_jsonl_gz(path: Path, lines: list[str]) -> None:
+    with gzip.open(path, "wt") as f:
+        f.write("\n".join(lines) + "\n")
+
+
+def test_bad_items_are_reported_not_fatal(tmp_path):
+    good = {"question": "q", "subject": "anatomy", "choices": ["a", "b", "c", "d"], "answer": 2}
+    rows = [good, {**good, "choices": ["a", "b", "c"]}, {**good, "answer": None}, {**good, "answer": 9},
+            {**good, "answer": "x"}, {**good, "choices": ["a", "", "c", "d"]}, {"question": "no choices"}]
+    lines = [json.dumps(r) for r in rows] + ["{not json"]
+    _write_jsonl_gz(tmp_path / "mmlu_test.jsonl.gz", lines)
+    b = load_benchmark("mmlu", tmp_path)
+    assert [it.row for it in b.items] == [0]
+    assert b.bad_counts == {"wrong_number_of_choices": 1, "missing_answer": 1, "invalid_answer": 2,
+                            "empty_choice": 1, "missing_field": 1, "invalid_json": 1}
+    arc = {"id": "x", "question": "q", "choices": {"text": ["a", "b", "c", "d"], "label": list("ABCD")}, "answerKey": "E"}
+    with pytest.raises(BadItem) as e:
+        make_item("arc_easy", arc, 0)
+    assert e.value.reason == "invalid_answer"
+    with pytest.raises(BadItem) as e:
+        make_item("hellaswag", {"activity_label": "a", "ctx_a": "b", "ctx_b": "", "endings": ["1", "2", "3", "4"],
+                                "label": ""}, 0)
+    assert e.value.reason == "missing_answer"
+
+
+def test_missing_local_file_says_what_to_do(tmp_path):
+    with pytest.raises(StudyError, match="evaluate.data_dir"):
+        load_benchmark("arc_easy", tmp_path)
+
+
+# ---------------------------------------------------------------------------------------------
+# scoring
+
+
+def test_batched_tree_scoring_matches_a_hand_loop_and_its_argmax(eval_dir, enc):
+    model = tiny_gpt2()
+    lm = HFCausalLM(model, encode=enc.encode_ordinary_batch, prefix_token_id=50256)
+    pairs = real_prompts(eval_dir, n=2)
+    prompts = [p for _, p in pairs]
+    ours = score(lm, prompts, batch_tokens=512, max_batch=4)  # several batches, padding, tree masks
+    # plain rows through full (B, T, V) logits: small batches keep that tensor small
+    rows = score(CallableLM(lambda ids: model(ids).logits, enc.encode_ordinary_batch, 256, 50256), prompts,
+                 batch_tokens=256)
+    for (it, p), ll, ll_rows in zip(pairs, ours, rows):
+        hand = [hand_loglikelihood(model, enc, p.context, c, 256) for c in p.continuations]
+        np.testing.assert_allclose(ll, hand, atol=2e-4, rtol=1e-5)
+        np.testing.assert_allclose(ll_rows, hand, atol=2e-4, rtol=1e-5)
+        assert int(np.argmax(ll)) == int(np.argmax(hand))
+        norm = np.array(hand) / np.array([len(a) for a in p.answers])
+        rec = item_record(it, p, ll)
+        assert rec["pred"] == int(np.argmax(hand)) and rec["pred_norm"] == int(np.argmax(norm))
+
+
+def test_items_longer_than_the_model_are_left_truncated_as_lm_eval(eval_dir, enc):
+    model = tiny_gpt2(n_positions=64)  # most real prompts are longer: rows, truncated from the left
+    lm = HFCausalLM(model, encode=enc.encode_ordinary_batch, prefix_token_id=50256)
+    assert lm.max_length == 64
+    pairs = real_prompts(eval_dir, n=2)
+    ours = score(lm, [p for _, p in pairs])
+    too_long = 0
+    for (_, p), ll in zip(pairs, ours):
+        too_long += len(enc.encode_ordinary(p.context)) > 64
+        hand = [hand_loglikelihood(model, enc, p.context, c, 64) for c in p.continuations]
+        np.testing.assert_allclose(ll, hand, atol=2e-4, rtol=1e-5)
+    assert too_long >= 3
+    with pytest.raises(StudyError, match="longer than the model"):
+        long_answer = Item("arc_easy", "x", 0, "q", ["many words " * 10, "short"], 0)
+        score(HFCausalLM(tiny_gpt2(n_positions=8), encode=enc.encode_ordinary_batch), [prompt(long_answer)])
+
+
+def test_llmc_checkpoint_scores_like_its_pytorch_model(tmp_path, eval_dir, enc):
+    from pipelines.evaluate import load_llmc
+    from pipelines.model import build_model, write_checkpoint
+
+    m = build_model("d2c64")
+    path = write_checkpoint(m, tmp_path / "model_00000005.bin")
+    ours = load_llmc(str(path))
+    ref = CallableLM(lambda ids: m(ids), enc.encode_ordinary_batch, m.shape.max_seq_len, 50256)
+    prompts = [p for _, p in real_prompts(eval_dir, n=2)]
+    np.testing.assert_allclose(score(ours, prompts), score(ref, prompts), atol=2e-4, rtol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------
+# metrics
+
+
+def test_acc_and_acc_norm_differ_where_answer_lengths_differ():
+    item = Item("arc_easy", "x", 0, "q", ["yes", "a much longer answer text"], gold=1)
+    p = prompt(item)
+    rec = item_record(item, p, [-6.0, -12.0])  # short answer more likely in total, long one per character
+    assert rec["pred"] == 0 and rec["acc"] == 0
+    assert rec["pred_norm"] == 1 and rec["acc_norm"] == 1
+    same = item_record(Item("arc_easy", "y", 1, "q", ["abc", "xyz"], gold=1), prompt(Item("arc_easy", "y", 1, "q", ["abc", "xyz"], 1)), [-6.0, -3.0])
+    assert same["pred"] == same["pred_norm"] == 1  # equal lengths: the two metrics agree
+    rows = metric_rows([rec, same], "arc_easy", "cloze", 200, 0.95, 0)
+    by = {r["metric"]: r["value"] for r in rows}
+    assert by == {"acc": 0.5, "acc_norm": 1.0}
+
+
+def test_bootstrap_interval_contains_estimate_and_shrinks_with_n():
+    rng = np.random.default_rng(0)
+    widths = []
+    for n in (40, 400, 4000):
+        x = (rng.random(n) < 0.3).astype(float)
+        lo, hi = bootstrap_ci(x, n_boot=500, seed=1)
+        assert lo <= x.mean() <= hi and lo < hi
+        assert (lo, hi) == bootstrap_ci(x, n_boot=500, seed=1)  # seeded
+        widths.append(hi - lo)
+    assert widths[0] > widths[1] > widths[2]
+    assert widths[1] / widths[2] == pytest.approx(np.sqrt(10), rel=0.3)  # ~1/sqrt(n)
+    g = np.repeat(["a", "b", "c"], [10, 100, 1000])
+    x = np.concatenate([np.ones(10), np.zeros(100), (rng.random(1000) < 0.5)])
+    macro = np.mean([x[g == s].mean() for s in "abc"])
+    lo, hi = bootstrap_ci(x, g, n_boot=500, seed=1)
+    assert lo <= macro <= hi and hi < x.mean() + 0.5  # the macro mean, not the item mean
+
+
+def test_mmlu_rows_per_subject_and_macro_average():
+    recs = []
+    for subject, accs in (("anatomy", [1, 1, 1, 1]), ("virology", [0, 0, 0, 1, 1, 1, 0, 0])):
+        for a in accs:
+            recs.append({"subject": subject, "lls": [0.0] * 4, "acc": a, "acc_norm": a})
+    rows = metric_rows(recs, "mmlu", "letter", 200, 0.95, 0)
+    assert {r["metric"] for r in rows} == {"acc"}  # letter form: all answers one character
+    per = {r["subject"]: r for r in rows}
+    assert per["anatomy"]["value"] == 1.0 and per["virology"]["value"] == 3 / 8
+    assert per[None]["value"] == pytest.approx((1.0 + 3 / 8) / 2) and per[None]["n"] == 12
+    assert per[None]["random_baseline"] == 0.25
+
+
+# ---------------------------------------------------------------------------------------------
+# targets and the stage
+
+
+def test_llmc_checkpoints_need_their_done_marker(tmp_path):
+    for step in (8, 16, 24):
+        (tmp_path / f"model_{step:08d}.bin").write_bytes(b"")
+    for step in (8, 16):
+        (tmp_path / f"DONE_{step:08d}").write_bytes(b"")
+    assert llmc_checkpoints(tmp_path) == [8, 16]
+    last = reference_targets(EvalModel(name="r", path=str(tmp_path), tokens_per_step=100), "last")
+    every = reference_targets(EvalModel(name="r", path=str(tmp_path)), "all")
+    assert [(t.step, t.tokens) for t in last] == [(16, 1600)]
+    assert [t.step for t in every] == [8, 16] and every[0].tokens is None
+
+
+def test_evaluate_stage_end_to_end(tmp_path, eval_dir, capsys):
+    from pipelines.config import load_config
+    from pipelines.manifest import Run
+    from pipelines.model import build_model, write_checkpoint
+
+    ckpt = write_checkpoint(build_model("d2c64"), tmp_path / "model_00000010.bin")
+    models = f"evaluate.models=[{{name: tiny, path: {ckpt}}}]"
+    base = [f"results_dir={tmp_path / 'results'}", f"evaluate.data_dir={eval_dir}", "evaluate.trained=false",
+            "evaluate.limit=4", "evaluate.bootstrap=50", "evaluate.progress=false"]
+    run = Run(load_config("ci", [*base, models]), "ev")
+    m = run.execute("evaluate")
+    assert m["status"] == "complete" and m["counts"]["items"] == {"arc_easy": 4, "arc_challenge": 4, "hellaswag": 4,
+                                                                   "mmlu": 4}
+    table = m["table"]
+    assert set(table[0]) == set(TABLE_COLUMNS)
+    keys = {(r["benchmark"], r["form"], r["metric"]) for r in table if r["subject"] is None}
+    assert keys == {("arc_easy", "cloze", "acc"), ("arc_easy", "cloze", "acc_norm"),
+                    ("arc_challenge", "cloze", "acc"), ("arc_challenge", "cloze", "acc_norm"),
+                    ("hellaswag", "cloze", "acc"), ("hellaswag", "cloze", "acc_norm"),
+                    ("mmlu", "cloze", "acc"), ("mmlu", "cloze", "acc_norm"), ("mmlu", "letter", "acc")}
+    for r in table:
+        assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["mix"] == "tiny" and r["step"] == 10
+    csv_lines = (run.dir("evaluate") / "table.csv").read_text().splitlines()
+    assert csv_lines[0] == ",".join(TABLE_COLUMNS) and len(csv_lines) == len(table) + 1
+    items = [json.loads(l) for l in (run.dir("evaluate") / "tiny/step_00000010/items_hellaswag_cloze.jsonl").open()]
+    assert [r["row"] for r in items] == [0, 1, 2, 3] and all(len(r["lls"]) == 4 for r in items)
+
+    # a second reference: the stage reruns, the unchanged target is reused from its per-item files
+    again = load_config("ci", [*base, f"evaluate.models=[{{name: tiny, path: {ckpt}}}, {{name: tiny2, path: {ckpt}}}]"])
+    capsys.readouterr()
+    m2 = Run(again, "ev").execute("evaluate")
+    out = capsys.readouterr().out
+    assert "tiny@10: unchanged since its last evaluation; reusing" in out
+    assert m2["speed"]["tiny@10"]["reused"] and not m2["speed"]["tiny2@10"]["reused"]
+    same = [r for r in m2["table"] if r["mix"] == "tiny"]
+    assert [r["value"] for r in same] == [r["value"] for r in table]
+
+
+def test_nothing_to_evaluate_is_a_clear_error(tmp_path):
+    from pipelines.config import load_config
+    from pipelines.manifest import Run
+
+    run = Run(load_config("ci", [f"results_dir={tmp_path}", "evaluate.trained=false"]), "none")
+    with pytest.raises(StudyError, match="nothing to evaluate"):
+        run.execute("evaluate")
+
+
+def test_agreement_with_lm_eval_per_item(tmp_path, eval_dir):
+    """Only where lm-evaluation-harness is installed (an optional tool, not a dependency)."""
+    pytest.importorskip("lm_eval")
+    from pipelines.lmeval_bridge import agreement_items, compare_task, load_model_pair, score_lmeval, score_ours
+    from pipelines.model import build_model, write_checkpoint
+
+    ckpt = write_checkpoint(build_model("d2c64"), tmp_path / "model_00000001.bin")
+    model, tok, ours_lm, _ = load_model_pair(str(ckpt), workdir=tmp_path)
+    tasks, items = agreement_items(eval_dir, ["arc_easy", "hellaswag", "mmlu"], ["anatomy"], 3, tmp_path / "tasks")
+    ours, _ = score_ours(ours_lm, tasks, items)
+    samples, _ = score_lmeval(model, tok, tmp_path / "tasks", tasks, 3, batch_size=4)
+    for t in tasks:
+        prompts, records = ours[t.name]
+        c = compare_task(items[t.name], records, prompts, samples[t.name])
+        assert c["n"] == 3 and c["prompt_equal"] == c["acc_equal"] == c["acc_norm_equal"] == 3, (t.name, c)
+        assert c["max_abs_ll_diff"] < 1e-3
