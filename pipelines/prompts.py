@@ -459,4 +459,6 @@ def run(ctx: StageContext) -> dict:
             "rules_version": templates.rules_version,
         },
         "prompts_sha256": prompts_digest(prompts),
+        # a topics file is named, not hashed, by the config: after editing it, rerun with --force
+        "topics_sha256": hashlib.sha256(Path(cfg.topics_path).read_bytes()).hexdigest() if cfg.seeds == "topics" else None,
     }

@@ -149,3 +149,18 @@ def test_prompts_stage_uses_ingest_extracts_and_records_diversity(ci_config):
     other = ci_config("prompts.n_prompts=12", "seed=7")
     run_stages(other, "p3", ["ingest", "prompts"])
     assert Run(other, "p3").read_manifest("prompts")["prompts_sha256"] != m["prompts_sha256"]
+
+
+def test_topic_seeds_need_no_ingest(ci_config, tmp_path):
+    topics = tmp_path / "units.yaml"
+    topics.write_text("- Fractions\n- {topic: Binary search, outline: [sorted input, halving]}\n")
+    cfg = ci_config("prompts.seeds=topics", f"prompts.topics_path={topics}", "prompts.n_prompts=5")
+    run_stages(cfg, "t", ["prompts"])
+    run = Run(cfg, "t")
+    assert not run.dir("ingest").exists()
+    m = run.read_manifest("prompts")
+    prompts = _read(run.dir("prompts") / m["outputs"][0]["path"])
+    assert {p["metadata"]["seed_kind"] for p in prompts} == {"topic"}
+    assert {p["metadata"]["seed_id"] for p in prompts} == {"topic:0", "topic:1"}
+    assert any("- sorted input\n- halving" in p["text"] for p in prompts)
+    assert m["inputs"] == {} and len(m["topics_sha256"]) == 64
