@@ -69,7 +69,7 @@ def _tokens_axis(ax, unit: str = "tokens") -> None:
 
 def _boundaries(ax, boundaries: Sequence[float]) -> None:
     for i, b in enumerate(boundaries):
-        ax.axvline(b, color="#000000", ls=":", lw=0.8, label="stage boundary" if i == 0 else None)
+        ax.axvline(b, color="#666666", ls="-.", lw=0.9, label="stage boundary" if i == 0 else None)
 
 
 def _pretty(name: str) -> str:
@@ -172,11 +172,13 @@ def benchmarks_vs_tokens(table, boundaries: Sequence[float] = (), metric: str = 
                 g = g.sort_values(xcol)
                 x = g[xcol].to_numpy(dtype=float)
                 v = 100 * g["value"].to_numpy(dtype=float)
-                err = [np.maximum(v - 100 * g["ci_low"].to_numpy(dtype=float), 0),
-                       np.maximum(100 * g["ci_high"].to_numpy(dtype=float) - v, 0)]
-                line = ax.errorbar(x, v, yerr=err, fmt="o-", ms=3.5, lw=1.3, capsize=2.5, elinewidth=0.8,
-                                   color=colors[m])
-                ax.fill_between(x, 100 * g["ci_low"], 100 * g["ci_high"], color=colors[m], alpha=0.15, lw=0)
+                lo, hi = 100 * g["ci_low"].to_numpy(dtype=float), 100 * g["ci_high"].to_numpy(dtype=float)
+                line, = ax.plot(x, v, "o-", ms=3.5, lw=1.3, color=colors[m])
+                if len(g) > 1:
+                    ax.fill_between(x, lo, hi, color=colors[m], alpha=0.15, lw=0)
+                else:  # one checkpoint: its CI as an error bar
+                    ax.errorbar(x, v, yerr=[np.maximum(v - lo, 0), np.maximum(hi - v, 0)], fmt="none", capsize=2.5,
+                                elinewidth=0.9, color=colors[m])
                 handles.setdefault(m, line)
             for i, (m, g) in enumerate(rb[rb["_ref"]].groupby("mix", sort=False)):
                 line = ax.axhline(100 * g["value"].iloc[-1], color=REFERENCE_COLOR, ls=("-." if i % 2 else "--"),
@@ -200,7 +202,7 @@ def benchmarks_vs_tokens(table, boundaries: Sequence[float] = (), metric: str = 
         axes[0].set_ylabel(f"accuracy ({metric if metric in set(rows['metric']) else 'acc'}, {form})")
         fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False,
                    ncols=min(len(handles), 4))
-        fig.suptitle(title or "Benchmark score over training (evaluated checkpoints; band: 95% CI)")
+        fig.suptitle(title or "Benchmark score over training (evaluated checkpoints; 95% bootstrap CI)")
     return fig
 
 
@@ -241,6 +243,7 @@ def training_curves(logs: Mapping[str, "object"], boundaries: Sequence[float] = 
             hs.yaxis.set_major_formatter(PercentFormatter(decimals=0))
             hs.set_title("HellaSwag during training")
         for a in axes:
+            a.set_xlim(left=0)
             _boundaries(a, boundaries)
             if use_tokens:
                 _tokens_axis(a)
@@ -252,8 +255,9 @@ def training_curves(logs: Mapping[str, "object"], boundaries: Sequence[float] = 
         if has_hs:
             h2, l2 = axes[1].get_legend_handles_labels()
             handles, labels = handles + h2, labels + l2
-        if handles:
-            fig.legend(handles, labels, loc="outside right upper", frameon=False)
+        legend = dict(zip(labels, handles))  # one entry per label (a boundary is on both panels)
+        if legend:
+            fig.legend(list(legend.values()), list(legend), loc="outside right upper", frameon=False)
         fig.suptitle(title or "Training curves")
     return fig
 
@@ -290,7 +294,7 @@ def classifier_confusion(metrics: Mapping, title: str | None = None):
             ax.set_yticks(range(len(labels)), labels)
             ax.set_xlabel("predicted int_score")
             ax.set_ylabel("label (LLM annotation)")
-            ax.set_title(f"{kind}: accuracy {m['accuracy']:.2f}, macro-F1 {m['macro_f1']:.2f} (n={m['n']:,})")
+            ax.set_title(f"{kind}\naccuracy {m['accuracy']:.2f}, macro-F1 {m['macro_f1']:.2f}, n={m['n']:,}")
             for s in ax.spines.values():
                 s.set_visible(False)
         fig.colorbar(im, ax=list(axes), shrink=0.85, label="share of the label's pages (recall)")
@@ -439,29 +443,33 @@ def length_distributions(lengths, unit: str = "GPT-2 tokens", colors: Mapping[st
 
 
 def decontamination_removals(removals, title: str | None = None):
-    """Documents removed per source by reason (exact / near duplicate, contaminated per benchmark), as a
-    share of the source's documents, with the count at the bar's end (table: mix.removals_table)."""
-    reasons = ["exact_duplicate", "near_duplicate", *[c for c in removals.columns if c.startswith("contaminated_")]]
-    label = {"exact_duplicate": "exact duplicate", "near_duplicate": "near duplicate",
-             **{c: f"contaminated: {BENCHMARKS.get(c[13:], c[13:])}" for c in reasons if c.startswith("contaminated_")}}
+    """Documents removed per source (table: mix.removals_table) as a share of the source's documents read,
+    count at the bar's end: duplicates (exact, near) on the left, contamination per benchmark on the
+    right (its own scale: contamination is usually far rarer than duplication)."""
+    contam = [c for c in removals.columns if c.startswith("contaminated_")]
+    groups = [("duplicates", {"exact_duplicate": "exact", "near_duplicate": "near (MinHash)"}),
+              ("benchmark contamination", {c: BENCHMARKS.get(c[13:], c[13:]) for c in contam})]
     srcs = list(removals["source"])
+    n_in = np.maximum(removals["documents_in"].to_numpy(dtype=float), 1)
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(6.4, max(2.4, 0.9 + 0.45 * len(srcs))), layout="constrained")
-        ax = fig.subplots()
-        n_in = removals["documents_in"].to_numpy(dtype=float)
-        left = np.zeros(len(srcs))
-        for i, r in enumerate(reasons):
-            share = removals[r].to_numpy(dtype=float) / np.maximum(n_in, 1)
-            ax.barh(srcs, share, left=left, color=OKABE_ITO[i % len(OKABE_ITO)], label=label[r], height=0.6)
-            left += share
-        total = removals[reasons].sum(axis=1).to_numpy()
-        for y, (t, n, x) in enumerate(zip(total, n_in, left)):
-            ax.text(x, y, f"  {int(t):,} of {int(n):,}", va="center", fontsize=7)
-        ax.set_xlim(0, max(float(left.max()) * 1.35 if len(left) else 0.0, 0.01))
-        ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
-        ax.invert_yaxis()
-        ax.set_xlabel("documents removed (share of the source's documents read)")
-        ax.set_ylabel("source")
-        ax.legend(title="reason", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
-        ax.set_title(title or "Deduplication and decontamination removals per source")
+        fig = Figure(figsize=(7.5, max(2.6, 1.2 + 0.45 * len(srcs))), layout="constrained")
+        axes = fig.subplots(1, 2, sharey=True)
+        for g, (ax, (what, cols)) in enumerate(zip(axes, groups)):
+            left = np.zeros(len(srcs))
+            for i, (col, label) in enumerate(cols.items()):
+                share = removals[col].to_numpy(dtype=float) / n_in
+                ax.barh(srcs, share, left=left, height=0.6, label=label, color=OKABE_ITO[(2 * g + i) % len(OKABE_ITO)])
+                left += share
+            total = removals[list(cols)].sum(axis=1).to_numpy() if cols else np.zeros(len(srcs))
+            for y, (t, n, x) in enumerate(zip(total, removals["documents_in"], left)):
+                ax.text(x, y, f" {int(t):,} of {int(n):,}", va="center", fontsize=7)
+            ax.set_xlim(0, max(float(left.max()) * 1.45 if len(left) else 0.0, 0.01))
+            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
+            ax.set_xlabel("share of the source's documents")
+            ax.set_title(f"{what} removed")
+            if cols:
+                ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncols=2)
+        axes[0].invert_yaxis()
+        axes[0].set_ylabel("source")
+        fig.suptitle(title or "Documents removed before mixing, per source")
     return fig

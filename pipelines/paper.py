@@ -4,14 +4,14 @@
   results/<run>/figures/tables/<name>.tex, .csv     tables (pipelines/tables.py)
   results/<run>/figures/tables/study.tex            \\renewcommand macros: run, preset, commit, mixes
 
-Each output names the stages it reads. One whose stage is missing or incomplete is left out with a
-message naming the command to run first; the others are still made. A stale input (config changed
-since) is used as it is, with a note. The stage has no config of its own and no fixed upstream
-stages: it reads whatever is there, records what it read (manifest sha256) under `read`, and is
-redrawn on every `study figures` / `study run` (it is cheap).
+As a stage (last in STAGES, inputs: every stage it reads) it behaves like the others: `study run`
+skips it while its inputs are unchanged and redraws it when one was rerun. `study figures` (make())
+also works on a partial run: every output whose stages are there is drawn into the same folder and
+each one left out gets a message naming the command to run first; without a manifest (the stage stays
+incomplete until every input is done). A stale input is drawn as it is, with a note.
 
-`export()` (`study figures`) replaces the generated files in paper/figures/ and paper/tables/ with
-this run's, so the paper in paper/ builds from one run.
+export() (`study figures`) replaces the generated files in paper/figures/ and paper/tables/ with this
+run's, so the paper in paper/ builds from one run.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from pipelines import figures as F
 from pipelines import tables as T
 from pipelines.config import PROJECT_ROOT
 from pipelines.errors import StudyError
-from pipelines.manifest import STAGES, MANIFEST, Run, StageContext, file_sha256
+from pipelines.manifest import STAGES, Run, StageContext, file_sha256
 
 PAPER_DIR = PROJECT_ROOT / "paper"
 DOCUMENT_STAGES = {"ingest": "web", "filter": "web-edu", "generate": "synthetic"}  # default labels
@@ -57,7 +57,8 @@ def eval_table(run: Run):
 
     path = run.dir("evaluate") / "table.csv"
     if not path.exists():
-        raise StudyError(f"{path} is missing although the evaluate stage has a manifest: rerun `study evaluate --force`")
+        raise StudyError(f"{path} is missing although the evaluate stage has a manifest: "
+                         f"rerun `study evaluate --force`")
     t = pd.read_csv(path)
     if t.empty:
         raise StudyError(f"{path} has no rows: the evaluate stage evaluated nothing")
@@ -111,7 +112,8 @@ def document_lengths(run: Run, max_documents: int = MAX_LENGTH_DOCUMENTS):
     texts = {}
     for stage, default in DOCUMENT_STAGES.items():
         if run.state(stage).status in ("done", "stale"):
-            texts[names.get(stage, default)] = [d["text"] for d in itertools.islice(_documents(run, stage), max_documents)]
+            docs = itertools.islice(_documents(run, stage), max_documents)
+            texts[names.get(stage, default)] = [d["text"] for d in docs]
     try:
         from pipelines.tokenizer import gpt2
 
@@ -155,10 +157,12 @@ def _filter_hist(run: Run):
 
 
 OUTPUTS: list[Output] = [
-    Output("benchmark_comparison", "figure", ("evaluate",), lambda r: F.benchmark_comparison(eval_table(r), colors=colors(r))),
+    Output("benchmark_comparison", "figure", ("evaluate",),
+           lambda r: F.benchmark_comparison(eval_table(r), colors=colors(r))),
     Output("benchmarks_vs_tokens", "figure", ("evaluate",),
            lambda r: F.benchmarks_vs_tokens(eval_table(r), stage_boundaries(r), colors=colors(r))),
-    Output("training_curves", "figure", ("train",), lambda r: F.training_curves(train_logs(r), stage_boundaries(r), colors(r))),
+    Output("training_curves", "figure", ("train",),
+           lambda r: F.training_curves(train_logs(r), stage_boundaries(r), colors(r))),
     Output("classifier_confusion", "figure", ("classify",), lambda r: F.classifier_confusion(classifier_metrics(r))),
     Output("classifier_f1", "figure", ("classify",), lambda r: F.classifier_f1(classifier_metrics(r))),
     Output("score_histograms", "figure", ("filter",), _filter_hist),
@@ -201,13 +205,14 @@ class Rendered:
     figures: dict  # name -> matplotlib Figure
     tables: dict  # name -> tables.Table
     missing: list[str]  # one message per output left out
+    left_out: dict  # name -> short reason (for the paper)
     notes: list[str]
     read: dict  # stage -> {status, sha256 of its manifest}
 
 
 def render(run: Run, only: list[str] | None = None, log=print) -> Rendered:
     """Build every output whose inputs exist (all, or those named in `only`), in memory."""
-    res = Rendered({}, {}, [], [], {})
+    res = Rendered({}, {}, [], {}, [], {})
     for out in OUTPUTS:
         if only and out.name not in only:
             continue
@@ -218,6 +223,8 @@ def render(run: Run, only: list[str] | None = None, log=print) -> Rendered:
                 log(f"[figures] note: {n}")
         if problems:
             res.missing += problems
+            res.left_out[out.name] = "needs " + ", ".join(s for s in out.needs if run.state(s).status in
+                                                         ("missing", "incomplete"))
             for p in problems:
                 log(f"[figures] skipped {out.kind} {p}")
             continue
@@ -225,6 +232,7 @@ def render(run: Run, only: list[str] | None = None, log=print) -> Rendered:
             obj = out.build(run)
         except StudyError as e:
             res.missing.append(f"{out.name}: {e}")
+            res.left_out[out.name] = "its inputs could not be read"
             log(f"[figures] skipped {out.kind} {out.name}: {e}")
             continue
         (res.figures if out.kind == "figure" else res.tables)[out.name] = obj
@@ -247,7 +255,7 @@ def macros(run: Run, res: Rendered) -> str:
         "studycommit": esc((git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")),
         "studymixes": esc(", ".join(m.name for m in cfg.mix.mixes)),
         "studymodel": esc(f"{cfg.train.model} ({cfg.train.backend} backend)"),
-        "studymissing": esc("; ".join(res.missing)) if res.missing else "none",
+        "studymissing": esc("; ".join(f"{k} ({v})" for k, v in res.left_out.items())) if res.left_out else "none",
     }
     return "".join(f"\\renewcommand{{\\{k}}}{{{v}}}\n" for k, v in facts.items())
 
@@ -266,16 +274,40 @@ def write(res: Rendered, run: Run, out_dir: Path) -> list[dict]:
     return outputs
 
 
-def run(ctx: StageContext) -> dict:
-    res = render(ctx.run)
-    outputs = write(res, ctx.run, ctx.dir)
+def draw(run: Run, out_dir: Path, log=print) -> dict:
+    """render() + write() into out_dir; -> the manifest fields. Fails only when nothing can be drawn."""
+    res = render(run, log=log)
+    outputs = write(res, run, out_dir)
     if not outputs:
         raise StudyError("[figures] nothing to draw: every figure and table needs a stage this run does not "
                          "have yet:\n  " + "\n  ".join(res.missing))
-    print(f"[figures] {len(res.figures)} figure(s), {len(res.tables)} table(s) -> {ctx.dir}"
-          + (f"; {len(res.missing)} left out (see above)" if res.missing else ""))
+    log(f"[figures] {len(res.figures)} figure(s), {len(res.tables)} table(s) -> {out_dir}"
+        + (f"; {len(res.missing)} left out (see above)" if res.missing else ""))
     return {"outputs": outputs, "missing": res.missing, "notes": res.notes, "read": res.read,
             "counts": {"figures": len(res.figures), "tables": len(res.tables), "missing": len(res.missing)}}
+
+
+def run(ctx: StageContext) -> dict:
+    """The stage: every input is done here (Run.execute checked)."""
+    return draw(ctx.run, ctx.dir)
+
+
+def make(run: Run, force: bool = False, log=print) -> dict:
+    """`study figures`: the stage when every input is done (skipped while up to date, unless force);
+    otherwise every output whose stages are there, drawn into the stage folder without a manifest."""
+    not_done = {s: run.state(s) for s in run.inputs("figures")}
+    not_done = {s: st for s, st in not_done.items() if st.status != "done"}
+    if not not_done:
+        return run.execute("figures", force=force, log=log)
+    log(f"[figures] partial run: {', '.join(f'`{s}` {st.status}' for s, st in not_done.items())}; drawing what "
+        f"is there (the figures stage stays incomplete until every input is done)")
+    d = run.dir("figures")
+    if d.is_symlink():
+        d.unlink()
+    elif d.exists():
+        shutil.rmtree(d)
+    d.mkdir(parents=True)
+    return draw(run, d, log)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -289,12 +321,14 @@ def _clear(d: Path) -> None:
             p.unlink()
 
 
-def export(run: Run, paper_dir: str | Path = PAPER_DIR, log=print) -> dict:
-    """Replace paper/figures/* and paper/tables/* (but .gitkeep) with the run's figures stage outputs."""
+def export(run: Run, paper_dir: str | Path | None = None, log=print) -> dict:
+    """Replace paper/figures/* and paper/tables/* (but .gitkeep) with the run's figures stage outputs
+    (paper_dir: default PAPER_DIR, the checkout's paper/)."""
     src = run.dir("figures")
-    if not (src / MANIFEST).exists():
-        raise StudyError(f"no figures in {src}: run `study figures --preset {run.config.preset} --run {run.name}` first")
-    paper = Path(paper_dir)
+    if not any(src.glob("*.pdf")) and not any(src.glob("tables/*.tex")):
+        raise StudyError(f"no figures in {src}: run `study figures --preset {run.config.preset} --run {run.name}` "
+                         f"first")
+    paper = Path(paper_dir or PAPER_DIR)
     figs, tabs = paper / "figures", paper / "tables"
     _clear(figs)
     _clear(tabs)

@@ -6,7 +6,7 @@ dashes become their LaTeX forms. The paper needs \\usepackage{booktabs}.
 
   main_results        mix x benchmark: mean ± CI half-width (%), best mix per column in bold
   classifier_metrics  per classifier kind: MSE, accuracy, macro-F1, P/R/F1 at the threshold
-  mix_composition     per mix: tokens, documents, and each source's tokens, share and epochs
+  mix_composition     per mix: tokens, documents, and each source's tokens and epochs
   data_sources        per source: documents read, duplicates and contaminated documents removed, kept
 """
 
@@ -57,7 +57,8 @@ def to_latex(display: pd.DataFrame, caption: str, label: str, bold: pd.DataFrame
     """A booktabs table float. bold: same shape as display, True where the cell is bold;
     rules_after: row positions followed by a \\midrule."""
     align = align or "l" + "r" * (display.shape[1] - 1)
-    lines = [r"\begin{table}[tbp]", r"\centering", r"\small", rf"\caption{{{latex_escape(caption)}}}",
+    lines = [r"\begin{table}[tbp]", r"\centering", r"\small", r"\setlength{\tabcolsep}{4pt}",
+             rf"\caption{{{latex_escape(caption)}}}",
              rf"\label{{{label}}}", rf"\begin{{tabular}}{{{align}}}", r"\toprule",
              " & ".join(latex_escape(c) for c in display.columns) + r" \\", r"\midrule"]
     for i in range(len(display)):
@@ -85,7 +86,8 @@ def human(n) -> str:
     return f"{n:.0f}"
 
 
-def _best(values: pd.DataFrame, eligible: Sequence[bool], lower_is_better: Sequence[bool] | None = None) -> pd.DataFrame:
+def _best(values: pd.DataFrame, eligible: Sequence[bool],
+          lower_is_better: Sequence[bool] | None = None) -> pd.DataFrame:
     """True at the best eligible value of each column (ties: all of them); NaN never best."""
     best = pd.DataFrame(False, index=values.index, columns=values.columns)
     mask = pd.Series(list(eligible), index=values.index)
@@ -182,8 +184,8 @@ def classifier_metrics(metrics: Mapping) -> Table:
 
 
 def mix_composition(manifest: Mapping) -> Table:
-    """Per mix (mix manifest): training tokens and documents, and per source its tokens, share of the
-    mix and epochs (how often the source's surviving documents were repeated)."""
+    """Per mix (mix manifest): training tokens and documents, and per source its tokens and epochs (how
+    often the source's surviving documents were repeated); the CSV also has each source's share."""
     sources = list(dict.fromkeys(s for m in manifest["mixes"] for s in m["per_source"]))
     data, disp = [], []
     for m in manifest["mixes"]:
@@ -198,12 +200,12 @@ def mix_composition(manifest: Mapping) -> Table:
                 continue
             share = v["tokens"] / m["tokens"] if m["tokens"] else 0.0
             d.update({f"{s}_tokens": v["tokens"], f"{s}_share": round(share, 4), f"{s}_epochs": v["epochs"]})
-            c[s] = f"{human(v['tokens'])} ({share:.0%}, {v['epochs']:.2f} ep.)"
+            c[s] = f"{human(v['tokens'])} ({v['epochs']:.2f} ep.)"
         data.append(d)
         disp.append(c)
     display = pd.DataFrame(disp, columns=["Mix", "Tokens", "Documents", *sources])
-    caption = ("Mixes: GPT-2 training tokens and documents, and per source its tokens, share of the mix and "
-               "epochs (ep.: how many times the source's deduplicated, decontaminated documents are used).")
+    caption = ("Mixes: GPT-2 training tokens and documents, and per source its tokens and epochs (ep.: how "
+               "many times the source's deduplicated, decontaminated documents are used).")
     return Table("mix_composition", caption, "tab:mixes", display, pd.DataFrame(data),
                  to_latex(display, caption, "tab:mixes"))
 

@@ -129,7 +129,8 @@ def mix_manifest() -> dict:
            "web-edu": {"stage": "filter", "documents_in": 95, "exact_duplicate": 2, "near_duplicate": 3,
                        "contaminated": {}, "documents_kept": 90, "tokens_kept": 80_000}}
     return {"mixes": mixes, "sources": src,
-            "decontamination": {"ngram": 13, "benchmarks": bench, "per_source": {k: v["contaminated"] for k, v in src.items()}}}
+            "decontamination": {"ngram": 13, "benchmarks": bench,
+                                "per_source": {k: v["contaminated"] for k, v in src.items()}}}
 
 
 PER_CELL = {"young_children/story": 5, "young_children/textbook_narrative": 4, "middle_school/blog_post": 6,
@@ -181,10 +182,9 @@ def test_every_figure_renders_and_writes_pdf_and_png(tmp_path, logs, name):
     assert [p.name for p in paths] == [f"{name}.pdf", f"{name}.png"]
     assert paths[0].read_bytes().startswith(b"%PDF")
     assert paths[1].read_bytes().startswith(b"\x89PNG")
-    for ax in fig.axes:  # every data panel says what its axes are
-        if ax.get_label() == "<colorbar>":
-            continue
-        assert ax.get_xlabel() or ax.get_ylabel() or not ax.has_data(), (name, ax.get_title())
+    assert fig.axes[0].get_ylabel()  # the quantity and its unit (panels sharing y label the first only)
+    for ax in fig.axes:  # every panel is titled or labelled
+        assert ax.get_title() or ax.get_xlabel() or ax.get_label() == "<colorbar>", name
 
 
 def test_every_figure_in_the_module_is_covered():
@@ -343,7 +343,7 @@ def test_missing_inputs_name_the_stage_to_run_first(tmp_path, ci_config):
                        ("generate", "study generate")):
         assert f"`{stage}` stage" in text and f"`{cmd} --preset ci --run figs`" in text, stage
     with pytest.raises(StudyError, match="nothing to draw"):
-        run.execute("figures", **QUIET)
+        paper.make(run, **QUIET)
 
 
 QUIET = {"log": lambda m: None}
@@ -428,8 +428,66 @@ def test_study_figures_writes_everything_and_exports_into_paper(tmp_path, ci_con
 def test_partial_run_still_makes_the_other_figures(tmp_path, ci_config):
     run = _run(tmp_path, ci_config)
     ensure(run, "classify", _classify)
-    manifest = run.execute("figures", **QUIET)
-    assert {o["name"] for o in manifest["outputs"]} == {"classifier_confusion", "classifier_f1", "classifier_metrics"}
-    assert any("`study evaluate --preset ci --run figs` first" in m for m in manifest["missing"])
+    result = paper.make(run, **QUIET)
+    assert {o["name"] for o in result["outputs"]} == {"classifier_confusion", "classifier_f1", "classifier_metrics"}
+    assert any("`study evaluate --preset ci --run figs` first" in m for m in result["missing"])
     assert (run.dir("figures") / "classifier_confusion.png").exists()
     assert (run.dir("figures") / "tables" / "classifier_metrics.tex").exists()
+    # drawn, but the stage is not complete until every stage it reads is done
+    assert run.state("figures").status == "incomplete"
+    macros = (run.dir("figures") / "tables" / "study.tex").read_text()
+    assert r"main\_results (needs evaluate)" in macros and r"classifier\_metrics (" not in macros
+
+
+def test_notebook_is_thin_parameterised_and_committed_without_outputs():
+    import ast
+
+    import nbformat
+
+    from pipelines.config import PROJECT_ROOT
+
+    nb = nbformat.read(PROJECT_ROOT / "notebooks" / "07_figures.ipynb", as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert "parameters" in code[0].metadata.get("tags", [])
+    values = {t.targets[0].id: ast.literal_eval(t.value) for t in ast.parse(code[0].source).body}
+    assert values == {"run": "smoke", "preset": "smoke", "results_dir": "results", "overrides": []}
+    setup = code[1].source
+    assert setup.startswith("%matplotlib inline") and "os.chdir(PROJECT_ROOT)" in setup
+    assert 'cfg = load_config(preset, [f"results_dir={results_dir}", *overrides])' in setup
+    assert all(not c.outputs and c.execution_count is None for c in code)
+    source = "\n".join(c.source for c in code)
+    assert "paper.make(Run(cfg, run))" in source and "display(fig)" in source
+
+
+@pytest.fixture
+def tables_only(monkeypatch):
+    """Stage-behaviour tests need not draw every figure: only the tables (fast)."""
+    monkeypatch.setattr(paper, "OUTPUTS", [o for o in paper.OUTPUTS if o.kind == "table"])
+
+
+def test_figures_stage_is_skipped_while_inputs_are_unchanged_and_redrawn_after_a_rerun(tmp_path, ci_config,
+                                                                                         tables_only):
+    run = _run(tmp_path, ci_config)
+    fake_stages(run)
+    paper.make(run, **QUIET)
+    path = run.manifest_path("figures")
+    stamp = path.stat().st_mtime_ns
+    assert run.state("figures").status == "done"
+    paper.make(run, **QUIET)  # nothing changed: skipped (as `study run` skips it)
+    assert path.stat().st_mtime_ns == stamp
+    run.execute("evaluate", _evaluate, force=True, **QUIET)  # an upstream stage is rerun
+    assert run.state("figures").status == "stale"
+    paper.make(run, **QUIET)
+    assert path.stat().st_mtime_ns != stamp and run.state("figures").status == "done"
+
+
+def test_a_sweep_point_never_shares_the_figures_of_another_point(tmp_path, ci_config, tables_only):
+    a = Run(ci_config(), "a")
+    fake_stages(a)
+    paper.make(a, **QUIET)
+    b = Run(ci_config("share_with=[a]", "evaluate.limit=9"), "b")  # another point: its own evaluation
+    fake_stages(b)
+    assert b.dir("mix").is_symlink()  # upstream stages with the same config are shared ...
+    paper.make(b, **QUIET)
+    assert not b.dir("figures").is_symlink()  # ... figures of other inputs are not
+    assert r"\renewcommand{\studyrun}{b}" in (b.dir("figures") / "tables" / "study.tex").read_text()
