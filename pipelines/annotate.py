@@ -35,7 +35,7 @@ from typing import IO, Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from pipelines.backends import Backend, make_backend
-from pipelines.config import AnnotateConfig, BackendConfig, config_hash
+from pipelines.config import BackendConfig, config_hash
 from pipelines.documents import ShardedWriter, read_documents
 from pipelines.errors import StudyError
 from pipelines.generate import Lock, PartWriter, read_row, scan_parts
@@ -354,3 +354,32 @@ def read_annotations(run_dir: str | Path, unparsed: bool = False) -> list[dict]:
     """The pages of results/<run>/annotate/labels (or unparsed/), in page order."""
     d = Path(run_dir) / "annotate" / ("unparsed" if unparsed else "labels")
     return list(read_documents(sorted(d.glob("*.jsonl.gz"))))
+
+
+def annotator_table(manifest: dict):
+    """One row per annotator: pages parsed / failed / clipped, parse-failure rate, labels 0..5."""
+    import pandas as pd
+
+    rows = []
+    for a in manifest["annotators"]:
+        rows.append({"annotator": a["name"], "model": a["model"], "parsed": a["parsed"], "failed": a["failed"],
+                     "clipped": a["clipped"], "parse_failure_rate": a["parse_failure_rate"],
+                     **{f"score {k}": v for k, v in a["label_distribution"].items()}})
+    return pd.DataFrame(rows)
+
+
+def examples_per_score(docs: list[dict], per_score: int = 2, chars: int = 300):
+    """The first `per_score` pages of each int_score (None: unparsed): extract and the model's answer."""
+    import pandas as pd
+
+    seen: Counter = Counter()
+    rows = []
+    for d in docs:
+        a = d["metadata"]["annotation"]
+        k = a["int_score"]
+        if seen[k] >= per_score:
+            continue
+        seen[k] += 1
+        rows.append({"int_score": k, "score": a["score"], "id": d["id"], "source": d["source"],
+                     "extract": d["text"][:chars], "answer": (a["answers"][0] or "")[-chars:]})
+    return pd.DataFrame(rows).sort_values("int_score", na_position="first", kind="stable").reset_index(drop=True)

@@ -3,11 +3,13 @@
 Two kinds, trained side by side on the same labels and split:
   embedding  frozen sentence embeddings (all-MiniLM-L6-v2 bundled; Snowflake/snowflake-arctic-embed-m,
              FineWeb-Edu's, by hub id) of the first `max_tokens` tokens, + a ridge head (dim -> 1)
-  hashed     word 1..n-grams of the first `max_chars` characters hashed into 2**bits buckets (crc32,
-             l2-normalised counts), + a ridge head: no neural encoder, for very large corpora (the
-             spirit of DCLM's fastText filter)
+  hashed     word 1..n-grams of the first `max_chars` characters hashed into 2**bits buckets
+             (log-count x idf, l2-normalised), + a ridge head: no neural encoder, vectorised numpy
+             over whole batches, for very large corpora (the spirit of DCLM's fastText filter)
 
-The score is the regression output; `int_score` rounds it half up and clips it to 0..5. A model is
+The ridge head's output is linearly recalibrated on held-out training rows (ridge shrinks toward
+the mean label, which would keep rounded scores off the ends of the scale). The score is that
+output; `int_score` rounds it half up and clips it to 0..5. A model is
 saved WITHOUT pickle: model.json (kind, embedder name, feature settings, training facts) and
 weights.npz (plain float64 arrays, loaded with allow_pickle=False); prediction is numpy arithmetic
 on those arrays, so a saved model predicts identically wherever it is loaded.
@@ -26,7 +28,6 @@ import gzip
 import importlib.util
 import json
 import math
-import re
 import time
 from collections import Counter
 from pathlib import Path
@@ -98,6 +99,16 @@ def labelled_documents(run: Run, cfg: ClassifierConfig, seed: int) -> tuple[list
     if src.stage:
         docs: Iterable[dict] = stage_documents(run, src.stage, src.split)
     else:
+        if src.path:
+            from pipelines.documents import expand_paths
+
+            try:
+                expand_paths(src.path)
+            except StudyError as e:
+                raise StudyError(
+                    f"[classify] classifier.label_source: {e}. Point it at labelled pages: the shared sample "
+                    f"(clone shared/ beside the checkout), `{{dataset: HuggingFaceFW/fineweb-edu-llama3-annotations}}` "
+                    f"with label_fields [{{field: score}}] when the hub is reachable, or `{{stage: annotate}}`") from None
         docs = external_documents(src, seed, DropLog(None))
     rows, seen, unlabelled = [], set(), Counter()
     for doc in docs:
@@ -117,8 +128,13 @@ def labelled_documents(run: Run, cfg: ClassifierConfig, seed: int) -> tuple[list
             f"[classify] only {len(rows)} labelled page(s) in {where} (label fields: {fields}); need at least 10. "
             f"With labels from `annotate`, annotate more pages (annotate.max_documents) or use a stronger annotator; "
             f"or point classifier.label_source / classifier.label_fields at pages that already carry a score")
-    return rows, {"labelled": len(rows), "unlabelled_per_source": dict(sorted(unlabelled.items())),
-                  "labelled_per_source": dict(sorted(Counter(r["source"] for r in rows).items())), "from": where}
+    stats = {"labelled": len(rows), "unlabelled_per_source": dict(sorted(unlabelled.items())),
+             "labelled_per_source": dict(sorted(Counter(r["source"] for r in rows).items())), "from": where}
+    if src.path and Path(src.path).is_file():  # a file outside the run: record which one it was
+        from pipelines.manifest import file_sha256
+
+        stats["sha256"] = file_sha256(Path(src.path))
+    return rows, stats
 
 
 def stratified_split(classes: np.ndarray, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -202,11 +218,19 @@ _MIX = np.uint64(0x9E3779B97F4A7C15)  # multiplicative hashing: the top bits of 
 _GRAM = np.uint64(1_000_003)
 
 
+_POWERS: dict[int, np.ndarray] = {}
+
+
 def _powers(base: np.uint64, n: int) -> np.ndarray:
-    out = np.full(n, base, dtype=np.uint64)
-    out[0] = 1
-    with np.errstate(over="ignore"):
-        return np.cumprod(out, dtype=np.uint64)  # wraps mod 2**64, the same on every platform
+    """base**0 .. base**(n-1) mod 2**64 (cached and grown by doubling: batches reuse them)."""
+    have = _POWERS.get(int(base))
+    if have is None or have.size < n:
+        size = max(n, 2 * (have.size if have is not None else 1 << 16))
+        out = np.full(size, base, dtype=np.uint64)
+        out[0] = 1
+        with np.errstate(over="ignore"):
+            have = _POWERS[int(base)] = np.cumprod(out, dtype=np.uint64)  # wraps identically everywhere
+    return have[:n]
 
 
 def batch_ngrams(texts: Sequence[str], bits: int, ngrams: int, max_chars: int) -> tuple[np.ndarray, np.ndarray]:
@@ -257,9 +281,14 @@ def hashed_counts(texts: Sequence[str], bits: int, ngrams: int, max_chars: int):
     import scipy.sparse as sp
 
     r, c = batch_ngrams(texts, bits, ngrams, max_chars)
-    X = sp.csr_matrix((np.ones(r.size), (r, c)), shape=(len(texts), 2**bits))  # duplicates summed: counts
-    X.sum_duplicates()
-    return X
+    keys = (r << bits) | c
+    if len(texts) << bits <= 2**32:  # a batch's keys fit 32 bits: a faster sort
+        keys = keys.astype(np.uint32)
+    keys, counts = np.unique(keys, return_counts=True)  # sorted by row, then bucket
+    keys = keys.astype(np.int64)
+    rows = keys >> bits
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(rows, minlength=len(texts)))])
+    return sp.csr_matrix((counts.astype(np.float64), keys & ((1 << bits) - 1), indptr), shape=(len(texts), 2**bits))
 
 
 def fit_idf(counts) -> tuple[np.ndarray, float]:

@@ -320,3 +320,26 @@ def read_filtered(run_dir: str | Path, removed: bool = False) -> list[dict]:
 
     d = Path(run_dir) / "filter" / ("removed" if removed else "kept")
     return list(read_documents(sorted(d.glob("*.jsonl.gz"))))
+
+
+def examples_per_score(run_dir: str | Path, per_score: int = 2, chars: int = 300):
+    """The first `per_score` scored pages of each int_score 0..5 (kept and removed), with their extract."""
+    import pandas as pd
+
+    from pipelines.documents import read_documents
+
+    seen: Counter = Counter()
+    rows = []
+    for sub in ("kept", "removed"):  # streamed: stops reading once every score has its examples
+        for d in read_documents(sorted((Path(run_dir) / "filter" / sub).glob("*.jsonl.gz"))):
+            if len(seen) == MAX_SCORE + 1 and min(seen.values()) >= per_score:
+                break
+            removed = sub == "removed"
+            k = d["metadata"]["int_score"]
+            if seen[k] >= per_score:
+                continue
+            seen[k] += 1
+            rows.append({"int_score": k, "score": d["metadata"]["score"], "kept": not removed, "id": d["id"],
+                         "source": d["source"], "extract": d["text"][:chars]})
+    return pd.DataFrame(rows).sort_values("int_score", kind="stable").reset_index(drop=True)
+

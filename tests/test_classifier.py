@@ -4,6 +4,7 @@ predictions for both kinds, and apply (score + filter) through datatrove's local
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 from pathlib import Path
 
@@ -75,8 +76,10 @@ def test_hashed_ngrams_are_deterministic_and_stable():
     assert a[0] == a[2] and a[4] == a[6]  # repeated unigram / bigram -> same bucket
     # fixed values: a saved hashed model is only valid while these never change
     assert a[:2].tolist() == C.hashed_ngrams("hello world", 20, 1, 100).tolist()
-    assert C.hashed_ngrams("hello", 20, 1, 100).tolist() == [int(((0x3610A686 + 0x632BE5AB) * 0x9E3779B97F4A7C15
-                                                                  % 2**64) >> 44)]
+    word = sum(b * pow(0x100000001B3, j, 2**64) for j, b in enumerate(b"hello")) % 2**64  # polynomial hash
+    assert C.hashed_ngrams("hello", 20, 1, 100).tolist() == [((word + 0x632BE5AB) * 0x9E3779B97F4A7C15 % 2**64) >> 44]
+    big = C.hashed_ngrams("café au lait", 20, 2, 100)
+    assert len(big) == 3 + 2  # "café" is one word (non-ASCII bytes are word bytes)
     assert C.hashed_ngrams("hello world", 20, 2, 5).size == 1  # only the first 5 characters
 
 
@@ -118,7 +121,7 @@ def test_hashed_train_save_load_identical(tmp_path):
     model.save(tmp_path / "m")
     _no_pickle(tmp_path / "m")
     loaded = C.load_classifier(tmp_path / "m")
-    assert loaded.kind == "hashed" and loaded.settings == {"hash_bits": 16, "ngrams": 2, "max_chars": 2000}
+    assert loaded.kind == "hashed" and loaded.settings == {"hash_bits": 16, "ngrams": 2, "max_chars": 1000}
     assert np.array_equal(loaded.coef, model.coef) and np.array_equal(loaded.idf, model.idf)
     assert np.array_equal(loaded.predict([texts[i] for i in val_idx]), pred)  # bit for bit
     assert np.array_equal(model.predict_features(X)[val_idx], pred)  # batch composition does not matter
@@ -213,6 +216,18 @@ def test_classify_then_filter_keeps_int_score_at_threshold(ci_config, labels_fil
     assert len(list((run.dir("filter") / "logs" / "completions").iterdir())) == 3
     assert all(o["split"] == "train" for o in f["outputs"])
 
+    # resume: a task killed mid-write (no completion marker, no stats, a torn output) is redone, the rest skipped
+    d = run.dir("filter")
+    (d / "logs" / "completions" / "00001").unlink()
+    (d / "stats" / "hist_00001.json").unlink()
+    torn = d / "kept" / "edu_00001.jsonl.gz"
+    torn.write_bytes(torn.read_bytes()[:20])
+    done_before = (d / "stats" / "hist_00000.json").stat().st_mtime_ns
+    again = run.execute("filter", force=True)
+    assert again["counts"] == f["counts"] and again["outputs"] == f["outputs"]
+    assert (d / "stats" / "hist_00000.json").stat().st_mtime_ns == done_before  # task 0 was not redone
+    assert sorted(x["id"] for x in stage_documents(run, "filter")) == sorted(x["id"] for x in kept)
+
     # a lower threshold keeps more, and the stage reruns because its config changed
     run1 = Run(ci_config(*[f"ingest.path={corpus_file}", "ingest.max_documents=90", "ingest.val_fraction=0.1",
                            "ingest.exclude_sources=[]", "ingest.shard_documents=30",
@@ -250,9 +265,7 @@ def test_executor_switch_builds_slurm_and_explains_missing_pieces(tmp_path):
     assert type(ex).__name__ == "SlurmPipelineExecutor" and ex.tasks == 2 and ex.cpus_per_task == 3
     local = make_executor(FilterConfig(), [], 4, str(tmp_path / "l"), "x")
     assert type(local).__name__ == "LocalPipelineExecutor" and local.workers == 1
-    try:
-        import ray  # noqa: F401
-    except ImportError:
+    if importlib.util.find_spec("ray") is None:  # without Ray: a clear error naming the install
         with pytest.raises(StudyError, match="pip install"):
             make_executor(FilterConfig(executor="ray"), [], 2, str(tmp_path / "r"), "x")
 
