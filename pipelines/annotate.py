@@ -382,4 +382,5 @@ def examples_per_score(docs: list[dict], per_score: int = 2, chars: int = 300):
         seen[k] += 1
         rows.append({"int_score": k, "score": a["score"], "id": d["id"], "source": d["source"],
                      "extract": d["text"][:chars], "answer": (a["answers"][0] or "")[-chars:]})
-    return pd.DataFrame(rows).sort_values("int_score", na_position="first", kind="stable").reset_index(drop=True)
+    columns = ["int_score", "score", "id", "source", "extract", "answer"]  # also when no page parsed
+    return pd.DataFrame(rows, columns=columns).sort_values("int_score", na_position="first", kind="stable").reset_index(drop=True)

@@ -35,8 +35,7 @@ def run_stages(cfg: StudyConfig, run_name: str | None, stages: list[str], force:
     print_start(cfg, run)
     out = {}
     for stage in stages:
-        # figures read whichever stages exist and are cheap: always redrawn, never skipped as done
-        out[stage] = run.execute(stage, force=force or stage == "figures")
+        out[stage] = run.execute(stage, force=force)
     print(format_table(run.status_rows()))
     return out
 
@@ -109,12 +108,16 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "classifier":
             args.command = CLASSIFIER_ACTIONS[args.action]
+        if args.command == "figures":  # also a partial run's figures, then exported into paper/
+            from pipelines.paper import export, make
+
+            run = Run(cfg, args.run)
+            print_start(cfg, run)
+            make(run, force=args.force)
+            export(run)
+            return 0
         stages = list(STAGES) if args.command == "run" else [args.command]
         run_stages(cfg, args.run, stages, force=args.force)
-        if args.command == "figures":  # `study figures` also exports into paper/ (`study run` does not)
-            from pipelines.paper import export
-
-            export(Run(cfg, args.run))
         return 0
     except StudyError as e:
         print(f"error: {e}", file=sys.stderr)

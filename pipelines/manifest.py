@@ -49,7 +49,9 @@ class StageSpec:
 STAGES: dict[str, StageSpec] = {
     "ingest": StageSpec("pipelines.ingest:run", ("ingest",), command="study ingest"),
     "tokenize": StageSpec("pipelines.tokenize:run", ("tokenize",), ("ingest",), command="study tokenize"),
-    "prompts": StageSpec("pipelines.prompts:run", ("prompts",), ("ingest",), command="study prompts"),
+    # web-extract seeds come from ingest; topic seeds (prompts.seeds: topics) need no upstream stage
+    "prompts": StageSpec("pipelines.prompts:run", ("prompts",), inputs_from="prompts.input_stages",
+                         command="study prompts"),
     "generate": StageSpec("pipelines.generate:run", ("generate",), ("prompts",), resumable=True,
                           command="study generate"),
     # FineWeb-Edu-style: LLM labels (resumable like generate), a classifier trained on labels, and the
@@ -69,9 +71,9 @@ STAGES: dict[str, StageSpec] = {
     # (model, checkpoint) keeps its per-item results while its evaluation settings are unchanged
     "evaluate": StageSpec("pipelines.evaluate:run", ("evaluate",), inputs_from="evaluate.upstream_stages",
                           resumable=True, command="study evaluate"),
-    # last: paper figures and tables from whichever stages exist (pipelines/paper.py; each output names the
-    # stages it reads and is left out, with the command to run, when one is missing); redrawn every time
-    "figures": StageSpec("pipelines.paper:run", (), command="study figures"),
+    # last: paper figures and tables (pipelines/paper.py); `study figures` also draws a partial run's figures
+    "figures": StageSpec("pipelines.paper:run", (), ("ingest", "generate", "classify", "filter", "mix", "train",
+                                                     "evaluate"), command="study figures"),
 }
 
 MANIFEST = "manifest.json"

@@ -270,3 +270,10 @@ def test_real_annotation_with_bundled_smollm2(ci_config):
     with open(next((run.dir("annotate") / "parts").rglob("part-*.jsonl"))) as f:
         rows = [json.loads(line) for line in f]
     assert len(rows) == 4 and all(r["completion_tokens"] <= 16 for r in rows)
+
+
+def test_examples_per_score_with_no_parsed_page_is_an_empty_table():
+    from pipelines.annotate import examples_per_score
+
+    table = examples_per_score([], 2, 300)
+    assert len(table) == 0 and "int_score" in table.columns

@@ -1,0 +1,132 @@
+"""The notebook suite: thin, output-free notebooks with one parameters cell; `study run` executes them
+in order with papermill; a failure names the notebook and cell; sweeps share upstream stages."""
+
+import ast
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from pipelines.cli import main
+from pipelines.config import PROJECT_ROOT, load_config
+from pipelines.errors import StudyError
+from pipelines.manifest import STAGES, Run
+from pipelines.notebooks import run_notebooks, stage_notebooks
+from pipelines.sweep import run_sweep
+
+NOTEBOOKS = stage_notebooks()
+PARAMS = ["run", "preset", "results_dir", "overrides"]
+
+
+def test_the_suite_covers_the_stages_in_order():
+    assert [p.name[:2] for p in NOTEBOOKS] == ["01", "02", "03", "04", "05", "06", "07"]
+    names = " ".join(p.stem for p in NOTEBOOKS)
+    for word in ("synthetic", "annotate", "classifier", "mixes", "train", "evaluate", "figures"):
+        assert word in names
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.name)
+def test_notebook_is_thin_and_committed_without_outputs(path):
+    nb = nbformat.read(path, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.get("outputs") and c.get("execution_count") is None for c in code)
+    tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(tagged) == 1 and tagged[0] is code[0]
+    assigned = []
+    for stmt in ast.parse(tagged[0].source).body:  # primitives only: names bound to literals
+        assert isinstance(stmt, ast.Assign) and len(stmt.targets) == 1, ast.dump(stmt)
+        ast.literal_eval(stmt.value)
+        assigned.append(stmt.targets[0].id)
+    assert assigned[:4] == PARAMS
+    from papermill import inspect_notebook
+
+    assert set(PARAMS) <= set(inspect_notebook(str(path)))  # papermill itself sees them
+    body = "\n".join(c.source for c in code[1:])
+    assert "load_config(preset" in body and "from pipelines" in body
+    assert "def " not in body and "class " not in body  # logic lives in the package
+
+
+@pytest.fixture(scope="module")
+def ci_run(tmp_path_factory, web_sample):
+    """`study run --preset ci`: every notebook through papermill, once for the module."""
+    results = tmp_path_factory.mktemp("results")
+    args = ["run", "--preset", "ci", "--run", "nb", "--set", f"results_dir={results}",
+            "--set", f"ingest.path={web_sample}"]
+    assert main(args) == 0
+    return results / "nb", args
+
+
+def test_study_run_executes_every_notebook_and_writes_every_manifest(ci_run):
+    root, _ = ci_run
+    for path in NOTEBOOKS:
+        out = nbformat.read(root / "notebooks" / path.name, as_version=4)
+        pm = out.metadata["papermill"]
+        assert pm["parameters"]["run"] == "nb" and pm["parameters"]["preset"] == "ci"
+        assert f"ingest.path=" in " ".join(pm["parameters"]["overrides"])
+        assert pm["exception"] is None or pm["exception"] is False
+        injected = [c for c in out.cells if "injected-parameters" in c.metadata.get("tags", [])]
+        assert len(injected) == 1 and "run = \"nb\"" in injected[0].source
+    cfg = load_config("ci", [f"results_dir={root.parent}", f"ingest.path={load_config('ci').ingest.path}"])
+    for stage in STAGES:
+        if stage == "tokenize":  # standalone shards of the ingest stage; no notebook needs them
+            continue
+        m = json.loads((root / stage / "manifest.json").read_text())
+        assert m["status"] == "complete", stage
+
+
+def test_a_rerun_executes_nothing_already_complete(ci_run, capsys):
+    root, args = ci_run
+    before = {p: p.stat().st_mtime_ns for p in root.glob("*/manifest.json")}
+    capsys.readouterr()
+    assert main(args) == 0
+    assert {p: p.stat().st_mtime_ns for p in root.glob("*/manifest.json")} == before
+
+
+def test_a_failing_notebook_names_itself_and_its_cell(tmp_path, ci_config):
+    books = tmp_path / "books"
+    books.mkdir()
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell('run = "x"\npreset = "ci"\nresults_dir = "results"\noverrides = []')
+    params.metadata["tags"] = ["parameters"]
+    nb.cells = [params, nbformat.v4.new_code_cell("x = 1"), nbformat.v4.new_code_cell("raise ValueError('planted')")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, books / "01_broken.ipynb")
+    cfg = ci_config()
+    with pytest.raises(StudyError) as e:
+        run_notebooks(cfg, "broken", [], notebooks=stage_notebooks(books))
+    msg = str(e.value)
+    assert "01_broken.ipynb" in msg and "ValueError: planted" in msg and "cell" in msg
+    partial = Path(cfg.results_dir) / "broken" / "notebooks" / "01_broken.ipynb"
+    assert partial.exists()  # the partial output stays for reading
+
+
+def test_two_point_sweep_shares_upstream_stages(tmp_path, web_sample):
+    sweep = tmp_path / "lr.yaml"
+    sweep.write_text(yaml.safe_dump({
+        "preset": "ci", "notebooks": False,
+        "set": [f"results_dir={tmp_path / 'results'}", f"ingest.path={web_sample}"],
+        "grid": {"train.lr": [0.006, 0.003]},
+    }))
+    record = run_sweep(sweep)
+    a, b = (tmp_path / "results" / p["run"] for p in record["points"])
+    assert [p["values"] for p in record["points"]] == [{"train.lr": 0.006}, {"train.lr": 0.003}]
+    for stage in ("ingest", "generate", "mix"):
+        assert (b / stage).is_symlink() and (b / stage).resolve() == (a / stage).resolve(), stage
+    assert not (b / "train").is_symlink()  # the point's own training
+    la = (a / "train" / "web" / "launch.json").read_text()
+    lb = (b / "train" / "web" / "launch.json").read_text()
+    assert '"0.006"' in la and '"0.003"' in lb
+    cfg_b = load_config("ci", [f"results_dir={tmp_path / 'results'}", f"ingest.path={web_sample}",
+                               "train.lr=0.003"])
+    assert Run(cfg_b, b.name).state("train").status == "done"
+    # a rerun executes nothing already complete
+    stamp = (b / "train" / "manifest.json").stat().st_mtime_ns
+    run_sweep(sweep)
+    assert (b / "train" / "manifest.json").stat().st_mtime_ns == stamp
+    if record.get("table"):
+        assert Path(record["table"]).exists()
