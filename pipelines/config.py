@@ -149,6 +149,11 @@ class PromptsConfig(Section):
     topic_field: str | None = None  # a metadata key of seed documents with a topic label, if any
     shard_prompts: int = Field(10_000, ge=1)
 
+    @property
+    def input_stages(self) -> tuple[str, ...]:
+        """Upstream stages: ingest for web seeds, none for a topics file."""
+        return ("ingest",) if self.seeds == "web" else ()
+
 
 class GenerateConfig(Section):
     """Completions for every prompt, resumable, then post-processing into documents."""
@@ -242,7 +247,7 @@ class ClassifierConfig(Section):
     # hashed
     hash_bits: int = Field(20, ge=10, le=26)  # 2**bits feature buckets (tf-idf weighted, idf from the train split)
     ngrams: int = Field(2, ge=1, le=4)  # word 1..n-grams
-    max_chars: int = Field(2000, ge=100)  # hashed: the first N characters of a page (~FineWeb-Edu's 512 tokens)
+    max_chars: int = Field(1000, ge=100)  # hashed: the first N characters (what the annotator saw: 1000)
 
     @property
     def input_stages(self) -> tuple[str, ...]:
