@@ -7,7 +7,7 @@ WEB ?=
 RUN ?= smoke
 SMOKE_ARGS := --preset smoke --run $(RUN) $(if $(WEB),--set ingest.path=$(WEB))
 
-.PHONY: setup smoke test benchmarks clean-venv
+.PHONY: setup smoke test lab benchmarks clean-venv
 
 setup: $(STAMP)
 
@@ -21,8 +21,18 @@ smoke: $(STAMP)
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q
 
+# JupyterLab on the same notebooks, with this environment's kernel
+lab: $(STAMP)
+	$(VENV)/bin/python -m pip install -q -e ".[notebooks]"
+	cd notebooks && $(abspath $(VENV))/bin/jupyter lab
+
+# each prints ours next to a reference, measured in the same run
 benchmarks: $(STAMP)
 	$(VENV)/bin/python benchmarks/tokenize.py
+	$(VENV)/bin/python benchmarks/classify.py
+	$(VENV)/bin/python benchmarks/train.py
+	$(VENV)/bin/python benchmarks/generate.py
+	$(VENV)/bin/python benchmarks/evaluate.py
 
 clean-venv:
 	rm -rf $(VENV)

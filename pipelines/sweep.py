@@ -128,4 +128,18 @@ def gather(results_dir: str, record: dict, out: Path) -> str | None:
     path = out / "table.csv"
     table.to_csv(path, index=False)
     print(f"[sweep] {len(table)} rows -> {path}")
+    from pipelines.figures import benchmark_comparison, save
+
+    # one bar per (point, mix), labelled by the point's grid values
+    label = {p["run"]: ", ".join(f"{k.split('.')[-1]}={v}" for k, v in p["values"].items()) for p in record["points"]}
+    ref = table["reference"].astype(str).str.lower().isin(["true", "1"]) if "reference" in table else [False] * len(table)
+    by_point = table.assign(mix=[m if is_ref else f"{label[r]} / {m}"
+                                 for r, m, is_ref in zip(table["run"], table["mix"], ref)])
+    if "reference" in table:  # the same reference model in every point: one bar
+        by_point = by_point.drop_duplicates(subset=[c for c in by_point.columns if c not in ("run", *record["grid"])])
+    try:
+        figs = save(benchmark_comparison(by_point, title=f"sweep {record['sweep']}"), out, "comparison")
+        print(f"[sweep] comparison figure -> {figs[0]}")
+    except (KeyError, ValueError) as e:  # a table without the columns the figure needs
+        print(f"[sweep] no comparison figure: {type(e).__name__}: {e}")
     return str(path)

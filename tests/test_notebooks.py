@@ -128,5 +128,8 @@ def test_two_point_sweep_shares_upstream_stages(tmp_path, web_sample):
     stamp = (b / "train" / "manifest.json").stat().st_mtime_ns
     run_sweep(sweep)
     assert (b / "train" / "manifest.json").stat().st_mtime_ns == stamp
-    if record.get("table"):
-        assert Path(record["table"]).exists()
+    import pandas as pd
+
+    table = pd.read_csv(record["table"])  # both points' evaluation rows, with their grid value
+    assert set(table["run"]) == {a.name, b.name} and set(table["train.lr"]) == {0.006, 0.003}
+    assert (Path(record["table"]).parent / "comparison.png").exists()
