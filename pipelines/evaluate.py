@@ -31,6 +31,7 @@ import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -38,8 +39,10 @@ from pipelines.benchmarks import (Benchmark, Item, Prompt, fewshot_examples, loa
                                   prompt)
 from pipelines.config import EvalModel, EvaluateConfig, config_hash
 from pipelines.errors import StudyError
-from pipelines.manifest import StageContext, write_json_atomic
-from pipelines.scoring import LM, HFCausalLM, score
+from pipelines.manifest import STAGES, Run, StageContext, write_json_atomic
+
+if TYPE_CHECKING:  # torch and transformers load only when something is scored
+    from pipelines.scoring import LM, HFCausalLM
 
 TABLE_COLUMNS = ["mix", "step", "tokens", "benchmark", "subject", "form", "metric", "value", "ci_low", "ci_high",
                  "n", "random_baseline", "fewshot", "reference", "model"]
@@ -163,12 +166,13 @@ def pick_device(device: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def load_llmc(path: str, dtype: str = "float32", device: str = "cpu") -> HFCausalLM:
+def load_llmc(path: str, dtype: str = "float32", device: str = "cpu") -> "HFCausalLM":
     """An llm.c checkpoint (pipelines.model) as a GPT2LMHeadModel in memory, GPT-2 BPE (tiktoken)."""
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
     from pipelines.model import hf_state_dict, load_checkpoint
+    from pipelines.scoring import HFCausalLM
     from pipelines.tokenizer import EOT, gpt2
 
     model = load_checkpoint(path)
@@ -188,7 +192,9 @@ def load_llmc(path: str, dtype: str = "float32", device: str = "cpu") -> HFCausa
     return HFCausalLM(hf, encode=enc.encode_ordinary_batch, max_length=s.max_seq_len, prefix_token_id=EOT)
 
 
-def load_lm(t: Target, dtype: str = "float32", device: str = "cpu") -> LM:
+def load_lm(t: Target, dtype: str = "float32", device: str = "cpu") -> "LM":
+    from pipelines.scoring import HFCausalLM
+
     if t.kind == "llmc":
         return load_llmc(t.path, dtype, device)
     return HFCausalLM.from_pretrained(t.path, t.gguf_file, dtype, device)
@@ -302,11 +308,13 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
     os.replace(tmp, path)
 
 
-def evaluate_lm(lm: LM, tasks: list[Task], cfg: EvaluateConfig, out_dir: Path | None = None, log=print,
+def evaluate_lm(lm: "LM", tasks: list[Task], cfg: EvaluateConfig, out_dir: Path | None = None, log=print,
                 label: str = "") -> tuple[dict[str, list[dict]], dict]:
     """Score every task with one model; per-item records per task name (written to out_dir when
     given) and speed figures."""
-    results, n_items, t_total, tokens = {}, 0, 0.0, 0
+    from pipelines.scoring import score
+
+    results, n_items, t_total = {}, 0, 0.0
     for task in tasks:
         t0 = time.perf_counter()
         lls = score(lm, task.prompts, share_context=cfg.share_context, batch_tokens=cfg.batch_tokens,
@@ -442,3 +450,30 @@ def format_summary(rows: list[dict]) -> str:
         lines.append(f"  {who:<24} {r['benchmark']:<14} {r['form']:<6} {r['metric']:<8} {r['value']:.3f} "
                      f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]  n={r['n']}  random={r['random_baseline']:.2f}")
     return "\n".join(lines)
+
+
+def stages_for(cfg, run_name: str | None = None) -> list[str]:
+    """`evaluate` and every stage it depends on (through train when evaluate.trained), in order."""
+    run = Run(cfg, run_name)
+    need, todo = set(), ["evaluate"]
+    while todo:
+        s = todo.pop()
+        if s not in need:
+            need.add(s)
+            todo += list(run.inputs(s))
+    return [s for s in STAGES if s in need]
+
+
+def summary_table(table):
+    """Benchmark-level rows (MMLU: macro average) as one line per model and checkpoint, one column
+    per benchmark / form / metric holding "value [ci_low, ci_high]" in percent."""
+    import pandas as pd
+
+    t = pd.DataFrame(table)
+    t = t[t["subject"].isna()].copy()
+    t["cell"] = [f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for v, lo, hi in
+                 zip(t["value"], t["ci_low"], t["ci_high"])]
+    t["column"] = t["benchmark"] + " " + t["form"] + " " + t["metric"]
+    t["step"] = t["step"].astype("Int64")
+    return t.pivot_table(index=["mix", "step", "tokens"], columns="column", values="cell", aggfunc="first",
+                         dropna=False).dropna(how="all")

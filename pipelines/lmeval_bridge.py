@@ -172,26 +172,26 @@ def agreement_items(data_dir: Path, benchmarks: list[str], subjects: list[str], 
 
 
 def score_ours(lm, tasks: list[LmevalTask], items: dict[str, list[Item]], batch_tokens: int = 4096,
-               max_batch: int = 64, share_context: bool = True) -> tuple[dict[str, tuple], float]:
-    """Our prompts + scorer + per-item metrics on each task: ({task: (prompts, records)}, seconds)."""
+               max_batch: int = 64, share_context: bool = True) -> tuple[dict[str, tuple], "Timing"]:
+    """Our prompts + scorer + per-item metrics on each task: ({task: (prompts, records)}, Timing)."""
     import time
 
     from pipelines.benchmarks import prompt
     from pipelines.evaluate import item_record
     from pipelines.scoring import score
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     out = {}
     for t in tasks:
         prompts = [prompt(it, t.form) for it in items[t.name]]
         lls = score(lm, prompts, share_context=share_context, batch_tokens=batch_tokens, max_batch=max_batch)
         out[t.name] = (prompts, [item_record(it, p, ll) for it, p, ll in zip(items[t.name], prompts, lls)])
-    return out, time.perf_counter() - t0
+    return out, Timing(time.perf_counter() - t0, time.process_time() - c0)
 
 
 def score_lmeval(model, tokenizer, task_dir: Path, tasks: list[LmevalTask], limit: int | None,
-                 batch_size: int) -> tuple[dict[str, list[dict]], float]:
-    """lm-eval's evaluate() (requests, model calls, metrics; task loading excluded): (samples, seconds)."""
+                 batch_size: int) -> tuple[dict[str, list[dict]], "Timing"]:
+    """lm-eval's evaluate() (requests, model calls, metrics; task loading excluded): (samples, Timing)."""
     import time
 
     from lm_eval.evaluator import evaluate
@@ -202,6 +202,15 @@ def score_lmeval(model, tokenizer, task_dir: Path, tasks: list[LmevalTask], limi
     task_dict = TaskManager(include_path=str(task_dir), include_defaults=False).load([t.name for t in tasks])
     for obj in task_dict["tasks"].values():
         obj.set_config(key="num_fewshot", value=0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     res = evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, verbosity="WARNING")
-    return res["samples"], time.perf_counter() - t0
+    return res["samples"], Timing(time.perf_counter() - t0, time.process_time() - c0)
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Wall seconds, and CPU seconds of this process (all its threads): on a shared machine the CPU
+    time is the steadier measure of the work done."""
+
+    wall: float
+    cpu: float

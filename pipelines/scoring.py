@@ -256,13 +256,19 @@ def pack(encoded: list[Encoded], max_length: int, tree: bool) -> list[Packed]:
     return seqs
 
 
+MAX_PADDING = 0.1  # a sequence joins a batch only if it is at most 10% shorter than the batch's longest
+
+
 def batches(seqs: list[Packed], batch_tokens: int, max_batch: int) -> list[list[Packed]]:
-    """Longest first; a batch holds at most batch_tokens padded tokens and max_batch sequences."""
+    """Longest first; a batch holds at most batch_tokens padded tokens and max_batch sequences, of
+    lengths within MAX_PADDING of each other: on a CPU a padded token costs as much as a real one,
+    and batching gains less than padding loses."""
     order = sorted(seqs, key=lambda s: -len(s.tokens))
     out, cur = [], []
     for s in order:
         longest = len(cur[0].tokens) if cur else len(s.tokens)
-        if cur and (len(cur) + 1 > max_batch or (len(cur) + 1) * longest > batch_tokens):
+        if cur and (len(cur) + 1 > max_batch or (len(cur) + 1) * longest > batch_tokens
+                    or len(s.tokens) < (1 - MAX_PADDING) * longest):
             out.append(cur)
             cur = []
         cur.append(s)

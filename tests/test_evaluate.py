@@ -349,3 +349,33 @@ def test_agreement_with_lm_eval_per_item(tmp_path, eval_dir):
         c = compare_task(items[t.name], records, prompts, samples[t.name])
         assert c["n"] == 3 and c["prompt_equal"] == c["acc_equal"] == c["acc_norm_equal"] == 3, (t.name, c)
         assert c["max_abs_ll_diff"] < 1e-3
+
+
+NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "06_evaluate.ipynb"
+
+
+def test_notebook_is_thin_clean_and_runs(tmp_path, eval_dir):
+    import ast
+
+    import nbformat
+    import papermill as pm
+
+    from pipelines.model import build_model, write_checkpoint
+
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    assert all(not c.outputs and c.execution_count is None for c in code)  # committed without outputs
+    [params] = [c for c in code if "parameters" in c.metadata.get("tags", [])]
+    values = {n.targets[0].id: ast.literal_eval(n.value) for n in ast.parse(params.source).body}  # primitives
+    assert {"run", "preset", "results_dir", "overrides", "limit", "checkpoints", "trained", "reference"} <= set(values)
+    ckpt = write_checkpoint(build_model("d2c64"), tmp_path / "model_00000003.bin")
+    out = tmp_path / "out.ipynb"
+    pm.execute_notebook(str(NOTEBOOK), str(out), cwd=str(NOTEBOOK.parent.parent), progress_bar=False, parameters={
+        "run": "nb", "preset": "ci", "results_dir": str(tmp_path / "results"), "limit": 2, "trained": False,
+        "reference": str(ckpt), "overrides": [f"evaluate.data_dir={eval_dir}", "evaluate.bootstrap=20"]})
+    m = json.loads((tmp_path / "results" / "nb" / "evaluate" / "manifest.json").read_text())
+    assert m["counts"]["items"] == {"arc_easy": 2, "arc_challenge": 2, "hellaswag": 2, "mmlu": 2}
+    assert {r["mix"] for r in m["table"]} == {"reference"}
+    shown = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
+                    for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code" for o in c.outputs)
+    assert "hellaswag cloze acc_norm" in shown and "items_per_s" in shown
