@@ -22,7 +22,6 @@ failure rate overall and per annotator, and the label distribution.
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 import re
 import shutil
@@ -35,11 +34,11 @@ from typing import IO, Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from pipelines.backends import Backend, make_backend
-from pipelines.config import BackendConfig, config_hash
+from pipelines.config import BackendConfig
 from pipelines.documents import ShardedWriter, read_documents
 from pipelines.errors import StudyError
-from pipelines.generate import Lock, PartWriter, read_row, scan_parts
-from pipelines.manifest import StageContext, write_json_atomic
+from pipelines.generate import Lock, PartWriter, keep_parts_if_same, read_row, scan_parts
+from pipelines.manifest import StageContext
 
 MAX_SCORE = 5
 LOG_EVERY_S = 30.0
@@ -177,18 +176,7 @@ def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, temp
     name = annotator_name(k, backend_cfg)
     parts_dir = ctx.dir / "parts" / name
     key = {"backend": backend_cfg.hashed_dict(), "sampling": cfg.sampling.hashed_dict(), "seed": ctx.config.seed}
-    state_path = parts_dir / "state.json"
-    old = None
-    if state_path.exists():
-        try:
-            old = json.loads(state_path.read_text())
-        except ValueError:
-            old = None
-    if parts_dir.exists() and (old or {}).get("key_hash") != config_hash(key):
-        print(f"[annotate] {name}: model or sampling changed since its saved answers: discarding them")
-        shutil.rmtree(parts_dir)
-    parts_dir.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(state_path, {"key_hash": config_hash(key), "key": key})
+    keep_parts_if_same(parts_dir, parts_dir / "state.json", key, f"[annotate] {name}: model or sampling")
     done, scan = scan_parts(parts_dir)
 
     def prompts() -> Iterator[tuple[str, str]]:  # (key, prompt); streamed, so any number of pages fits

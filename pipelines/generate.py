@@ -36,6 +36,7 @@ from pipelines.config import GenerateConfig, config_hash
 from pipelines.documents import ShardedWriter, read_documents
 from pipelines.errors import StudyError
 from pipelines.manifest import StageContext, write_json_atomic
+from pipelines.prompts import length_summary
 
 LENGTH_BINS = (0, 50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 2500, 3000)
 LOG_EVERY_S = 30.0
@@ -253,12 +254,9 @@ def _batches(prompts: Iterator[dict], done: dict, size: int) -> Iterator[list[di
         yield batch
 
 
-def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
-    """Complete every prompt without a saved completion. -> throughput of this invocation."""
-    cfg = ctx.config.generate
-    parts_dir = ctx.dir / "parts"
-    state_path = ctx.dir / "state.json"
-    key = generation_key(ctx)
+def keep_parts_if_same(parts_dir: Path, state_path: Path, key: dict, what: str) -> None:
+    """Saved parts stay only while `key` (what the completions depend on) is unchanged; else they go.
+    Records the key in `state_path` for the next call."""
     old = None
     if state_path.exists():
         try:
@@ -267,10 +265,18 @@ def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
             old = None
     if parts_dir.exists() and (old or {}).get("key_hash") != config_hash(key):
         n_old = len(scan_parts(parts_dir)[0])
-        print(f"[generate] prompts, model or sampling changed since the {n_old:,} saved completions: discarding them")
+        print(f"{what} changed since the {n_old:,} saved answers: discarding them")
         shutil.rmtree(parts_dir)
-    write_json_atomic(state_path, {"key_hash": config_hash(key), "key": key})
     parts_dir.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(state_path, {"key_hash": config_hash(key), "key": key})
+
+
+def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
+    """Complete every prompt without a saved completion. -> throughput of this invocation."""
+    cfg = ctx.config.generate
+    parts_dir = ctx.dir / "parts"
+    state_path = ctx.dir / "state.json"
+    keep_parts_if_same(parts_dir, state_path, generation_key(ctx), "[generate] prompts, model or sampling")
     done, scan = scan_parts(parts_dir)
     total = ctx.inputs["prompts"]["counts"]["prompts"]
     have = sum(1 for p in _prompts(ctx) if p["id"] in done)
@@ -323,15 +329,6 @@ def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 # the stage
-
-
-def _summary(values: list[int]) -> dict:
-    if not values:
-        return {}
-    v = sorted(values)
-    pick = lambda q: v[min(len(v) - 1, int(q * len(v)))]  # noqa: E731
-    return {"min": v[0], "p10": pick(0.1), "p50": pick(0.5), "p90": pick(0.9), "max": v[-1],
-            "mean": round(sum(v) / len(v), 1)}
 
 
 def _histogram(values: list[int]) -> dict:
@@ -425,7 +422,7 @@ def finalize(ctx: StageContext) -> dict:
             "stripped_openers": counts["stripped_openers"],
             "trimmed": counts["trimmed"],
         },
-        "lengths": {"tokens": _summary(tokens), "chars": _summary(chars), "tokens_histogram": _histogram(tokens)},
+        "lengths": {"tokens": length_summary(tokens), "chars": length_summary(chars), "tokens_histogram": _histogram(tokens)},
         "generator": {"backend": cfg.backend.kind, "models": dict(generators)},
     }
 

@@ -364,7 +364,8 @@ def _entropy(counts: Counter) -> tuple[float, float]:
     return round(h, 4), round(h / math.log2(k), 4) if k > 1 else 1.0
 
 
-def _summary(values: list[int]) -> dict[str, float]:
+def length_summary(values: list[int]) -> dict[str, float]:
+    """min, p10, p50, p90, max and mean of lengths ({} for none)."""
     if not values:
         return {}
     v = sorted(values)
@@ -395,8 +396,8 @@ def diversity(prompts: list[dict], seeds_used_text: dict[str, str]) -> dict[str,
     out["seed_uses_max"] = max(seed_uses.values())
     out["unique_templates"] = len({m["template_id"] for m in md})
     out["seed_distinct_3gram_ratio"] = round(len(set(grams)) / len(grams), 4) if grams else None
-    out["prompt_chars"] = _summary([len(p["text"]) for p in prompts])
-    out["seed_chars"] = _summary([m["seed_chars"] for m in md])
+    out["prompt_chars"] = length_summary([len(p["text"]) for p in prompts])
+    out["seed_chars"] = length_summary([m["seed_chars"] for m in md])
     return out
 
 
