@@ -6,9 +6,12 @@ ONE sequence, the context once followed by every continuation but its last token
 attention mask (a continuation sees the context and itself, never another continuation) and
 position ids that restart after the context for each continuation:
 
-    tokens    c0 c1 c2 | a0 a1 | b0 | d0 d1 d2      (continuations a, b, d; e has one token)
-    positions  0  1  2 |  3  4 |  3 |  3  4  5
-    predicts  .  .  a0,b0,d0,e0 (from c2)   a1 (from a0)  a2 (from a1) ...
+    context c0 c1 c2; answers a = a0 a1 a2, b = b0 b1, e = e0
+    tokens     c0 c1 c2 | a0 a1 | b0
+    positions   0  1  2 |  3  4 |  3
+    sees       causal   | c, a  | c, b
+    c2 predicts a0, b0 and e0; a0 predicts a1, a1 predicts a2; b0 predicts b1
+    (the last token of each answer is only a target, never an input)
 
 That is mathematically the same computation as lm-evaluation-harness's rows (equal up to float
 rounding), with ctx + sum(len(cont) - 1) tokens instead of 4 * (ctx + len(cont)). The lm head and
