@@ -45,7 +45,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=8, help="items per benchmark / per MMLU subject")
     ap.add_argument("--lmeval-batch-sizes", default="1,16")
     ap.add_argument("--batch-tokens", type=int, default=4096, help="our padded tokens per forward pass")
-    ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
