@@ -35,19 +35,12 @@ import torch  # noqa: E402
 
 from pipelines.model import GPT2  # noqa: E402
 from pipelines.train.optim import AdamW  # noqa: E402
-from pipelines.train.reference import train_step  # noqa: E402
+from pipelines.train.reference import measure_peak_flops, train_step  # noqa: E402
 from pipelines.train.shapes import DECAYED, parse_descriptor  # noqa: E402
 
 
 def peak_flops(n: int = 2048, seconds: float = 2.0) -> float:
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
-    best, end = 0.0, time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        t0 = time.perf_counter()
-        a @ b
-        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    return best
+    return measure_peak_flops(seconds=seconds, n=n)  # the trainer's own MFU denominator, larger and longer
 
 
 def bench_model(descriptor: str, B: int, T: int, steps: int, warmup: int = 2) -> dict:
