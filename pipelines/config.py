@@ -331,6 +331,10 @@ class MixConfig(Section):
     val_name: str = "heldout"  # the shared validation shards: val/<val_name>_val_000000.bin
     shard_tokens: int = Field(100_000_000, ge=1024, le=2**31 - 1)
     workers: int = Field(0, ge=0)
+    # stream each source straight into shards (exact dedup by hash and decontamination per document,
+    # no near-duplicate pass): for budgets too large to hold in memory (the GPU presets, 10B+ tokens)
+    streaming: bool = False
+    shuffle_buffer: int = Field(100_000, ge=1)  # streaming: documents shuffled across sources in a buffer
 
     @model_validator(mode="after")
     def _known_sources(self) -> "MixConfig":
@@ -349,6 +353,48 @@ class MixConfig(Section):
         """Stages this mix reads: ingest (the shared validation pages) and every stage source used."""
         used = {n for m in self.mixes for n in m.weights}
         return tuple(dict.fromkeys(["ingest"] + [self.sources[n].stage for n in sorted(used) if self.sources[n].stage]))
+
+
+class TrainStage(Section):
+    """One stage of a schedule: an llm.c run on one mix, started from the previous stage's last
+    checkpoint (-e) with its own flags. Unset keys take the `train` section's values."""
+
+    name: str | None = Field(None, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # folder; None: stage<k>-<mix>
+    mix: str  # a mix of mix.mixes
+    tokens: int = Field(ge=1)  # this stage's training tokens: -x = tokens // tokens per step
+    lr: float | None = Field(None, gt=0)  # -l
+    schedule: Literal["cosine", "linear", "constant", "wsd"] | None = None  # -k
+    warmup_steps: int | None = Field(None, ge=0)  # -u (AdamW's moments start at zero in every stage)
+    final_lr_frac: float | None = Field(None, ge=0.0, le=1.0)  # -q
+    weight_decay: float | None = Field(None, ge=0.0)  # -c
+    seq_len: int | None = Field(None, ge=2)  # -t, up to the model's max_seq_len (1024 for llm.c's GPT-2)
+    batch_size: int | None = Field(None, ge=1)  # -b
+    total_batch_tokens: int | None = Field(None, ge=1)  # -d
+
+    OVERRIDES: ClassVar[tuple[str, ...]] = ("lr", "schedule", "warmup_steps", "final_lr_frac", "weight_decay",
+                                            "seq_len", "batch_size", "total_batch_tokens")
+
+
+class TrainSchedule(Section):
+    """Stages trained one after the other as one model (SmolLM's annealing, AFM's continued pretraining)."""
+
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # results/<run>/train/<name>/
+    stages: list[TrainStage] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _stage_names(self) -> "TrainSchedule":
+        names = self.stage_names
+        if len(set(names)) != len(names):
+            raise ValueError(f"schedule {self.name!r}: stage names must be unique: {names}")
+        return self
+
+    @property
+    def stage_names(self) -> list[str]:
+        return [s.name or f"stage{k}-{s.mix}" for k, s in enumerate(self.stages, 1)]
+
+    @property
+    def tokens(self) -> int:
+        return sum(s.tokens for s in self.stages)
 
 
 class TrainConfig(Section):
@@ -393,6 +439,17 @@ class TrainConfig(Section):
     max_restarts: int = Field(3, ge=0)  # relaunch with -y 1 after a crash that wrote a new checkpoint
     threads: int = Field(0, ge=0)  # torch backend CPU threads; 0: torch's default
     export_hf: bool = True  # also write each final model as a Hugging Face folder <mix>/hf/
+    mixes: list[str] | None = None  # mixes trained alone, one run each; None: every mix; []: none
+    schedules: list[TrainSchedule] = []  # staged runs (train/<schedule>/<stage>/), besides the mixes
+
+    @model_validator(mode="after")
+    def _schedule_names(self) -> "TrainConfig":
+        names = [s.name for s in self.schedules]
+        if len(set(names)) != len(names):
+            raise ValueError(f"schedule names must be unique: {names}")
+        if "dev" in names:
+            raise ValueError("a schedule may not be named `dev` (llm.c's HellaSwag file lives in train/dev/)")
+        return self
 
     @property
     def processes(self) -> int:
@@ -485,6 +542,22 @@ class StudyConfig(Section):
     train: TrainConfig = TrainConfig()
     evaluate: EvaluateConfig = EvaluateConfig()
 
+    @model_validator(mode="after")
+    def _train_mixes(self) -> "StudyConfig":
+        mixes = [m.name for m in self.mix.mixes]
+        alone = self.train.mixes if self.train.mixes is not None else mixes
+        unknown = sorted(set(alone) - set(mixes))
+        if unknown:
+            raise ValueError(f"train.mixes names unknown mix(es) {unknown}; mix.mixes has {mixes}")
+        for sch in self.train.schedules:
+            bad = sorted({st.mix for st in sch.stages} - set(mixes))
+            if bad:
+                raise ValueError(f"train.schedules {sch.name!r}: unknown mix(es) {bad}; mix.mixes has {mixes}")
+            if sch.name in alone:
+                raise ValueError(f"train.schedules {sch.name!r}: the mix of that name is also trained alone in "
+                                 f"train/{sch.name}/; rename the schedule or leave the mix out of train.mixes")
+        return self
+
     def derived(self) -> dict[str, Any]:
         """Values computed from the config, printed at start and stored in manifests."""
         return {
@@ -497,6 +570,8 @@ class StudyConfig(Section):
             "train.grad_accum_steps": self.train.grad_accum_steps,
             "train.tokens_per_step": self.train.tokens_per_step,
             "train.total_tokens": self.train.total_tokens,
+            "train.schedules": {s.name: " -> ".join(f"{st.mix} {st.tokens:,}" for st in s.stages)
+                                for s in self.train.schedules} or None,
             "prompts.n_prompts": self.prompts.n_prompts,
             "annotate.annotators": [f"{b.kind}:{b.model or 'bundled SmolLM2-135M-Instruct GGUF'}"
                                     for b in self.annotate.annotators],
@@ -588,6 +663,8 @@ def _describe(errors: list[dict], origin: str) -> str:
             model = _model_at(loc[:-1])
             allowed = ", ".join(model.model_fields) if model else "?"
             lines.append(f"{origin}: unknown key `{key}`; allowed here: {allowed}")
+        elif not loc or isinstance(err.get("input"), dict):  # a check across keys: the message says which
+            lines.append(f"{origin}: {key + ': ' if key else ''}{err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{origin}: `{key}` = {err.get('input')!r}: {err['msg']}")
     return "\n".join(lines)

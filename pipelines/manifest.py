@@ -62,7 +62,9 @@ STAGES: dict[str, StageSpec] = {
                           command="study classifier train"),
     "filter": StageSpec("pipelines.filtering:run", ("filter",), inputs_from="filter.input_stages", resumable=True,
                         command="study classifier apply"),
-    "mix": StageSpec("pipelines.mix:run", ("mix",), ("ingest",), inputs_from="mix.source_stages",
+    # resumable: a streaming mix (mix.streaming) continues after its last complete shard; the in-memory
+    # mix empties its folder itself
+    "mix": StageSpec("pipelines.mix:run", ("mix",), ("ingest",), inputs_from="mix.source_stages", resumable=True,
                      command="study mix"),
     # one llm.c-format run per shard set; resumable: a rerun continues from the last DONE checkpoint
     "train": StageSpec("pipelines.train.stage:run", ("train",), ("mix",), resumable=True,
