@@ -84,6 +84,7 @@ def run(ctx: StageContext) -> dict:
     cfg: MixConfig = ctx.config.mix
     seed = ctx.config.seed
     run_ = ctx.run
+    _empty(ctx.dir)  # the stage is resumable for streaming mixes only; this one starts over
     drops = DropLog(ctx.dir / "removed", examples_per_reason=10**12)  # every removal is recorded
     used = [n for n in cfg.sources if any(n in m.weights for m in cfg.mixes)]
 
@@ -229,6 +230,13 @@ def run(ctx: StageContext) -> dict:
         "counts": {"documents": sum(m["documents"] for m in mixes), "tokens": sum(m["tokens"] for m in mixes),
                    "mixes": len(mixes), "removed": dict(drops.counts)},
     }
+
+
+def _empty(d: Path) -> None:
+    import shutil
+
+    for p in d.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
 
 
 def _mkdir(p: Path) -> Path:
