@@ -4,6 +4,7 @@
   study ingest   [--preset P] [--run R] [...]    real web pages -> document shards
   study tokenize [--preset P] [--run R] [...]    document shards -> llm.c token shards
   study classifier train|apply [...]             the stages classify / filter (also `study classify|filter`)
+  study train    [...] [--dry-run]               GPT-2 on each mix / schedule (--dry-run: print the commands)
   study run      [--preset P] [--run R] [...]    every stage built so far, in order
   study figures  [--preset P] [--run R] [...]    paper figures + tables -> results/<run>/figures/ and paper/
   study status   RUN [--preset P]                done / stale / incomplete / missing per stage
@@ -54,7 +55,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub = ap.add_subparsers(dest="command", required=True)
     _common(sub.add_parser("config", help="print the resolved config and derived values"), run=False)
     for stage in STAGES:
-        _common(sub.add_parser(stage, help=f"run the {stage} stage"))
+        sp = sub.add_parser(stage, help=f"run the {stage} stage")
+        _common(sp)
+        if stage == "train":
+            sp.add_argument("--dry-run", action="store_true",
+                            help="print the exact training command lines (every mix, every schedule stage) and exit")
     cl = sub.add_parser("classifier", help="the educational classifier: train (stage classify) or apply (stage filter)")
     cl.add_argument("action", choices=sorted(CLASSIFIER_ACTIONS))
     _common(cl)
@@ -115,6 +120,13 @@ def main(argv: list[str] | None = None) -> int:
             print_start(cfg, run)
             make(run, force=args.force)
             export(run)
+            return 0
+        if args.command == "train" and args.dry_run:
+            from pipelines.train.stage import dry_run, planned_shard_sets, shard_sets_of
+
+            run = Run(cfg, args.run)
+            sets = shard_sets_of(run) or planned_shard_sets(cfg, run.dir("mix"))
+            print("\n".join(dry_run(cfg, run.dir("train"), sets)))
             return 0
         stages = list(STAGES) if args.command == "run" else [args.command]
         run_stages(cfg, args.run, stages, force=args.force)

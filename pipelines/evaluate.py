@@ -29,7 +29,7 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -101,12 +101,20 @@ def llmc_targets(folder: Path, mix: str, which: str, tokens_per_step: int | None
 
 
 def trained_targets(ctx: StageContext, which: str) -> list[Target]:
-    """Checkpoints of each mix the train stage trained (its manifest's outputs)."""
+    """Checkpoints of each mix the train stage trained (its manifest's outputs); a schedule is one
+    model whose checkpoints carry the steps and tokens since the schedule's start."""
     manifest = ctx.inputs.get("train")
     if manifest is None:
         return []
     out = []
     for o in manifest.get("outputs", []):
+        if o.get("schedule"):  # one run across its stages: steps and tokens counted from the schedule's start
+            stages = o["schedule"] if which == "all" else o["schedule"][-1:]
+            for st in stages:
+                for t in llmc_targets(ctx.run.dir("train") / st["dir"], o["mix"], which, st["tokens_per_step"],
+                                      reference=False):
+                    out.append(replace(t, step=st["start_step"] + t.step, tokens=st["start_tokens"] + t.tokens))
+            continue
         per_step = o["tokens"] // o["steps"] if o.get("steps") else None
         out += llmc_targets(ctx.run.dir("train") / o["mix"], o["mix"], which, per_step, reference=False)
     return out

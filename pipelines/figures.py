@@ -67,9 +67,22 @@ def _tokens_axis(ax, unit: str = "tokens") -> None:
     ax.set_xlabel(f"training {unit} (GPT-2)" if unit == "tokens" else f"training {unit}")
 
 
-def _boundaries(ax, boundaries: Sequence[float]) -> None:
-    for i, b in enumerate(boundaries):
-        ax.axvline(b, color="#666666", ls="-.", lw=0.9, label="stage boundary" if i == 0 else None)
+Boundaries = Sequence[float] | Mapping[str, Sequence[float]]  # x positions, or {schedule: x positions}
+
+
+def _boundaries(ax, boundaries: Boundaries, colors: Mapping[str, str] | None = None) -> None:
+    """Vertical dash-dot lines where a staged schedule switches data; per schedule in its colour."""
+    per_run = boundaries.items() if isinstance(boundaries, Mapping) else [(None, boundaries)]
+    first = True
+    for name, xs in per_run:
+        for b in xs:
+            color = (colors or {}).get(name, "#666666")
+            ax.axvline(b, color=color, ls="-.", lw=0.9, label="stage boundary" if first else None)
+            first = False
+
+
+def _flat(boundaries: Boundaries) -> list[float]:
+    return [x for xs in boundaries.values() for x in xs] if isinstance(boundaries, Mapping) else list(boundaries)
 
 
 def _pretty(name: str) -> str:
@@ -150,7 +163,7 @@ def benchmark_comparison(table, metric: str = "acc_norm", form: str = "cloze",
     return fig
 
 
-def benchmarks_vs_tokens(table, boundaries: Sequence[float] = (), metric: str = "acc_norm", form: str = "cloze",
+def benchmarks_vs_tokens(table, boundaries: Boundaries = (), metric: str = "acc_norm", form: str = "cloze",
                          benchmarks: Sequence[str] = tuple(BENCHMARKS), colors: Mapping[str, str] | None = None,
                          title: str | None = None):
     """Score against training tokens, one line per mix over its evaluated checkpoints (CI as a band);
@@ -187,8 +200,8 @@ def benchmarks_vs_tokens(table, boundaries: Sequence[float] = (), metric: str = 
             base = 100 * rb["random_baseline"].mean()
             if np.isfinite(base):
                 handles["random baseline"] = ax.axhline(base, color="#000000", ls=":", lw=0.9)
-            _boundaries(ax, boundaries)
-            if boundaries:
+            _boundaries(ax, boundaries, colors)
+            if any(True for _ in _flat(boundaries)):
                 handles["stage boundary"] = ax.get_lines()[-1]
             ax.set_title(BENCHMARKS.get(b, b))
             ax.set_xlim(left=0)
@@ -206,7 +219,7 @@ def benchmarks_vs_tokens(table, boundaries: Sequence[float] = (), metric: str = 
     return fig
 
 
-def training_curves(logs: Mapping[str, "object"], boundaries: Sequence[float] = (),
+def training_curves(logs: Mapping[str, "object"], boundaries: Boundaries = (),
                     colors: Mapping[str, str] | None = None, title: str | None = None):
     """Validation loss (markers) and train loss (thin) against training tokens, one colour per mix;
     a second panel with llm.c's in-training HellaSwag accuracy when the logs have it.
@@ -244,7 +257,7 @@ def training_curves(logs: Mapping[str, "object"], boundaries: Sequence[float] = 
             hs.set_title("HellaSwag during training")
         for a in axes:
             a.set_xlim(left=0)
-            _boundaries(a, boundaries)
+            _boundaries(a, boundaries, colors)
             if use_tokens:
                 _tokens_axis(a)
             else:

@@ -65,18 +65,19 @@ def eval_table(run: Run):
     return t
 
 
-def stage_boundaries(run: Run) -> list[float]:
-    """Token counts where a staged training schedule switches data: the train manifest's
-    `stage_boundaries` (a list, or {mix: list}) when a run has stages; [] otherwise."""
+def stage_boundaries(run: Run) -> dict[str, list[float]]:
+    """{schedule: training tokens where it switches to its next stage} from the train manifest
+    (`stage_boundaries`); {} when the run has no staged schedule."""
     m = run.read_manifest("train") or {}
-    b = m.get("stage_boundaries") or []
-    if isinstance(b, dict):
-        b = [x for xs in b.values() for x in xs]
-    return sorted({float(x) for x in b})
+    b = m.get("stage_boundaries") or {}
+    if not isinstance(b, dict):  # a bare list: boundaries of no particular run
+        b = {"": b}
+    return {name: sorted(float(x) for x in xs) for name, xs in b.items() if xs}
 
 
 def train_logs(run: Run) -> dict:
-    """{mix: trainlog.read_log(...)} of each run the train stage lists."""
+    """{mix or schedule: trainlog.read_log(...)} of each run the train stage lists (a schedule's
+    stages end to end)."""
     from pipelines.train.trainlog import read_log
 
     m = run.read_manifest("train") or {}

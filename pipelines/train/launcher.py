@@ -61,26 +61,31 @@ def _which(tool: str, why: str) -> str:
     return path
 
 
-def launch_command(cfg, flags: list[str], env: dict | None = None) -> list[str]:
-    """The full argument list for one run of `cfg` (the `train` config section) with `flags`."""
+def launch_command(cfg, flags: list[str], env: dict | None = None, resolve: bool = True) -> list[str]:
+    """The full argument list for one run of `cfg` (the `train` config section) with `flags`.
+    resolve=False (a dry run): no checks; $LLMC_DIR/train_gpt2cu, mpirun and srun stand as names."""
     env = os.environ if env is None else env
     if cfg.backend == "torch":
         opts = ["--seed", str(cfg.seed), "--dtype", cfg.dtype]
         opts += ["--threads", str(cfg.threads)] if cfg.threads else []
         return [sys.executable, "-m", "pipelines.train.reference", *opts, *flags]
-    binary = str(find_llmc_binary(env))
+    if resolve:
+        binary = str(find_llmc_binary(env))
+    else:
+        binary = str(Path(env["LLMC_DIR"]).expanduser() / LLMC_BINARY) if env.get("LLMC_DIR") else f"$LLMC_DIR/{LLMC_BINARY}"
     stdbuf = shutil.which("stdbuf")
     prog = [stdbuf, "-oL", binary] if stdbuf else [binary]  # line-buffered stdout through the pipe
     if cfg.nodes > 1:
-        if not env.get("SLURM_JOB_ID"):
+        if resolve and not env.get("SLURM_JOB_ID"):
             raise StudyError(f"train.nodes={cfg.nodes}: multi-node runs start under Slurm (inside `sbatch` or "
                              f"`salloc`, which set SLURM_JOB_ID); see README.md \"Training with llm.c\"")
-        srun = _which("srun", "multi-node training runs one task per GPU through Slurm's srun")
+        srun = _which("srun", "multi-node training runs one task per GPU through Slurm's srun") if resolve else "srun"
         return [srun, "--nodes", str(cfg.nodes), "--ntasks", str(cfg.processes), "--ntasks-per-node",
                 str(cfg.num_gpus), "-l", "-u", sys.executable, "-m", "pipelines.train.rank", *prog, *flags]
     if cfg.num_gpus > 1:
-        mpirun = _which("mpirun", "several GPUs need OpenMPI (`sudo apt install openmpi-bin openmpi-doc "
-                                  "libopenmpi-dev`) and NCCL, and llm.c built with them")
+        mpirun = (_which("mpirun", "several GPUs need OpenMPI (`sudo apt install openmpi-bin openmpi-doc "
+                                   "libopenmpi-dev`) and NCCL, and llm.c built with them")
+                  if resolve else shutil.which("mpirun") or "mpirun")
         return [mpirun, "-np", str(cfg.num_gpus), *prog, *flags]
     return [*prog, *flags]
 

@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pandas as pd
 
+from pipelines.errors import StudyError
+
 _LOG = re.compile(r"^s:(\d+) (trl|tel|eval):(\S+)(?: lr:(\S+) norm:(\S+))?\s*$")
 # train_gpt2.cu: "step %4d/%d | loss %7.6f (%+.2fz)| norm %6.4f (%+.2fz)| lr %.2e | %.2f ms | %.1f%% bf16 MFU | %.0f tok/s"
 _STEP = re.compile(
@@ -25,6 +27,7 @@ _STEP = re.compile(
     r"\((?P<zgrad>\S+)z\)\s*\| lr (?P<lr>\S+) \| (?P<ms>\S+) ms \| (?P<mfu>\S+)% (?P<precision>\w+) MFU \| "
     r"(?P<tok_s>\S+) tok/s")
 COLUMNS = ["step", "tokens", "train_loss", "val_loss", "hellaswag", "lr", "grad_norm"]
+SCHEDULE_FILE = "schedule.json"  # written by the train stage in train/<schedule>/
 
 
 def parse_step_line(line: str) -> dict | None:
@@ -72,8 +75,13 @@ def tokens_per_step(run_dir: Path) -> int | None:
 
 
 def read_log(path: str | Path, tokens_per_step_: int | None = None) -> pd.DataFrame:
-    """main.log (or the folder holding it) -> one row per step, columns COLUMNS, sorted by step."""
+    """main.log (or the folder holding it) -> one row per step, columns COLUMNS, sorted by step.
+    A schedule's folder (schedule.json): its stages' logs end to end, steps and tokens counted across
+    the whole run, plus a `stage` column; the boundary step appears twice (stage k's final val loss,
+    stage k+1's initial one: the same weights)."""
     path = Path(path)
+    if path.is_dir() and (path / SCHEDULE_FILE).exists():
+        return read_schedule_log(path)
     if path.is_dir():
         path = path / "main.log"
     tps = tokens_per_step_ if tokens_per_step_ is not None else tokens_per_step(path.parent)
@@ -81,6 +89,31 @@ def read_log(path: str | Path, tokens_per_step_: int | None = None) -> pd.DataFr
     df = pd.DataFrame([{"step": s, **r} for s, r in sorted(rows.items())], columns=COLUMNS)
     df["tokens"] = df["step"] * tps if tps else pd.NA
     return df.astype({"step": "int64"})
+
+
+def read_schedule(folder: str | Path) -> dict | None:
+    try:
+        return json.loads((Path(folder) / SCHEDULE_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def read_schedule_log(folder: str | Path) -> pd.DataFrame:
+    """train/<schedule>/: every stage's main.log shifted by the steps and tokens before it."""
+    folder = Path(folder)
+    sched = read_schedule(folder)
+    if sched is None:
+        raise StudyError(f"{folder / SCHEDULE_FILE} is missing or unreadable: rerun `study train`")
+    frames = []
+    for st in sched["stages"]:
+        df = read_log(folder.parent / st["dir"], st["tokens_per_step"])
+        df["step"] += st["start_step"]
+        df["tokens"] = df["tokens"] + st["start_tokens"]
+        df["stage"] = st["name"]
+        frames.append(df)
+    out = pd.concat([f for f in frames if len(f)], ignore_index=True) if any(len(f) for f in frames) else \
+        pd.DataFrame(columns=[*COLUMNS, "stage"])
+    return out.astype({"step": "int64"})
 
 
 def summary(path: str | Path) -> dict:
@@ -99,25 +132,31 @@ def summary(path: str | Path) -> dict:
 
 
 def run_dirs(train_dir: str | Path) -> dict[str, Path]:
-    """{mix: folder} of the llm.c output folders under results/<run>/train/."""
+    """{mix or schedule: folder} of the runs under results/<run>/train/ (a schedule: its folder
+    holding schedule.json, read by read_log as one run)."""
     d = Path(train_dir)
-    return {p.name: p for p in sorted(d.iterdir()) if (p / "launch.json").exists() or (p / "main.log").exists()} \
+    return {p.name: p for p in sorted(d.iterdir())
+            if (p / "launch.json").exists() or (p / "main.log").exists() or (p / SCHEDULE_FILE).exists()} \
         if d.is_dir() else {}
 
 
 def run_table(train_dir: str | Path) -> pd.DataFrame:
-    """One row per mix: backend, planned steps, last checkpoint, losses, HellaSwag (done or in progress)."""
+    """One row per mix, and per stage of a schedule: backend, planned steps, last checkpoint, losses,
+    HellaSwag (done or in progress)."""
     rows = []
     for mix, d in run_dirs(train_dir).items():
-        try:
-            launch = json.loads((d / "launch.json").read_text())
-        except (OSError, ValueError):
-            launch = {}
-        flags = dict(zip(launch.get("flags", [])[::2], launch.get("flags", [])[1::2]))
-        done = [int(p.name[5:]) for p in d.glob("DONE_*") if p.name[5:].isdigit()]
-        rows.append({"mix": mix, "backend": launch.get("backend"), "model": flags.get("-e"),
-                     "steps": int(flags["-x"]) if "-x" in flags else None,
-                     "last_checkpoint": max(done, default=None), **summary(d)})
+        sched = read_schedule(d)
+        folders = [(f"{mix}/{st['name']}", d.parent / st["dir"]) for st in sched["stages"]] if sched else [(mix, d)]
+        for name, f in folders:
+            try:
+                launch = json.loads((f / "launch.json").read_text())
+            except (OSError, ValueError):
+                launch = {}
+            flags = dict(zip(launch.get("flags", [])[::2], launch.get("flags", [])[1::2]))
+            done = [int(p.name[5:]) for p in f.glob("DONE_*") if p.name[5:].isdigit()]
+            rows.append({"mix": name, "backend": launch.get("backend"), "model": flags.get("-e"),
+                         "steps": int(flags["-x"]) if "-x" in flags else None,
+                         "last_checkpoint": max(done, default=None), **summary(f)})
     return pd.DataFrame(rows)
 
 
