@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 from pipelines.config import StudyConfig, dump_yaml, list_presets, load_config
 from pipelines.errors import StudyError
-from pipelines.manifest import STAGES, Run, format_table
+from pipelines.manifest import STAGES, Run, format_table, study_stages
 
 
 # `study classifier train|apply` are the stages `classify` and `filter`
@@ -32,10 +32,15 @@ def print_start(cfg: StudyConfig, run: Run) -> None:
 
 
 def run_stages(cfg: StudyConfig, run_name: str | None, stages: list[str], force: bool = False) -> dict[str, dict]:
+    """Execute `stages` in order (done ones are skipped); a stage outside the study's `stages` is left out."""
     run = Run(cfg, run_name)
     print_start(cfg, run)
+    ours = study_stages(cfg)
     out = {}
     for stage in stages:
+        if stage not in ours:
+            print(f"[{stage}] not among this study's stages ({', '.join(ours)}); left out")
+            continue
         out[stage] = run.execute(stage, force=force)
     print(format_table(run.status_rows()))
     return out
@@ -128,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
             sets = shard_sets_of(run) or planned_shard_sets(cfg, run.dir("mix"))
             print("\n".join(dry_run(cfg, run.dir("train"), sets)))
             return 0
-        stages = list(STAGES) if args.command == "run" else [args.command]
+        stages = study_stages(cfg) if args.command == "run" else [args.command]
         run_stages(cfg, args.run, stages, force=args.force)
         return 0
     except StudyError as e:

@@ -531,6 +531,9 @@ class StudyConfig(Section):
     seed: int = 1337
     results_dir: str = "results"
     share_with: list[str] = []  # runs (in results_dir) whose done stages this run may share (sweeps)
+    # the stages `study run` (and its notebooks) executes, each with its inputs; None: every stage.
+    # A study of hub mixes, e.g. [ingest, mix, train, evaluate, figures], never starts generation
+    stages: list[str] | None = None
     ingest: IngestConfig = IngestConfig()
     tokenize: TokenizeConfig = TokenizeConfig()
     prompts: PromptsConfig = PromptsConfig()

@@ -39,6 +39,7 @@ class StageSpec:
     resumable: bool = False  # keeps its folder on rerun and skips work already written
     command: str = ""  # the CLI command that runs it
     inputs_from: str | None = None  # "section.property" of the config naming more upstream stages
+    reads_what_ran: bool = False  # inputs outside the config's `stages` are left out (figures)
 
     def load(self) -> Callable[["StageContext"], dict]:
         module, func = self.runner.split(":")
@@ -75,8 +76,24 @@ STAGES: dict[str, StageSpec] = {
                           resumable=True, command="study evaluate"),
     # last: paper figures and tables (pipelines/paper.py); `study figures` also draws a partial run's figures
     "figures": StageSpec("pipelines.paper:run", (), ("ingest", "generate", "classify", "filter", "mix", "train",
-                                                     "evaluate"), command="study figures"),
+                                                     "evaluate"), command="study figures", reads_what_ran=True),
 }
+
+
+def study_stages(config: StudyConfig) -> list[str]:
+    """The stages `study run` executes, in order: config.stages (checked: known names, each with
+    its inputs), or every stage."""
+    if config.stages is None:
+        return list(STAGES)
+    unknown = [s for s in config.stages if s not in STAGES]
+    if unknown:
+        raise StudyError(f"stages: unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    run = Run(config, "check")
+    for stage in config.stages:
+        missing = [d for d in run.inputs(stage) if d not in config.stages]
+        if missing:
+            raise StudyError(f"stages: `{stage}` reads {missing}, which the list leaves out; add them to `stages`")
+    return [s for s in STAGES if s in config.stages]
 
 MANIFEST = "manifest.json"
 VERSIONED = ("pipelines", "numpy", "pydantic", "tiktoken", "datasets", "pyarrow", "datatrove",
@@ -175,7 +192,10 @@ class Run:
             if unknown:
                 raise StudyError(f"[{stage}] {spec.inputs_from} names unknown stage(s) {unknown}; stages: "
                                  f"{', '.join(STAGES)}")
-        return tuple(dict.fromkeys(spec.inputs + extra))
+        inputs = tuple(dict.fromkeys(spec.inputs + extra))
+        if spec.reads_what_ran and self.config.stages is not None:
+            inputs = tuple(d for d in inputs if d in self.config.stages)
+        return inputs
 
     def stage_config(self, stage: str) -> dict:
         spec = STAGES[stage]

@@ -35,6 +35,18 @@ def parameters(cfg: StudyConfig, run: str, overrides: list[str], preset: str | N
             "overrides": list(overrides)}
 
 
+# the stages each notebook is about (it may also run their inputs): a study whose `stages` has none
+# of them skips the notebook
+NOTEBOOK_STAGES = {"01_synthetic": ("prompts", "generate"), "02_annotate": ("annotate",),
+                   "03_classifier": ("classify", "filter"), "04_mixes": ("mix",), "05_train": ("train",),
+                   "06_evaluate": ("evaluate",), "07_figures": ("figures",)}
+
+
+def wanted(nb: Path, cfg: StudyConfig) -> bool:
+    stages = NOTEBOOK_STAGES.get(nb.stem)
+    return cfg.stages is None or stages is None or any(s in cfg.stages for s in stages)
+
+
 def run_notebooks(cfg: StudyConfig, run: str, overrides: list[str], preset: str | None = None,
                   notebooks: list[Path] | None = None, kernel: str | None = None, log=print) -> list[dict]:
     """Execute the stage notebooks in order; returns one record per notebook (path, seconds)."""
@@ -49,6 +61,10 @@ def run_notebooks(cfg: StudyConfig, run: str, overrides: list[str], preset: str 
     records = []
     for nb in notebooks or stage_notebooks():
         out = out_dir / nb.name
+        if not wanted(nb, cfg):
+            log(f"[run] {nb.name}: none of its stages ({', '.join(NOTEBOOK_STAGES[nb.stem])}) is among this "
+                f"study's stages; skipped")
+            continue
         log(f"[run] {nb.name} -> {out}")
         t0 = time.perf_counter()
         try:

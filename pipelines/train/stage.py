@@ -95,7 +95,7 @@ class Job:
         return self.steps * self.cfg.tokens_per_step
 
 
-def plan(cfg, sets: list[ShardSet]) -> list[list[Job]]:
+def plan(cfg, sets: list[ShardSet], verbose: bool = True) -> list[list[Job]]:
     """The runs of the stage: [[job]] per mix trained alone, [job, job, ...] per schedule, in order."""
     train = cfg.train
     by_name = {s.name: s for s in sets}
@@ -130,6 +130,11 @@ def plan(cfg, sets: list[ShardSet]) -> list[list[Job]]:
                 check_train_config(scfg)
             except StudyError as e:
                 raise StudyError(f"{where}: {e}") from None
+            again = next((j for j in jobs if j.shards.name == st.mix), None)
+            if again is not None and verbose:
+                print(f"[train] note: {where} reads mix {st.mix!r} from its start again, as stage {again.stage} "
+                      f"did (llm.c's loader restarts with the same seed): it repeats data that stage saw; give "
+                      f"it a mix of its own for fresh documents")
             start_step = sum(j.steps for j in jobs)
             start_tokens = sum(j.tokens for j in jobs)
             jobs.append(Job(sch.name, f"{sch.name}/{folder}", by_name[st.mix], scfg, steps, k,

@@ -160,6 +160,23 @@ def run_table(train_dir: str | Path) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def launch_commands(train_dir: str | Path) -> list[tuple[str, str, str]]:
+    """(run or run/stage, working directory, command line) of every launched run, from launch.json."""
+    import shlex
+
+    out = []
+    for mix, d in run_dirs(train_dir).items():
+        sched = read_schedule(d)
+        folders = [(f"{mix}/{st['name']}", d.parent / st["dir"]) for st in sched["stages"]] if sched else [(mix, d)]
+        for name, f in folders:
+            try:
+                launch = json.loads((f / "launch.json").read_text())
+            except (OSError, ValueError):
+                continue  # not launched yet
+            out.append((name, launch.get("cwd", ""), shlex.join(launch.get("command", []))))
+    return out
+
+
 def watch(train_dir: str | Path, seconds: float = 0, every: float = 10.0, x: str = "step") -> None:
     """Notebook display of the loss curves and run table, redrawn every `every` s for `seconds` s
     (0: once), while a run trains in another process (`study train` in a terminal, a Slurm job)."""
