@@ -47,8 +47,9 @@ class Output:
 
 def colors(run: Run) -> dict[str, str]:
     """One colour per name for every figure: the mix config's sources first, then its mixes (a mix
-    named as its only source shares that source's colour)."""
-    names = [*run.config.mix.sources, *(m.name for m in run.config.mix.mixes)]
+    named as its only source shares that source's colour), then the staged schedules."""
+    names = [*run.config.mix.sources, *(m.name for m in run.config.mix.mixes),
+             *(s.name for s in run.config.train.schedules)]
     return F.mix_colors(names)
 
 

@@ -280,6 +280,8 @@ def run(ctx: StageContext) -> dict:
     if cfg.backend == "llmc":
         find_llmc_binary()  # fail before writing anything when the binary is missing
     runs_plan = plan(ctx.config, shard_sets(ctx))
+    if not runs_plan:
+        raise StudyError("[train] nothing to train: train.mixes is [] and there are no train.schedules")
     for jobs in runs_plan:
         if jobs[0].run == "dev":
             raise StudyError("a mix may not be named `dev` (llm.c's HellaSwag file lives in train/dev/)")
