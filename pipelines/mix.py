@@ -11,6 +11,10 @@
   6. shards: mix/<name>/<name>_train_*.bin, plus one shared validation set mix/val/<val_name>_val_*.bin
      of real held-out web pages (ingest's val split) that no mix trains on
 
+`mix.streaming: true` writes the mixes as streams instead (pipelines/mixstream.py): nothing held in
+memory grows with the budget, exact dedup and decontamination per document, no near-duplicate pass,
+resumable after each shard.
+
 Every removed document is in removed/<reason>.jsonl (text truncated) with what it matched.
 """
 
@@ -82,6 +86,10 @@ def sample_source(lengths: np.ndarray, target: int, rng: np.random.Generator, on
 
 def run(ctx: StageContext) -> dict:
     cfg: MixConfig = ctx.config.mix
+    if cfg.streaming:
+        from pipelines import mixstream
+
+        return mixstream.run(ctx)
     seed = ctx.config.seed
     run_ = ctx.run
     _empty(ctx.dir)  # the stage is resumable for streaming mixes only; this one starts over
@@ -259,13 +267,14 @@ def composition_table(manifest: dict):
 
 
 def removals_table(manifest: dict):
-    """One row per source: documents read, exact / near duplicates, contaminated per benchmark, kept."""
+    """One row per source: documents read, exact / near duplicates, contaminated per benchmark, kept.
+    A streaming mix has no near-duplicate pass (near_duplicate None in its manifest): 0 removed."""
     import pandas as pd
 
     rows = []
     for name, s in manifest["sources"].items():
         row = {"source": name, "documents_in": s["documents_in"], "exact_duplicate": s["exact_duplicate"],
-               "near_duplicate": s["near_duplicate"]}
+               "near_duplicate": s["near_duplicate"] or 0}
         row.update({f"contaminated_{b}": s["contaminated"].get(b, 0)
                     for b in manifest["decontamination"]["benchmarks"]})
         row.update({"documents_kept": s["documents_kept"], "tokens_kept": s["tokens_kept"]})

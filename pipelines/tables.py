@@ -200,7 +200,8 @@ def mix_composition(manifest: Mapping) -> Table:
                 continue
             share = v["tokens"] / m["tokens"] if m["tokens"] else 0.0
             d.update({f"{s}_tokens": v["tokens"], f"{s}_share": round(share, 4), f"{s}_epochs": v["epochs"]})
-            c[s] = f"{human(v['tokens'])} ({v['epochs']:.2f} ep.)"
+            # a streaming mix knows epochs only for a source it read to the end
+            c[s] = f"{human(v['tokens'])} ({v['epochs']:.2f} ep.)" if v["epochs"] is not None else human(v["tokens"])
         data.append(d)
         disp.append(c)
     display = pd.DataFrame(disp, columns=["Mix", "Tokens", "Documents", *sources])

@@ -305,6 +305,16 @@ def test_main_results_best_per_column_in_bold_references_not_ranked(tmp_path):
     assert t.data.loc[t.data.mix == "web", "hellaswag"].iloc[0] == pytest.approx(100 * web.value)
 
 
+def test_mix_table_of_a_streaming_mix_without_epochs():
+    m = mix_manifest()
+    for mix in m["mixes"]:  # a streaming mix knows epochs only for a source read to its end
+        for v in mix["per_source"].values():
+            v.update(epochs=None, available_tokens=None, available_documents=None)
+    t = T.mix_composition(m)
+    assert balanced(t.latex) and "ep.)" not in t.latex and "None" not in t.latex and "& 45k & 255k" in t.latex
+    assert F.mix_composition(composition_table(m)) is not None
+
+
 def test_tables_escape_names_and_write_tex_and_csv(tmp_path):
     m = mix_manifest()
     m["mixes"][0]["name"] = "web_50%&more"

@@ -1,5 +1,6 @@
 import gzip
 import json
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -140,3 +141,226 @@ def test_mix_config_is_checked():
         load_config("ci", ["mix.mixes=[{name: x, tokens: 10, weights: {nope: 1}}]"])
     with pytest.raises(StudyError, match="exactly one of stage / path / dataset"):
         load_config("ci", ["mix.sources={web: {stage: ingest, path: x}}"])
+
+
+# ---------------------------------------------------------------------------------------------
+# streaming mixes (mix.streaming: true, pipelines/mixstream.py)
+
+
+def _write_jsonl_gz(path, docs):
+    with gzip.open(path, "wt", encoding="utf-8") as f:
+        f.writelines(json.dumps({"id": d["id"], "text": d["text"], "source": d["source"]}) + "\n" for d in docs)
+    return path
+
+
+@pytest.fixture
+def streams(tmp_path, ci_config):
+    """An ingested ci run and local sources cut from its pages: `a` and `b` start with half of ingest's
+    val pages each (the mix must skip them), then train pages; planted: in `a` an exact copy (case,
+    spacing) of one of its earlier pages, in `b` a val page's text under another id and an ARC question;
+    `c` is small (six pages: it runs out)."""
+    cfg = ci_config()
+    run_stages(cfg, "r", ["ingest"])
+    run = Run(cfg, "r")
+    split = {s: list(read_documents(run.dir("ingest") / o["path"] for o in run.read_manifest("ingest")["outputs"]
+                                    if o["split"] == s)) for s in ("val", "train")}
+    val, train = split["val"], split["train"]
+    with gzip.open(EVAL_DIR / "arc_easy_test.jsonl.gz", "rt") as f:
+        arc = json.loads(f.readline())
+    a = [*val[0::2], *train[0:100]]
+    a.insert(len(val[0::2]) + 10, {"id": "exact", "source": "planted", "text": "  " + train[3]["text"].upper()})
+    b = [*val[1::2], *train[100:200]]
+    b.insert(5, {"id": "val-copy", "source": "planted", "text": val[0]["text"]})
+    b.insert(8, {"id": "leak", "source": "planted",
+                 "text": "Quiz time! " + arc["question"] + " " + arc["choices"]["text"][0] + " Good luck."})
+    paths = {n: _write_jsonl_gz(tmp_path / f"{n}.jsonl.gz", docs)
+             for n, docs in (("a", a), ("b", b), ("c", train[200:206]))}
+    return cfg, paths, val, arc
+
+
+def _smix(cfg, paths, mixes, *extra, run="r", force=False):
+    from pipelines.config import load_config
+
+    sources = ", ".join(f"{n}: {{path: {p}}}" for n, p in paths.items())
+    c = load_config("ci", [f"results_dir={cfg.results_dir}", f"ingest.path={cfg.ingest.path}",
+                           "mix.sources={" + sources + "}", f"mix.mixes={mixes}", "mix.streaming=true",
+                           "mix.shard_tokens=4096", "mix.shuffle_buffer=20", "mix.decontaminate.benchmarks=[arc_easy]",
+                           f"mix.decontaminate.eval_dir={EVAL_DIR}", *extra])
+    run_stages(c, run, ["ingest", "mix"], force=force)
+    return Run(c, run)
+
+
+def _shard_texts(run, mix):
+    enc = gpt2()
+    return [[enc.decode(d.tolist()) for d in split_documents(read_shard(run.dir("mix") / s["path"]))]
+            for s in mix["shards"]]
+
+
+def _mix_files(run):
+    """Every shard and removal log of a mix stage: relative path -> bytes."""
+    d = run.dir("mix")
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*"))
+            if p.is_file() and (p.suffix == ".bin" or p.parent.name == "removed")}
+
+
+def test_streaming_mix_budgets_dedup_decontamination_and_val(streams):
+    from pipelines.dedup import exact_key
+    from pipelines.mix import composition_table, removals_table
+
+    cfg, paths, val, arc = streams
+    run = _smix(cfg, paths, "[{name: ab, tokens: 60000, weights: {a: 1, b: 1}}]", "mix.workers=1")
+    m = run.read_manifest("mix")
+    mx = m["mixes"][0]
+    shards = _shard_texts(run, mx)
+    for s in mx["shards"]:  # valid llm.c shards of whole documents, none over shard_tokens but a lone long one
+        assert (s["tokens"] <= 4096 or s["documents"] == 1) and len(read_shard(run.dir("mix") / s["path"])) == s["tokens"]
+    assert sum(s["tokens"] for s in mx["shards"]) == mx["tokens"]
+    assert sum(s["documents"] for s in mx["shards"]) == mx["documents"] == sum(len(t) for t in shards)
+    # tokens per source: as the manifest says, each within one document of its target
+    of = {}
+    for n, p in paths.items():
+        of.update({d["text"]: n for d in read_documents([p])})
+    enc = gpt2()
+    texts = [t for ts in shards for t in ts]
+    for n in ("a", "b"):
+        ps = mx["per_source"][n]
+        mine = [t for t in texts if of[t] == n]
+        assert sum(len(enc.encode_ordinary(t)) + 1 for t in mine) == ps["tokens"]
+        assert len(mine) == ps["documents"] == ps["unique_documents"]
+        longest = max(len(enc.encode_ordinary(t)) + 1 for t in mine)
+        assert ps["target_tokens"] == 30000 and 30000 <= ps["tokens"] < 30000 + longest
+        assert ps["available_tokens"] is None and ps["epochs"] is None  # neither stream was read to its end
+    assert {of[t] for t in texts[:10]} == {"a", "b"}  # interleaved and shuffled
+    assert len({exact_key(t) for t in texts}) == len(texts)  # no document twice
+    assert not {t for t in texts} & {d["text"] for d in val}  # val pages never train
+    # the shared validation shards: ingest's val pages
+    val_shards = [o["path"] for o in m["outputs"] if o["split"] == "val"]
+    assert val_shards == [f"val/heldout_val_{i:06d}.bin" for i in range(len(val_shards))]
+    val_texts = [enc.decode(d.tolist()) for p in val_shards for d in split_documents(read_shard(run.dir("mix") / p))]
+    assert val_texts == [d["text"] for d in val] and m["val"]["documents"] == len(val)
+    # removals: counted per source, logged with what they matched
+    assert m["sources"]["a"]["exact_duplicate"] == 1 and m["sources"]["b"]["exact_duplicate"] == 1
+    assert m["sources"]["b"]["contaminated"] == {"arc_easy": 1} and m["sources"]["a"]["contaminated"] == {}
+    assert m["near_dedup"] == "skipped (streaming)" and m["sources"]["a"]["near_duplicate"] is None
+    removed = {r: [json.loads(l) for l in (run.dir("mix") / "removed" / f"{r}.jsonl").read_text().splitlines()]
+               for r in ("exact_duplicate", "contaminated")}
+    dups = {r["id"]: r for r in removed["exact_duplicate"]}
+    assert set(dups) == {"exact", "val-copy"}
+    assert (dups["exact"]["duplicate_in"], dups["val-copy"]["duplicate_in"], dups["val-copy"]["of_val"]) == ("a", "val", True)
+    leak = removed["contaminated"][0]
+    assert (leak["id"], leak["benchmark"], leak["item"], leak["mix"]) == ("leak", "arc_easy", arc["id"], "ab")
+    assert m["counts"]["removed"] == {"exact_duplicate": 2, "contaminated": 1}
+    assert not any("Quiz time!" in t for t in texts)
+    src = m["sources"]["a"]
+    assert src["documents_kept"] == mx["per_source"]["a"]["documents"]
+    assert src["documents_in"] == src["documents_kept"] + 1  # read = kept + the exact copy (val pages not counted)
+    # the notebooks' tables cope with what a stream does not know
+    comp = composition_table(m)
+    assert list(comp["tokens"]) == [mx["per_source"]["a"]["tokens"], mx["per_source"]["b"]["tokens"]]
+    rem = removals_table(m)
+    assert list(rem["near_duplicate"]) == [0, 0] and list(rem["contaminated_arc_easy"]) == [0, 1]
+
+
+def test_streaming_mix_resumes_to_the_same_bytes(streams, monkeypatch, capsys):
+    import pipelines.tokenize as tokenize_module
+
+    cfg, paths, _, _ = streams
+    mixes = "[{name: ac, tokens: 40000, weights: {a: 3, c: 1}}]"  # c (6 pages) repeats: buffered pages of older passes
+    whole = _smix(cfg, paths, mixes, "mix.workers=1", run="whole")
+    real = tokenize_module.write_shard
+    progress = Run(cfg, "cut").dir("mix") / "progress" / "ac" / "progress.json"
+    for stop, resumed in ((3, None), (8, 2)):  # killed after writing a shard, before its checkpoint
+        calls = []
+
+        def dying(path, tokens, stop=stop, calls=calls):
+            real(path, tokens)
+            calls.append("_train_" in path.name)
+            if sum(calls) == stop:
+                raise RuntimeError("killed")
+
+        monkeypatch.setattr(tokenize_module, "write_shard", dying)
+        with pytest.raises(RuntimeError, match="killed"):
+            _smix(cfg, paths, mixes, "mix.workers=2", run="cut")
+        out = capsys.readouterr().out
+        assert (f"ac: resuming after {resumed} shard(s)" in out) if resumed else "resuming" not in out
+        assert len(json.loads(progress.read_text())["shards"]) == stop - 1 + (resumed or 0)
+    # the second kill came while draining the buffer: every source had reached its target
+    assert all(s["tokens"] >= s["target"] for s in json.loads(progress.read_text())["sources"])
+    monkeypatch.setattr(tokenize_module, "write_shard", real)
+    cut = _smix(cfg, paths, mixes, "mix.workers=2", run="cut")
+    assert "ac: resuming after 9 shard(s)" in capsys.readouterr().out
+    assert _mix_files(cut) == _mix_files(whole)
+    m, w = cut.read_manifest("mix"), whole.read_manifest("mix")
+    assert m["mixes"] == w["mixes"] and m["sources"] == w["sources"] and m["counts"] == w["counts"]
+    assert len(m["mixes"][0]["shards"]) > 8 and m["mixes"][0]["per_source"]["c"]["epochs"] > 1
+
+
+def test_streaming_mix_keeps_finished_mixes_and_restarts_changed_ones(streams, capsys):
+    cfg, paths, _, _ = streams
+    one = "{name: one, tokens: 9000, weights: {a: 1}}"
+    run = _smix(cfg, paths, f"[{one}, {{name: two, tokens: 9000, weights: {{b: 1}}}}]")
+    d = run.dir("mix")
+    stamp = {p: p.stat().st_mtime_ns for p in (d / "one").glob("*.bin")}
+    capsys.readouterr()
+    run = _smix(cfg, paths, f"[{one}, {{name: two, tokens: 12000, weights: {{b: 1}}}}]")
+    out = capsys.readouterr().out
+    assert "one: done in an earlier run" in out and "two: config or inputs changed" in out
+    assert {p: p.stat().st_mtime_ns for p in (d / "one").glob("*.bin")} == stamp  # not rewritten
+    m = run.read_manifest("mix")
+    assert [x["tokens"] >= x["budget_tokens"] for x in m["mixes"]] == [True, True]
+    assert m["mixes"][1]["budget_tokens"] == 12000
+    assert sorted(p.name for p in (d / "two").iterdir()) == [s["path"].split("/")[1] for s in m["mixes"][1]["shards"]]
+
+
+def test_streaming_mix_short_source_fails_or_repeats(streams):
+    cfg, paths, _, _ = streams
+    with pytest.raises(StudyError, match="source 'c': needs 20,000 tokens but the source has .*mix.on_short=repeat"):
+        _smix(cfg, paths, "[{name: c, tokens: 20000, weights: {c: 1}}]", "mix.on_short=fail")
+    run = _smix(cfg, paths, "[{name: c, tokens: 20000, weights: {c: 1}}]", "mix.on_short=repeat", run="rep")
+    m = run.read_manifest("mix")
+    ps = m["mixes"][0]["per_source"]["c"]
+    assert ps["available_documents"] == ps["unique_documents"] == 6 and ps["documents"] > 6
+    assert ps["epochs"] == pytest.approx(ps["tokens"] / ps["available_tokens"], abs=1e-4) and ps["epochs"] > 2
+    assert m["sources"]["c"]["documents_in"] == 6  # counted over the first pass
+    copies = Counter(t for ts in _shard_texts(run, m["mixes"][0]) for t in ts)
+    assert len(copies) == 6 and sum(copies.values()) == ps["documents"]
+    assert max(copies.values()) - min(copies.values()) <= 1  # each pass: every page once, in stream order
+
+
+def test_hash_set_matches_a_python_set():
+    from pipelines.mixstream import HashSet
+
+    xs = np.random.default_rng(0).integers(2, 2**63, size=5000).tolist()
+    inside, outside = set(xs[::2]) | {0, 2**64 - 1}, set(xs[1::2]) - set(xs[::2])  # 0 is stored as 1
+    hs = HashSet(capacity=8)
+    for x in [*inside, *inside]:
+        hs.add(x)
+    assert len(hs) == len(inside)
+    assert all(x in hs for x in inside) and not any(x in hs for x in outside)
+
+
+def test_streaming_mix_reads_a_hub_dataset_as_a_stream(streams, monkeypatch):
+    from pipelines import ingest
+    from pipelines.config import load_config
+
+    cfg, paths, _, _ = streams
+    pages = [d for d in read_documents([paths["b"]]) if d["source"] != "planted"]
+    pulled = []
+
+    def hub_records(icfg, seed):  # the hub, offline: a long stream of which the mix reads only what it needs
+        assert icfg.dataset == "org/web" and icfg.split == "train"
+        for i in range(100_000):
+            pulled.append(i)
+            d = pages[i % len(pages)]
+            yield {"id": f"{d['id']}#{i}", "text": f"Copy {i}. " + d["text"]}
+
+    monkeypatch.setattr(ingest, "hub_records", hub_records)
+    c = load_config("ci", [f"results_dir={cfg.results_dir}", f"ingest.path={cfg.ingest.path}",
+                           "mix.sources={hub: {dataset: org/web}}", "mix.mixes=[{name: h, tokens: 20000, weights: {hub: 1}}]",
+                           "mix.streaming=true", "mix.shard_tokens=4096", "mix.workers=1",
+                           "mix.decontaminate.benchmarks=[arc_easy]", f"mix.decontaminate.eval_dir={EVAL_DIR}"])
+    run_stages(c, "r", ["mix"])
+    m = Run(c, "r").read_manifest("mix")
+    docs = m["mixes"][0]["documents"]
+    assert m["mixes"][0]["tokens"] >= 20000 and docs < len(pulled) <= docs + 2 * 64  # read ahead by a batch or two
+    assert m["sources"]["hub"]["dataset"] == "org/web" and m["sources"]["hub"]["documents_in"] == docs
