@@ -160,3 +160,15 @@ def test_schedule_config_errors_name_the_problem(tmp_path, web_sample):
         load_config("ci", [*base, "train.schedules=[{name: s, stages: [{mix: web, tokens: 10, epochs: 2}]}]"])
     cfg = load_config("ci", base)
     assert cfg.train.schedules == [] and len(plan(cfg, planned_shard_sets(cfg, tmp_path))) == 2  # as before
+
+
+def test_notebook_tables_list_each_stage(staged):
+    from pipelines.train.trainlog import launch_commands, run_table
+
+    t = staged["run"].dir("train")
+    table = run_table(t).set_index("mix")
+    assert list(table.index) == ["two/stage1-web", "two/stage2-late"]
+    assert table.loc["two/stage2-late", "model"] == "two/stage1-web/model_00000008.bin"
+    assert table["last_checkpoint"].tolist() == [8, 8]
+    cmds = dict((name, cmd) for name, _, cmd in launch_commands(t))
+    assert "-e two/stage1-web/model_00000008.bin" in cmds["two/stage2-late"]

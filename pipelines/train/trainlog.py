@@ -144,26 +144,17 @@ def run_table(train_dir: str | Path) -> pd.DataFrame:
     """One row per mix, and per stage of a schedule: backend, planned steps, last checkpoint, losses,
     HellaSwag (done or in progress)."""
     rows = []
-    for mix, d in run_dirs(train_dir).items():
-        sched = read_schedule(d)
-        folders = [(f"{mix}/{st['name']}", d.parent / st["dir"]) for st in sched["stages"]] if sched else [(mix, d)]
-        for name, f in folders:
-            try:
-                launch = json.loads((f / "launch.json").read_text())
-            except (OSError, ValueError):
-                launch = {}
-            flags = dict(zip(launch.get("flags", [])[::2], launch.get("flags", [])[1::2]))
-            done = [int(p.name[5:]) for p in f.glob("DONE_*") if p.name[5:].isdigit()]
-            rows.append({"mix": name, "backend": launch.get("backend"), "model": flags.get("-e"),
-                         "steps": int(flags["-x"]) if "-x" in flags else None,
-                         "last_checkpoint": max(done, default=None), **summary(f)})
+    for name, f, launch in llmc_folders(train_dir):
+        flags = dict(zip(launch.get("flags", [])[::2], launch.get("flags", [])[1::2]))
+        done = [int(p.name[5:]) for p in f.glob("DONE_*") if p.name[5:].isdigit()]
+        rows.append({"mix": name, "backend": launch.get("backend"), "model": flags.get("-e"),
+                     "steps": int(flags["-x"]) if "-x" in flags else None,
+                     "last_checkpoint": max(done, default=None), **summary(f)})
     return pd.DataFrame(rows)
 
 
-def launch_commands(train_dir: str | Path) -> list[tuple[str, str, str]]:
-    """(run or run/stage, working directory, command line) of every launched run, from launch.json."""
-    import shlex
-
+def llmc_folders(train_dir: str | Path) -> list[tuple[str, Path, dict]]:
+    """(mix or schedule/stage, llm.c output folder, its launch.json or {}) of every run under train/."""
     out = []
     for mix, d in run_dirs(train_dir).items():
         sched = read_schedule(d)
@@ -172,9 +163,17 @@ def launch_commands(train_dir: str | Path) -> list[tuple[str, str, str]]:
             try:
                 launch = json.loads((f / "launch.json").read_text())
             except (OSError, ValueError):
-                continue  # not launched yet
-            out.append((name, launch.get("cwd", ""), shlex.join(launch.get("command", []))))
+                launch = {}
+            out.append((name, f, launch))
     return out
+
+
+def launch_commands(train_dir: str | Path) -> list[tuple[str, str, str]]:
+    """(run or run/stage, working directory, command line) of every launched run, from launch.json."""
+    import shlex
+
+    return [(name, launch.get("cwd", ""), shlex.join(launch["command"]))
+            for name, _, launch in llmc_folders(train_dir) if launch.get("command")]
 
 
 def watch(train_dir: str | Path, seconds: float = 0, every: float = 10.0, x: str = "step") -> None:
