@@ -61,8 +61,21 @@ def _override(key: str, value) -> str:
 
 
 def point_overrides(spec: SweepSpec, name: str, point: dict, names: list[str], extra: list[str]) -> list[str]:
-    others = [n for n in names if n != name]
+    """The point's --set list: the sweep's, the command line's, its grid values, and share_with naming
+    the other points plus any runs the command line names (`--set share_with=[smoke]`: a sweep on
+    top of a finished run reuses its done stages)."""
+    given = [r for item in [*spec.set, *extra] if item.split("=", 1)[0].strip() == "share_with"
+             for r in (yaml.safe_load(item.split("=", 1)[1]) or [])]
+    others = [n for n in names if n != name] + [r for r in given if r not in names]
     return [*spec.set, *extra, *(_override(k, v) for k, v in point.items()), _override("share_with", others)]
+
+
+def _short(v) -> str:
+    """A grid value as a label: the names of named entries (mixes, schedules), else the value."""
+    items = v if isinstance(v, list) else [v]
+    if items and all(isinstance(x, dict) and "name" in x for x in items):
+        return "+".join(str(x["name"]) for x in items)
+    return str(v)
 
 
 def _run_point(preset: str, name: str, overrides: list[str], notebooks: bool) -> str:
@@ -131,7 +144,8 @@ def gather(results_dir: str, record: dict, out: Path) -> str | None:
     from pipelines.figures import benchmark_comparison, save
 
     # one bar per (point, mix), labelled by the point's grid values
-    label = {p["run"]: ", ".join(f"{k.split('.')[-1]}={v}" for k, v in p["values"].items()) for p in record["points"]}
+    label = {p["run"]: ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in p["values"].items())
+             for p in record["points"]}
     ref = table["reference"].astype(str).str.lower().isin(["true", "1"]) if "reference" in table else [False] * len(table)
     by_point = table.assign(mix=[m if is_ref else f"{label[r]} / {m}"
                                  for r, m, is_ref in zip(table["run"], table["mix"], ref)])

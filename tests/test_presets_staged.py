@@ -118,3 +118,14 @@ def test_smoke_preset_trains_a_two_stage_schedule_web_then_filtered_web():
     assert [st.mix for st in sch.stages] == ["web", "web-edu"]
     assert cfg.mix.sources["web-edu"].stage == "filter"
     assert sch.tokens == cfg.train.total_tokens  # as long as each mix trained alone
+
+
+def test_sweep_points_also_share_with_runs_named_on_the_command_line():
+    name, spec = load_sweep(PROJECT_ROOT / "sweeps" / "annealing.yaml")
+    names = [f"{name}-{i:02d}" for i in range(len(points(spec)))]
+    ov = point_overrides(spec, names[1], points(spec)[1], names, ["share_with=[smoke]"])
+    cfg = load_config(spec.preset, ov)
+    assert cfg.share_with == [names[0], *names[2:], "smoke"]  # the other points, then the finished run
+    from pipelines.sweep import _short
+
+    assert _short(points(spec)[1]["train.schedules"]) == "anneal-edu" and _short(3) == "3"
