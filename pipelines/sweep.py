@@ -147,7 +147,8 @@ def gather(results_dir: str, record: dict, out: Path) -> str | None:
     label = {p["run"]: ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in p["values"].items())
              for p in record["points"]}
     ref = table["reference"].astype(str).str.lower().isin(["true", "1"]) if "reference" in table else [False] * len(table)
-    by_point = table.assign(mix=[m if is_ref else f"{label[r]} / {m}"
+    # a point named by its only grid value (a schedule, a mix) is labelled once
+    by_point = table.assign(mix=[m if is_ref or label[r].split("=", 1)[-1] == str(m) else f"{label[r]} / {m}"
                                  for r, m, is_ref in zip(table["run"], table["mix"], ref)])
     if "reference" in table:  # the same reference model in every point: one bar
         by_point = by_point.drop_duplicates(subset=[c for c in by_point.columns if c not in ("run", *record["grid"])])
