@@ -9,8 +9,10 @@ Both backends take the same llm.c flag list and write the same `-o` directory (D
   optim.py      AdamW, gradient clipping, lr schedules and outlier z-scores, as llm.c does them
   reference.py  the torch backend: `python -m pipelines.train.reference <llm.c flags>`
   launcher.py   finds train_gpt2cu, builds mpirun / srun commands, streams progress, resumes
-  trainlog.py   main.log and stdout step lines -> a tidy table; loss curves
-  stage.py      the `train` stage: one llm.c run per shard set (mix) under results/<run>/train/<mix>/
+  trainlog.py   main.log and stdout step lines -> a tidy table (a schedule's stages end to end); loss curves
+  stage.py      the `train` stage: one llm.c run per mix (train/<mix>/) and a chain of runs per staged
+                schedule (train/<schedule>/<stage>/, each from the previous stage's last checkpoint);
+                `study train --dry-run` prints their command lines
 
 The model itself (GPT-2, llm.c checkpoints, Hugging Face export) is pipelines/model.py.
 """
