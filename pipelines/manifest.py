@@ -40,6 +40,13 @@ class StageSpec:
     command: str = ""  # the CLI command that runs it
     inputs_from: str | None = None  # "section.property" of the config naming more upstream stages
     reads_what_ran: bool = False  # inputs outside the config's `stages` are left out (figures)
+    preflight: str | None = None  # "module:function"(ctx) raising StudyError before anything is touched
+
+    def load_preflight(self) -> Callable[["StageContext"], None] | None:
+        if self.preflight is None:
+            return None
+        module, func = self.preflight.split(":")
+        return getattr(importlib.import_module(module), func)
 
     def load(self) -> Callable[["StageContext"], dict]:
         module, func = self.runner.split(":")
@@ -69,7 +76,7 @@ STAGES: dict[str, StageSpec] = {
                      command="study mix"),
     # one llm.c-format run per shard set; resumable: a rerun continues from the last DONE checkpoint
     "train": StageSpec("pipelines.train.stage:run", ("train",), ("mix",), resumable=True,
-                       command="study train"),
+                       command="study train", preflight="pipelines.train.stage:preflight"),
     # after train: its checkpoints (evaluate.trained) plus reference models; resumable: a finished
     # (model, checkpoint) keeps its per-item results while its evaluation settings are unchanged
     "evaluate": StageSpec("pipelines.evaluate:run", ("evaluate",), inputs_from="evaluate.upstream_stages",
@@ -284,6 +291,9 @@ class Run:
                 )
             inputs[dep] = dep_state.manifest
         spec = STAGES[stage]
+        check = spec.load_preflight() if fn is None else None  # a given fn (tests, notebooks) checks itself
+        if check is not None:  # a config or environment error stops here, leaving the last manifest as it was
+            check(StageContext(self, stage, d, inputs))
         fn = fn or spec.load()
         self.save_config()
         # the manifest goes first, so a kill from here on never leaves a complete-looking stage

@@ -172,3 +172,18 @@ def test_notebook_tables_list_each_stage(staged):
     assert table["last_checkpoint"].tolist() == [8, 8]
     cmds = dict((name, cmd) for name, _, cmd in launch_commands(t))
     assert "-e two/stage1-web/model_00000008.bin" in cmds["two/stage2-late"]
+
+
+def test_a_config_error_stops_train_before_it_touches_the_last_run(staged, monkeypatch):
+    run = staged["run"]
+    before = (run.manifest_path("train")).read_bytes()
+    monkeypatch.delenv("LLMC_DIR", raising=False)
+    bad = [run.config.model_copy(update={"train": run.config.train.model_copy(update={"backend": "llmc", "model": "d6"})}),
+           run.config.model_copy(update={"train": run.config.train.model_copy(update={"schedules": [
+               run.config.train.schedules[0].model_copy(update={"stages": [
+                   run.config.train.schedules[0].stages[0].model_copy(update={"seq_len": 4096})]})]})})]
+    for cfg, match in zip(bad, ("LLMC_DIR is not set", "max_seq_len")):
+        with pytest.raises(StudyError, match=match):
+            Run(cfg, "staged").execute("train")
+        assert run.manifest_path("train").read_bytes() == before  # still the complete manifest
+        assert Run(cfg, "staged").state("train").status == "stale"  # not "incomplete"

@@ -274,14 +274,19 @@ def dry_run(cfg, train_dir: Path, sets: list[ShardSet]) -> list[str]:
     return lines
 
 
+def preflight(ctx: StageContext) -> None:
+    """Before the stage touches anything: the config's checks, every run's and stage's plan, the binary."""
+    check_train_config(ctx.config.train)
+    if not plan(ctx.config, shard_sets(ctx), verbose=False):
+        raise StudyError("[train] nothing to train: train.mixes is [] and there are no train.schedules")
+    if ctx.config.train.backend == "llmc":
+        find_llmc_binary()
+
+
 def run(ctx: StageContext) -> dict:
     cfg = ctx.config.train
-    check_train_config(cfg)
-    if cfg.backend == "llmc":
-        find_llmc_binary()  # fail before writing anything when the binary is missing
+    preflight(ctx)  # also here: the stage function may be called on its own
     runs_plan = plan(ctx.config, shard_sets(ctx))
-    if not runs_plan:
-        raise StudyError("[train] nothing to train: train.mixes is [] and there are no train.schedules")
     for jobs in runs_plan:
         if jobs[0].run == "dev":
             raise StudyError("a mix may not be named `dev` (llm.c's HellaSwag file lives in train/dev/)")
