@@ -42,15 +42,17 @@ class StageSpec:
     reads_what_ran: bool = False  # inputs outside the config's `stages` are left out (figures)
     preflight: str | None = None  # "module:function"(ctx) raising StudyError before anything is touched
 
-    def load_preflight(self) -> Callable[["StageContext"], None] | None:
-        if self.preflight is None:
-            return None
-        module, func = self.preflight.split(":")
-        return getattr(importlib.import_module(module), func)
+    def load_preflight(self) -> Callable[["StageContext"], object] | None:
+        return None if self.preflight is None else _function(self.preflight)
 
     def load(self) -> Callable[["StageContext"], dict]:
-        module, func = self.runner.split(":")
-        return getattr(importlib.import_module(module), func)
+        return _function(self.runner)
+
+
+def _function(ref: str) -> Callable:
+    """A "module:function" reference, imported now."""
+    module, func = ref.split(":")
+    return getattr(importlib.import_module(module), func)
 
 
 # Stages in execution order; each new stage registers here (and its config section in config.py).

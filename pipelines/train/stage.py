@@ -86,13 +86,17 @@ class Job:
     cfg: object  # the train section with this stage's overrides, its steps (-x) and its -e
     steps: int  # the final step: -x, or one epoch of the shards
     stage: int = 0  # 1-based position in its schedule; 0: a mix trained alone
-    init: str | None = None  # the previous stage's final model_%08d.bin (relative to train/), when stage > 1
     start_step: int = 0  # steps and tokens of the schedule before this stage
     start_tokens: int = 0
 
     @property
     def tokens(self) -> int:
         return self.steps * self.cfg.tokens_per_step
+
+    @property
+    def init(self) -> str | None:
+        """The previous stage's final model_%08d.bin (relative to train/, its -e), when stage > 1."""
+        return self.cfg.model if self.stage > 1 else None
 
 
 def plan(cfg, sets: list[ShardSet], verbose: bool = True) -> list[list[Job]]:
@@ -137,8 +141,8 @@ def plan(cfg, sets: list[ShardSet], verbose: bool = True) -> list[list[Job]]:
                       f"it a mix of its own for fresh documents")
             start_step = sum(j.steps for j in jobs)
             start_tokens = sum(j.tokens for j in jobs)
-            jobs.append(Job(sch.name, f"{sch.name}/{folder}", by_name[st.mix], scfg, steps, k,
-                            update.get("model") if jobs else None, start_step, start_tokens))
+            jobs.append(Job(sch.name, f"{sch.name}/{folder}", by_name[st.mix], scfg, steps, k, start_step,
+                            start_tokens))
         runs.append(jobs)
     return runs
 
@@ -149,7 +153,7 @@ def schedule_record(jobs: list[Job]) -> dict:
             "stages": [{"stage": j.stage, "name": Path(j.out).name, "dir": j.out, "mix": j.shards.name,
                         "steps": j.steps, "tokens": j.tokens, "tokens_per_step": j.cfg.tokens_per_step,
                         "seq_len": j.cfg.seq_len, "start_step": j.start_step, "start_tokens": j.start_tokens,
-                        "init": j.init or j.cfg.model} for j in jobs]}
+                        "init": j.cfg.model} for j in jobs]}
 
 
 def final_step(cfg, s: ShardSet) -> int:
@@ -274,22 +278,23 @@ def dry_run(cfg, train_dir: Path, sets: list[ShardSet]) -> list[str]:
     return lines
 
 
-def preflight(ctx: StageContext) -> None:
-    """Before the stage touches anything: the config's checks, every run's and stage's plan, the binary."""
+def preflight(ctx: StageContext, verbose: bool = False) -> list[list[Job]]:
+    """Before the stage touches anything: the config's checks, every run's and stage's plan (returned),
+    the binary."""
     check_train_config(ctx.config.train)
-    if not plan(ctx.config, shard_sets(ctx), verbose=False):
+    runs_plan = plan(ctx.config, shard_sets(ctx), verbose=verbose)
+    if not runs_plan:
         raise StudyError("[train] nothing to train: train.mixes is [] and there are no train.schedules")
+    if any(jobs[0].run == "dev" for jobs in runs_plan):
+        raise StudyError("a mix may not be named `dev` (llm.c's HellaSwag file lives in train/dev/)")
     if ctx.config.train.backend == "llmc":
         find_llmc_binary()
+    return runs_plan
 
 
 def run(ctx: StageContext) -> dict:
     cfg = ctx.config.train
-    preflight(ctx)  # also here: the stage function may be called on its own
-    runs_plan = plan(ctx.config, shard_sets(ctx))
-    for jobs in runs_plan:
-        if jobs[0].run == "dev":
-            raise StudyError("a mix may not be named `dev` (llm.c's HellaSwag file lives in train/dev/)")
+    runs_plan = preflight(ctx, verbose=True)  # Run.execute checked it already; the function may run on its own
     hs = prepare_hellaswag(cfg, ctx.dir, min(j.cfg.seq_len for jobs in runs_plan for j in jobs))
     if cfg.backend == "llmc" and not (ctx.dir / "gpt2_tokenizer.bin").exists():
         write_llmc_tokenizer(ctx.dir / "gpt2_tokenizer.bin")
