@@ -70,19 +70,17 @@ def _tokens_axis(ax, unit: str = "tokens") -> None:
 Boundaries = Sequence[float] | Mapping[str, Sequence[float]]  # x positions, or {schedule: x positions}
 
 
-def _boundaries(ax, boundaries: Boundaries, colors: Mapping[str, str] | None = None) -> None:
-    """Vertical dash-dot lines where a staged schedule switches data; per schedule in its colour."""
+def _boundaries(ax, boundaries: Boundaries, colors: Mapping[str, str] | None = None):
+    """Vertical dash-dot lines where a staged schedule switches data, per schedule in its colour;
+    returns the first line (the legend's handle), None when there is none."""
     per_run = boundaries.items() if isinstance(boundaries, Mapping) else [(None, boundaries)]
-    first = True
+    first = None
     for name, xs in per_run:
         for b in xs:
             color = (colors or {}).get(name, "#666666")
-            ax.axvline(b, color=color, ls="-.", lw=0.9, label="stage boundary" if first else None)
-            first = False
-
-
-def _flat(boundaries: Boundaries) -> list[float]:
-    return [x for xs in boundaries.values() for x in xs] if isinstance(boundaries, Mapping) else list(boundaries)
+            line = ax.axvline(b, color=color, ls="-.", lw=0.9, label="stage boundary" if first is None else None)
+            first = first or line
+    return first
 
 
 def _pretty(name: str) -> str:
@@ -154,12 +152,8 @@ def benchmark_comparison(table, metric: str = "acc_norm", form: str = "cloze",
             ax.set_title(f"{BENCHMARKS.get(b, b)} (n={n:,})")
             ax.set_xticks([])
             ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-        if len(present) == 0:
-            axes[0].text(0.5, 0.5, "no benchmark rows", ha="center", va="center", transform=axes[0].transAxes)
-        axes[0].set_ylabel(f"accuracy ({metric if metric in set(rows['metric']) else 'acc'}, {form})")
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False,
-                   ncols=min(len(handles), 4))
-        fig.suptitle(title or "Benchmarks after training: mean and 95% bootstrap CI")
+        _finish_benchmark_panels(fig, axes, handles, rows, metric, form, present,
+                                 title or "Benchmarks after training: mean and 95% bootstrap CI")
     return fig
 
 
@@ -200,9 +194,9 @@ def benchmarks_vs_tokens(table, boundaries: Boundaries = (), metric: str = "acc_
             base = 100 * rb["random_baseline"].mean()
             if np.isfinite(base):
                 handles["random baseline"] = ax.axhline(base, color="#000000", ls=":", lw=0.9)
-            _boundaries(ax, boundaries, colors)
-            if any(True for _ in _flat(boundaries)):
-                handles["stage boundary"] = ax.get_lines()[-1]
+            line = _boundaries(ax, boundaries, colors)
+            if line is not None:
+                handles["stage boundary"] = line
             ax.set_title(BENCHMARKS.get(b, b))
             ax.set_xlim(left=0)
             if use_tokens:
@@ -210,13 +204,19 @@ def benchmarks_vs_tokens(table, boundaries: Boundaries = (), metric: str = "acc_
             else:
                 ax.set_xlabel("training step")
             ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
-        if len(present) == 0:
-            axes[0].text(0.5, 0.5, "no benchmark rows", ha="center", va="center", transform=axes[0].transAxes)
-        axes[0].set_ylabel(f"accuracy ({metric if metric in set(rows['metric']) else 'acc'}, {form})")
-        fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False,
-                   ncols=min(len(handles), 4))
-        fig.suptitle(title or "Benchmark score over training (evaluated checkpoints; 95% bootstrap CI)")
+        _finish_benchmark_panels(fig, axes, handles, rows, metric, form, present,
+                                 title or "Benchmark score over training (evaluated checkpoints; 95% bootstrap CI)")
     return fig
+
+
+def _finish_benchmark_panels(fig, axes, handles: dict, rows, metric: str, form: str, present: list, title: str):
+    """The shared end of the per-benchmark figures: empty-panel note, y label, legend below, title."""
+    if len(present) == 0:
+        axes[0].text(0.5, 0.5, "no benchmark rows", ha="center", va="center", transform=axes[0].transAxes)
+    axes[0].set_ylabel(f"accuracy ({metric if metric in set(rows['metric']) else 'acc'}, {form})")
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False,
+               ncols=min(len(handles), 4))
+    fig.suptitle(title)
 
 
 def training_curves(logs: Mapping[str, "object"], boundaries: Boundaries = (),
