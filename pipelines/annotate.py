@@ -37,7 +37,7 @@ from pipelines.backends import Backend, make_backend
 from pipelines.config import BackendConfig
 from pipelines.documents import ShardedWriter, read_documents
 from pipelines.errors import StudyError
-from pipelines.generate import Lock, PartWriter, keep_parts_if_same, read_row, scan_parts
+from pipelines.generate import Lock, PartWriter, completion_record, keep_parts_if_same, read_row, scan_parts
 from pipelines.manifest import StageContext
 
 MAX_SCORE = 5
@@ -207,9 +207,7 @@ def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, temp
         with tqdm(total=total, initial=have, desc=f"annotate {k}", unit="page", disable=None) as bar:
             for batch in _batches(todo, backend_cfg.batch_size):
                 comps = backend.generate([p for _, p in batch], cfg.sampling)
-                writer.write([{"prompt_id": pk, "text": c.text, "finish_reason": c.finish_reason,
-                               "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                               "error": c.error, "generator": backend.model_name}
+                writer.write([completion_record(pk, c, backend.model_name)
                               for (pk, _), c in zip(batch, comps, strict=True)])
                 stats["answered_now"] += len(batch)
                 stats["completion_tokens_now"] += sum(c.completion_tokens for c in comps)

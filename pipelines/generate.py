@@ -166,6 +166,13 @@ def read_row(handles: dict[Path, IO[bytes]], where: tuple[Path, int]) -> dict:
     return json.loads(f.readline())
 
 
+def completion_record(prompt_id, c: Completion, generator: str) -> dict:
+    """One saved completion, as a part file line (generate and annotate save the same fields)."""
+    return {"prompt_id": prompt_id, "text": c.text, "finish_reason": c.finish_reason,
+            "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens, "error": c.error,
+            "generator": generator}
+
+
 class PartWriter:
     """Appends whole lines to this invocation's part file and fsyncs after every batch."""
 
@@ -301,9 +308,7 @@ def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
             for batch in _batches(_prompts(ctx), done, cfg.backend.batch_size):
                 seeds = [prompt_seed(ctx.config.seed, p["id"]) for p in batch]
                 comps: list[Completion] = backend.generate([p["text"] for p in batch], cfg.sampling, seeds)
-                writer.write([{"prompt_id": p["id"], "text": c.text, "finish_reason": c.finish_reason,
-                               "prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
-                               "error": c.error, "generator": backend.model_name}
+                writer.write([completion_record(p["id"], c, backend.model_name)
                               for p, c in zip(batch, comps, strict=True)])
                 stats["generated_now"] += len(batch)
                 stats["completion_tokens_now"] += sum(c.completion_tokens for c in comps)
