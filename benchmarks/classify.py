@@ -29,7 +29,7 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
-from pipelines import classifier as C  # noqa: E402
+from pipelines.classify import classify as C  # noqa: E402
 from pipelines.config import ClassifierConfig, LabelField  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "web" / "web_sample.jsonl.gz"

@@ -3,7 +3,7 @@
   .venv/bin/python benchmarks/generate.py [--preset smoke] [--prompts 16] [--max-new-tokens 64]
                                           [--batch-size B] [--threads T] [--sample] [--set k=v ...]
 
-On the same Cosmopedia-style prompts (built by pipelines.prompts from the shared web sample), with
+On the same Cosmopedia-style prompts (built by pipelines.synthetic.prompts from the shared web sample), with
 the same loaded model (default: the bundled SmolLM2-135M-Instruct GGUF):
   batched     TransformersBackend at the configured batch size (generate.backend.batch_size)
   one-by-one  the same backend with batch size 1
@@ -29,9 +29,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.backends import bundled_model, make_backend  # noqa: E402
+from pipelines.llm.backends import bundled_model, make_backend  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
-from pipelines.prompts import Seed, build_prompts, extract, load_templates  # noqa: E402
+from pipelines.synthetic.prompts import Seed, build_prompts, extract, load_templates  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "web" / "web_sample.jsonl.gz"
 

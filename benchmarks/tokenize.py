@@ -28,9 +28,9 @@ from pathlib import Path  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.documents import ShardedWriter  # noqa: E402
-from pipelines.tokenize import tokenize_files  # noqa: E402
-from pipelines.tokenizer import gpt2  # noqa: E402
+from pipelines.data.documents import ShardedWriter  # noqa: E402
+from pipelines.ingest.tokenize import tokenize_files  # noqa: E402
+from pipelines.llmc.tokenizer import gpt2  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "web" / "web_sample.jsonl.gz"
 

@@ -16,34 +16,14 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
-from pipelines.config import StudyConfig, dump_yaml, list_presets, load_config
+from pipelines.config import dump_yaml, list_presets, load_config
 from pipelines.errors import StudyError
-from pipelines.manifest import STAGES, Run, format_table, study_stages
+from pipelines.runs.manifest import STAGES, Run, format_table, study_stages
+from pipelines.runs.runner import print_start, run_stages
 
 
 # `study classifier train|apply` are the stages `classify` and `filter`
 CLASSIFIER_ACTIONS = {"train": "classify", "apply": "filter"}
-
-
-def print_start(cfg: StudyConfig, run: Run) -> None:
-    print(f"study: preset {cfg.preset}, run {run.name} -> {run.root}")
-    for k, v in cfg.derived().items():
-        print(f"  {k} = {v}")
-
-
-def run_stages(cfg: StudyConfig, run_name: str | None, stages: list[str], force: bool = False) -> dict[str, dict]:
-    """Execute `stages` in order (done ones are skipped); a stage outside the study's `stages` is left out."""
-    run = Run(cfg, run_name)
-    print_start(cfg, run)
-    ours = study_stages(cfg)
-    out = {}
-    for stage in stages:
-        if stage not in ours:
-            print(f"[{stage}] not among this study's stages ({', '.join(ours)}); left out")
-            continue
-        out[stage] = run.execute(stage, force=force)
-    print(format_table(run.status_rows()))
-    return out
 
 
 def _common(p: argparse.ArgumentParser, run: bool = True) -> None:
@@ -89,7 +69,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "assets":
-            from pipelines.tokenizer import ensure_gpt2_bpe
+            from pipelines.llmc.tokenizer import ensure_gpt2_bpe
 
             print(f"GPT-2 BPE: {ensure_gpt2_bpe()}")
             return 0
@@ -119,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "classifier":
             args.command = CLASSIFIER_ACTIONS[args.action]
         if args.command == "figures":  # also a partial run's figures, then exported into paper/
-            from pipelines.paper import export, make
+            from pipelines.figures.figures import export, make
 
             run = Run(cfg, args.run)
             print_start(cfg, run)
@@ -127,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
             export(run)
             return 0
         if args.command == "train" and args.dry_run:
-            from pipelines.train.stage import dry_run, planned_shard_sets, shard_sets_of
+            from pipelines.train.train import dry_run, planned_shard_sets, shard_sets_of
 
             run = Run(cfg, args.run)
             sets = shard_sets_of(run) or planned_shard_sets(cfg, run.dir("mix"))

@@ -98,7 +98,7 @@ class SamplingConfig(Section):
 
 
 class BackendConfig(Section):
-    """One LLM backend (pipelines/backends.py), shared by generation and annotation.
+    """One LLM backend (pipelines/llm/backends.py), shared by generation and annotation.
 
     kind: `transformers` (local, batched, CPU or GPU), `vllm` (offline engine on GPUs) or `openai`
     (any OpenAI-compatible server: `vllm serve`, TGI, llama.cpp's server).
@@ -133,11 +133,11 @@ class BackendConfig(Section):
 
 
 class PromptsConfig(Section):
-    """Cosmopedia-style prompts: seed x audience x style, rendered from pipelines/templates/*.yaml."""
+    """Cosmopedia-style prompts: seed x audience x style, rendered from pipelines/synthetic/templates/*.yaml."""
 
     seeds: Literal["web", "topics"] = "web"  # web: extracts of ingest's documents; topics: topics_path
     topics_path: str | None = None  # YAML (list of strings or {topic, outline, id}) or CSV (topic[,outline][,id])
-    templates_dir: str | None = None  # None: pipelines/templates
+    templates_dir: str | None = None  # None: pipelines/synthetic/templates
     n_prompts: int = Field(1000, ge=1)
     # weights per audience / style (normalised; counts that add up to n_prompts give exactly those
     # counts); empty: every audience / style of the templates, equal shares
@@ -199,7 +199,7 @@ class MixSpec(Section):
 
 
 class AnnotateConfig(Section):
-    """LLM educational annotation (pipelines/annotate.py): FineWeb-Edu's additive 5-point prompt on the
+    """LLM educational annotation (pipelines/annotate/annotate.py): FineWeb-Edu's additive 5-point prompt on the
     first `extract_chars` characters of ingest's pages, through any backend; several annotators = a jury
     whose parsed scores are averaged."""
 
@@ -226,7 +226,7 @@ class LabelField(Section):
 
 
 class ClassifierConfig(Section):
-    """FineWeb-Edu-style classifier (pipelines/classifier.py): frozen sentence embeddings + a ridge
+    """FineWeb-Edu-style classifier (pipelines/classify/classify.py): frozen sentence embeddings + a ridge
     regression head (`embedding`), and/or hashed word n-grams + a ridge head (`hashed`, fast, no encoder)."""
 
     unhashed: ClassVar[frozenset[str]] = frozenset({"batch_size", "threads"})
@@ -277,7 +277,7 @@ class RayOptions(Section):
 
 
 class FilterConfig(Section):
-    """Score pages with the trained classifier and keep int_score >= threshold (pipelines/filtering.py),
+    """Score pages with the trained classifier and keep int_score >= threshold (pipelines/classify/filter.py),
     as datatrove pipeline steps: LocalPipelineExecutor here, Slurm or Ray by `executor`."""
 
     unhashed: ClassVar[frozenset[str]] = frozenset({"executor", "tasks", "workers", "batch_size", "slurm", "ray",
@@ -473,7 +473,7 @@ class TrainConfig(Section):
 
     @property
     def parameters(self) -> int | None:
-        from pipelines.train.shapes import parse_descriptor
+        from pipelines.llmc.shapes import parse_descriptor
 
         try:
             return parse_descriptor(self.model).num_parameters
@@ -494,7 +494,7 @@ class EvalModel(Section):
 
 
 class EvaluateConfig(Section):
-    """Log-likelihood multiple-choice evaluation (pipelines/evaluate.py) with bootstrap CIs."""
+    """Log-likelihood multiple-choice evaluation (pipelines/evaluate/evaluate.py) with bootstrap CIs."""
 
     unhashed: ClassVar[frozenset[str]] = frozenset({"batch_tokens", "max_batch", "device", "threads", "progress"})
 

@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from pipelines.errors import StudyError
-from pipelines.train.shapes import PARAM_ORDER, GPT2Shape, parse_descriptor
+from pipelines.llmc.shapes import PARAM_ORDER, GPT2Shape, parse_descriptor
 
 MODEL_MAGIC = 20240326
 VERSION_FP32 = 3
@@ -308,7 +308,7 @@ def write_gpt2_tokenizer(out_dir: Path) -> list[str]:
     `study assets` provides it): tokenizer.json (fast tokenizer, by transformers' TikTokenConverter),
     vocab.json + merges.txt (the same BPE model) and tokenizer_config.json. Nothing is downloaded;
     returns [] when the rank file is missing."""
-    from pipelines.tokenizer import _valid, cached_bpe_path
+    from pipelines.llmc.tokenizer import _valid, cached_bpe_path
 
     bpe = cached_bpe_path()
     if not _valid(bpe):

@@ -11,12 +11,12 @@ import textwrap
 
 import pytest
 
-from pipelines import annotate
-from pipelines.annotate import PROMPT_TEMPLATE, int_score, parse_score, render_prompt
-from pipelines.backends import Backend, Completion
+from pipelines.annotate import annotate
+from pipelines.annotate.annotate import PROMPT_TEMPLATE, int_score, parse_score, render_prompt
+from pipelines.llm.backends import Backend, Completion
 from pipelines.config import PROJECT_ROOT
-from pipelines.documents import read_documents
-from pipelines.manifest import Run
+from pipelines.data.documents import read_documents
+from pipelines.runs.manifest import Run
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,11 +157,11 @@ def test_unparseable_answers_are_kept_counted_and_left_out_of_training(ci_config
     assert all(d["metadata"]["annotation"]["score"] is None for d in bad)
     assert all(d["metadata"]["annotation"]["answers"] == ["I cannot rate this page."] for d in bad)
     # what the classifier reads from the annotate stage: the scored pages only
-    from pipelines.classifier import labelled_documents
+    from pipelines.classify.classify import labelled_documents
 
     with pytest.raises(Exception, match="need at least 10"):
         labelled_documents(run, cfg.classifier, cfg.seed)  # fewer than 10 labels: a clear error
-    from pipelines.mix import stage_documents
+    from pipelines.runs.readers import stage_documents
 
     ids = {d["id"] for d in stage_documents(run, "annotate")}
     assert len(ids) == 10 - n_bad and not ids & {d["id"] for d in bad}
@@ -191,10 +191,10 @@ def test_changed_sampling_discards_old_answers_and_reuses_unchanged(ci_config):
 
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
-    from pipelines import annotate
-    from pipelines.backends import Backend, Completion
+    from pipelines.annotate import annotate
+    from pipelines.llm.backends import Backend, Completion
     from pipelines.config import load_config
-    from pipelines.manifest import Run
+    from pipelines.runs.manifest import Run
 
     class DiesOnThirdBatch(Backend):
         model_name = "scripted"
@@ -273,7 +273,7 @@ def test_real_annotation_with_bundled_smollm2(ci_config):
 
 
 def test_examples_per_score_with_no_parsed_page_is_an_empty_table():
-    from pipelines.annotate import examples_per_score
+    from pipelines.annotate.annotate import examples_per_score
 
     table = examples_per_score([], 2, 300)
     assert len(table) == 0 and "int_score" in table.columns

@@ -11,13 +11,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines import classifier as C
+from pipelines.classify import classify as C
 from pipelines.cli import build_parser, main
 from pipelines.config import ClassifierConfig, FilterConfig, LabelField
-from pipelines.documents import read_documents
+from pipelines.data.documents import read_documents
 from pipelines.errors import StudyError
-from pipelines.manifest import Run
-from pipelines.mix import stage_documents
+from pipelines.runs.manifest import Run
+from pipelines.runs.readers import stage_documents
 
 EDU = ["photosynthesis", "chlorophyll", "equation", "fraction", "student", "lesson", "experiment", "molecule",
        "history", "geometry", "energy", "cell", "theorem", "grammar", "planet", "exercise"]
@@ -256,7 +256,7 @@ def test_filter_reads_raw_pages_from_input_path(ci_config, labels_file, corpus_f
 
 
 def test_executor_switch_builds_slurm_and_explains_missing_pieces(tmp_path):
-    from pipelines.filtering import make_executor
+    from pipelines.classify.filter import make_executor
 
     with pytest.raises(StudyError, match="partition"):
         make_executor(FilterConfig(executor="slurm"), [], 2, str(tmp_path / "logs"), "x")

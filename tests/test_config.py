@@ -4,7 +4,7 @@ import pytest
 
 from pipelines.config import StudyConfig, list_presets, load_config
 from pipelines.errors import StudyError
-from pipelines.manifest import Run
+from pipelines.runs.manifest import Run
 
 PRESETS = ["ci", "smoke", "cpu", "gpu-124m", "gpu-1.5b"]
 

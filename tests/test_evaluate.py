@@ -11,19 +11,19 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.benchmarks import (Item, hellaswag_preprocess, load_benchmark, make_item, prompt, BadItem,
+from pipelines.data.benchmarks import (Item, hellaswag_preprocess, load_benchmark, make_item, prompt, BadItem,
                                   fewshot_examples, load_fewshot_pool)
 from pipelines.errors import StudyError
-from pipelines.evaluate import (TABLE_COLUMNS, bootstrap_ci, item_record, llmc_checkpoints, metric_rows,
+from pipelines.evaluate.evaluate import (TABLE_COLUMNS, bootstrap_ci, item_record, llmc_checkpoints, metric_rows,
                                 reference_targets)
 from pipelines.config import EvalModel
-from pipelines.scoring import CallableLM, HFCausalLM, score
+from pipelines.evaluate.scoring import CallableLM, HFCausalLM, score
 
 
 
 @pytest.fixture(scope="module")
 def eval_dir() -> Path:
-    from pipelines.benchmarks import default_data_dir  # ../shared/data/eval, or $STUDY_SHARED_DIR/data/eval
+    from pipelines.data.benchmarks import default_data_dir  # ../shared/data/eval, or $STUDY_SHARED_DIR/data/eval
 
     d = default_data_dir()
     if not (d / "mmlu_test.jsonl.gz").exists():
@@ -34,7 +34,7 @@ def eval_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def enc():
-    from pipelines.tokenizer import gpt2
+    from pipelines.llmc.tokenizer import gpt2
 
     return gpt2()
 
@@ -211,7 +211,7 @@ def test_items_longer_than_the_model_are_left_truncated_as_lm_eval(eval_dir, enc
 
 
 def test_llmc_checkpoint_scores_like_its_pytorch_model(tmp_path, eval_dir, enc):
-    from pipelines.evaluate import load_llmc
+    from pipelines.evaluate.evaluate import load_llmc
     from pipelines.model import build_model, write_checkpoint
 
     m = build_model("d2c64")
@@ -288,7 +288,7 @@ def test_llmc_checkpoints_need_their_done_marker(tmp_path):
 
 def test_evaluate_stage_end_to_end(tmp_path, eval_dir, capsys):
     from pipelines.config import load_config
-    from pipelines.manifest import Run
+    from pipelines.runs.manifest import Run
     from pipelines.model import build_model, write_checkpoint
 
     ckpt = write_checkpoint(build_model("d2c64"), tmp_path / "model_00000010.bin")
@@ -326,7 +326,7 @@ def test_evaluate_stage_end_to_end(tmp_path, eval_dir, capsys):
 
 def test_nothing_to_evaluate_is_a_clear_error(tmp_path):
     from pipelines.config import load_config
-    from pipelines.manifest import Run
+    from pipelines.runs.manifest import Run
 
     run = Run(load_config("ci", [f"results_dir={tmp_path}", "evaluate.trained=false"]), "none")
     with pytest.raises(StudyError, match="nothing to evaluate"):
@@ -336,7 +336,7 @@ def test_nothing_to_evaluate_is_a_clear_error(tmp_path):
 def test_agreement_with_lm_eval_per_item(tmp_path, eval_dir):
     """Only where lm-evaluation-harness is installed (an optional tool, not a dependency)."""
     pytest.importorskip("lm_eval")
-    from pipelines.lmeval_bridge import agreement_items, compare_task, load_model_pair, score_lmeval, score_ours
+    from pipelines.evaluate.lmeval import agreement_items, compare_task, load_model_pair, score_lmeval, score_ours
     from pipelines.model import build_model, write_checkpoint
 
     ckpt = write_checkpoint(build_model("d2c64"), tmp_path / "model_00000001.bin")

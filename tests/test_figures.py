@@ -12,15 +12,15 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from pipelines import figures as F
-from pipelines import paper
-from pipelines import tables as T
-from pipelines.classifier import evaluate as classifier_evaluate
+from pipelines.figures import plots as F
+from pipelines.figures import figures as paper
+from pipelines.figures import tables as T
+from pipelines.classify.classify import evaluate as classifier_evaluate
 from pipelines.errors import StudyError
-from pipelines.evaluate import TABLE_COLUMNS
-from pipelines.manifest import Run
-from pipelines.mix import composition_table, removals_table
-from pipelines.train.trainlog import read_log
+from pipelines.evaluate.evaluate import TABLE_COLUMNS
+from pipelines.runs.manifest import Run
+from pipelines.runs.readers import composition_table, removals_table
+from pipelines.runs.trainlog import read_log
 
 MIXES = ["web", "synthetic", "web85-syn15", "web-edu", "edu85-syn15"]
 BENCH = ["arc_easy", "arc_challenge", "hellaswag", "mmlu"]
@@ -92,7 +92,7 @@ def classifier_metrics(kinds=("embedding", "hashed")) -> dict:
 
 
 def filter_histograms() -> dict:
-    from pipelines.filtering import SCORE_BINS, _merge_hist
+    from pipelines.classify.filter import SCORE_BINS, _merge_hist
 
     rng = np.random.default_rng(2)
     scores = np.clip(rng.gamma(2.0, 0.7, size=400), 0, 5)

@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines import generate
-from pipelines.backends import BackendError, Completion, OpenAIBackend, make_backend
-from pipelines.cli import run_stages
+from pipelines.synthetic import generate
+from pipelines.llm.backends import BackendError, Completion, OpenAIBackend, make_backend
+from pipelines.runs.runner import run_stages
 from pipelines.config import BackendConfig, GenerateConfig, SamplingConfig
 from pipelines.errors import StudyError
-from pipelines.manifest import Run
+from pipelines.runs.manifest import Run
 
 # ---------------------------------------------------------------------------------------------
 # post-processing
@@ -352,10 +352,10 @@ class EchoBackend:
 
 CRASH_SCRIPT = textwrap.dedent("""
     import sys, time
-    from pipelines import generate
-    from pipelines.backends import Completion
+    from pipelines.synthetic import generate
+    from pipelines.llm.backends import Completion
     from pipelines.config import load_config
-    from pipelines.manifest import Run
+    from pipelines.runs.manifest import Run
 
     class Stuck:
         kind, model_name, calls = "fake", "echo-1", 0

@@ -6,12 +6,12 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipelines.cli import run_stages
+from pipelines.runs.runner import run_stages
 from pipelines.config import load_config
-from pipelines.documents import read_documents
+from pipelines.data.documents import read_documents
 from pipelines.errors import StudyError
-from pipelines.ingest import in_val
-from pipelines.manifest import Run
+from pipelines.data.pages import in_val
+from pipelines.runs.manifest import Run
 
 
 def _docs(run, split=None):

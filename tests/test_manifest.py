@@ -5,9 +5,10 @@ import sys
 
 import pytest
 
-from pipelines.cli import main, run_stages
+from pipelines.cli import main
+from pipelines.runs.runner import run_stages
 from pipelines.errors import StudyError
-from pipelines.manifest import Run
+from pipelines.runs.manifest import Run
 
 
 def test_complete_stages_are_skipped_and_changes_propagate_downstream(ci_config, capsys):
@@ -90,7 +91,7 @@ def test_sigkill_mid_stage_then_rerun(ci_config, tmp_path):
     cfg = ci_config()
     code = (
         "import os, signal, sys\n"
-        "import pipelines.documents as d\n"
+        "import pipelines.data.documents as d\n"
         "orig = d.ShardedWriter._close_shard\n"
         "def die(self):\n"
         "    orig(self)\n"

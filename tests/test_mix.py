@@ -5,13 +5,13 @@ from collections import Counter
 import numpy as np
 import pytest
 
-from pipelines.cli import run_stages
-from pipelines.documents import read_documents
+from pipelines.runs.runner import run_stages
+from pipelines.data.documents import read_documents
 from pipelines.errors import StudyError
-from pipelines.manifest import Run
-from pipelines.mix import sample_source
-from pipelines.shards import read_shard, split_documents
-from pipelines.tokenizer import gpt2
+from pipelines.runs.manifest import Run
+from pipelines.mix.inmemory import sample_source
+from pipelines.llmc.shards import read_shard, split_documents
+from pipelines.llmc.tokenizer import gpt2
 
 from conftest import EVAL_DIR
 
@@ -144,7 +144,7 @@ def test_mix_config_is_checked():
 
 
 # ---------------------------------------------------------------------------------------------
-# streaming mixes (mix.streaming: true, pipelines/mixstream.py)
+# streaming mixes (mix.streaming: true, pipelines/mix/streaming.py)
 
 
 def _write_jsonl_gz(path, docs):
@@ -204,8 +204,8 @@ def _mix_files(run):
 
 
 def test_streaming_mix_budgets_dedup_decontamination_and_val(streams):
-    from pipelines.dedup import exact_key
-    from pipelines.mix import composition_table, removals_table
+    from pipelines.mix.dedup import exact_key
+    from pipelines.runs.readers import composition_table, removals_table
 
     cfg, paths, val, arc = streams
     run = _smix(cfg, paths, "[{name: ab, tokens: 60000, weights: {a: 1, b: 1}}]", "mix.workers=1")
@@ -262,12 +262,12 @@ def test_streaming_mix_budgets_dedup_decontamination_and_val(streams):
 
 
 def test_streaming_mix_resumes_to_the_same_bytes(streams, monkeypatch, capsys):
-    import pipelines.tokenize as tokenize_module
+    import pipelines.llmc.shards as shards_module
 
     cfg, paths, _, _ = streams
     mixes = "[{name: ac, tokens: 40000, weights: {a: 3, c: 1}}]"  # c (6 pages) repeats: buffered pages of older passes
     whole = _smix(cfg, paths, mixes, "mix.workers=1", run="whole")
-    real = tokenize_module.write_shard
+    real = shards_module.write_shard
     progress = Run(cfg, "cut").dir("mix") / "progress" / "ac" / "progress.json"
     for stop, resumed in ((3, None), (8, 2)):  # killed after writing a shard, before its checkpoint
         calls = []
@@ -278,7 +278,7 @@ def test_streaming_mix_resumes_to_the_same_bytes(streams, monkeypatch, capsys):
             if sum(calls) == stop:
                 raise RuntimeError("killed")
 
-        monkeypatch.setattr(tokenize_module, "write_shard", dying)
+        monkeypatch.setattr(shards_module, "write_shard", dying)
         with pytest.raises(RuntimeError, match="killed"):
             _smix(cfg, paths, mixes, "mix.workers=2", run="cut")
         out = capsys.readouterr().out
@@ -286,7 +286,7 @@ def test_streaming_mix_resumes_to_the_same_bytes(streams, monkeypatch, capsys):
         assert len(json.loads(progress.read_text())["shards"]) == stop - 1 + (resumed or 0)
     # the second kill came while draining the buffer: every source had reached its target
     assert all(s["tokens"] >= s["target"] for s in json.loads(progress.read_text())["sources"])
-    monkeypatch.setattr(tokenize_module, "write_shard", real)
+    monkeypatch.setattr(shards_module, "write_shard", real)
     cut = _smix(cfg, paths, mixes, "mix.workers=2", run="cut")
     assert "ac: resuming after 9 shard(s)" in capsys.readouterr().out
     assert _mix_files(cut) == _mix_files(whole)
@@ -328,7 +328,7 @@ def test_streaming_mix_short_source_fails_or_repeats(streams):
 
 
 def test_hash_set_matches_a_python_set():
-    from pipelines.mixstream import HashSet
+    from pipelines.mix.streaming import HashSet
 
     xs = np.random.default_rng(0).integers(2, 2**63, size=5000).tolist()
     inside, outside = set(xs[::2]) | {0, 2**64 - 1}, set(xs[1::2]) - set(xs[::2])  # 0 is stored as 1
@@ -340,8 +340,8 @@ def test_hash_set_matches_a_python_set():
 
 
 def test_streaming_mix_reads_a_hub_dataset_as_a_stream(streams, monkeypatch):
-    from pipelines import ingest
     from pipelines.config import load_config
+    from pipelines.data import pages as page_sources
 
     cfg, paths, _, _ = streams
     pages = [d for d in read_documents([paths["b"]]) if d["source"] != "planted"]
@@ -354,7 +354,7 @@ def test_streaming_mix_reads_a_hub_dataset_as_a_stream(streams, monkeypatch):
             d = pages[i % len(pages)]
             yield {"id": f"{d['id']}#{i}", "text": f"Copy {i}. " + d["text"]}
 
-    monkeypatch.setattr(ingest, "hub_records", hub_records)
+    monkeypatch.setattr(page_sources, "hub_records", hub_records)
     c = load_config("ci", [f"results_dir={cfg.results_dir}", f"ingest.path={cfg.ingest.path}",
                            "mix.sources={hub: {dataset: org/web}}", "mix.mixes=[{name: h, tokens: 20000, weights: {hub: 1}}]",
                            "mix.streaming=true", "mix.shard_tokens=4096", "mix.workers=1",

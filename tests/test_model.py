@@ -12,7 +12,7 @@ from pipelines.errors import StudyError
 from pipelines.model import (GPT2, HEADER_BYTES, export_hf, load_checkpoint, read_checkpoint,
                              read_checkpoint_header, write_checkpoint)
 from pipelines.train.data import MT19937
-from pipelines.train.shapes import GPT2Shape, is_llmc_descriptor, parse_descriptor
+from pipelines.llmc.shapes import GPT2Shape, is_llmc_descriptor, parse_descriptor
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -136,7 +136,7 @@ def test_checkpoint_checks_say_what_is_wrong(small, tmp_path):
 def test_hf_export_loads_in_transformers_with_same_logits(small, tmp_path):
     from transformers import AutoTokenizer, GPT2LMHeadModel
 
-    from pipelines.tokenizer import gpt2
+    from pipelines.llmc.tokenizer import gpt2
 
     model, idx = small
     ckpt = write_checkpoint(model, tmp_path / "model_00000010.bin")

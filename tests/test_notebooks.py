@@ -15,7 +15,7 @@ import yaml
 from pipelines.cli import main
 from pipelines.config import PROJECT_ROOT, load_config
 from pipelines.errors import StudyError
-from pipelines.manifest import STAGES, Run
+from pipelines.runs.manifest import STAGES, Run
 from pipelines.notebooks import run_notebooks, stage_notebooks
 from pipelines.sweep import run_sweep
 

@@ -11,7 +11,7 @@ import pytest
 from pipelines.cli import main as study
 from pipelines.config import PROJECT_ROOT, load_config
 from pipelines.errors import StudyError
-from pipelines.manifest import Run, study_stages
+from pipelines.runs.manifest import Run, study_stages
 from pipelines.notebooks import NOTEBOOK_STAGES, stage_notebooks, wanted
 from pipelines.sweep import load_sweep, point_overrides, points
 from pipelines.train.flags import flag_dict
@@ -80,7 +80,7 @@ def test_comparison_preset_scaled_down_to_d12_on_one_gpu(capsys, monkeypatch):
 
 def test_study_run_executes_only_the_listed_stages(tmp_path, capsys):
     cfg = load_config(PRESET, [f"results_dir={tmp_path}"])
-    from pipelines.cli import run_stages
+    from pipelines.runs.runner import run_stages
 
     out = run_stages(cfg, "x", ["prompts", "generate"])  # what notebook 01 asks for: left out, not run
     assert out == {} and "not among this study's stages" in capsys.readouterr().out

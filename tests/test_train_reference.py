@@ -15,13 +15,15 @@ import torch
 from pipelines.cli import main as study
 from pipelines.errors import StudyError
 from pipelines.model import read_checkpoint, read_checkpoint_header
-from pipelines.shards import write_shard
-from pipelines.train.data import DataLoader, read_eval_file
+from pipelines.llmc.shards import write_shard
+from pipelines.train.data import DataLoader
+from pipelines.llmc.evalfile import read_eval_file
 from pipelines.train.flags import parse_llmc_args
-from pipelines.train.hellaswag import read_items, write_eval_file
+from pipelines.data.benchmarks import hellaswag_source, read_hellaswag
+from pipelines.llmc.evalfile import write_eval_file
 from pipelines.train.optim import learning_rate
 from pipelines.train.reference import train
-from pipelines.train.trainlog import read_log
+from pipelines.runs.trainlog import read_log
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -171,9 +173,10 @@ def test_loader_is_llmcs(tmp_path):
 
 
 def test_hellaswag_eval_file_in_llmc_format(tmp_path):
-    from pipelines.tokenizer import gpt2
+    from pipelines.llmc.tokenizer import gpt2
 
-    info = write_eval_file(tmp_path / "hs.bin", seq_len=64, max_examples=20)
+    source = hellaswag_source(None)
+    info = write_eval_file(tmp_path / "hs.bin", read_hellaswag(source), source, seq_len=64, max_examples=20)
     assert info["examples"] == 20
     raw = (tmp_path / "hs.bin").read_bytes()
     header = np.frombuffer(raw[:1024], "<i4")
@@ -181,7 +184,7 @@ def test_hellaswag_eval_file_in_llmc_format(tmp_path):
     stream = np.frombuffer(raw[1024:], "<u2")
     assert stream[0] == 65535 and stream[2] == 0 and header[3] == max(info["longest_bytes"], stream[1])
     examples = read_eval_file(tmp_path / "hs.bin", T=64)
-    items = [it for it in read_items(None)[:40]]
+    items = [it for it in read_hellaswag(None)[:40]]
     enc = gpt2()
     first = next(it for it in items if enc.encode_ordinary(it["ctx"]) == examples[0].context)
     assert examples[0].label == int(first["label"])

@@ -10,11 +10,11 @@ import pytest
 
 from pipelines.config import load_config
 from pipelines.errors import StudyError
-from pipelines.manifest import Run, file_sha256
-from pipelines.train import stage as stage_mod
+from pipelines.runs.manifest import Run, file_sha256
+from pipelines.train import train as stage_mod
 from pipelines.train.launcher import max_done_step
-from pipelines.train.stage import plan, planned_shard_sets
-from pipelines.train.trainlog import parse_main_log, read_log
+from pipelines.train.train import plan, planned_shard_sets
+from pipelines.runs.trainlog import parse_main_log, read_log
 
 SCHEDULE = ("train.schedules=[{name: two, stages: ["
             "{mix: web, tokens: 2048, schedule: constant},"  # 8 steps x 256 tokens
@@ -124,7 +124,7 @@ def test_evaluation_and_figures_treat_the_schedule_as_one_run(staged):
     # every checkpoint of both stages, on one token axis: stage 2's step 4 is 2048 + 4 * 256 tokens
     assert sorted(set(zip(trained["step"], trained["tokens"]))) == [
         (4, 1024), (8, 2048), (12, 3072), (16, 4096)]
-    from pipelines import paper
+    from pipelines.figures import figures as paper
 
     assert paper.stage_boundaries(run) == {"two": [2048.0]}
     fig = paper.F.training_curves(paper.train_logs(run), paper.stage_boundaries(run), paper.colors(run))
@@ -163,7 +163,7 @@ def test_schedule_config_errors_name_the_problem(tmp_path, web_sample):
 
 
 def test_notebook_tables_list_each_stage(staged):
-    from pipelines.train.trainlog import launch_commands, run_table
+    from pipelines.runs.trainlog import launch_commands, run_table
 
     t = staged["run"].dir("train")
     table = run_table(t).set_index("mix")

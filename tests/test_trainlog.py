@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pipelines.train.trainlog import COLUMNS, parse_step_line, read_log, summary
+from pipelines.runs.trainlog import COLUMNS, parse_step_line, read_log, summary
 
 LOG_WITH_RESTART = """\
 s:0 tel:10.9900

@@ -14,17 +14,12 @@ EvalLoader: llm.c's HellaSwag file (see hellaswag.py); each example fills 4 rows
 from __future__ import annotations
 
 import glob
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.errors import StudyError
-from pipelines.shards import HEADER_BYTES, MAGIC, VERSION
-
-EVAL_MAGIC = 20240522
-START_EXAMPLE = 65535
-NUM_COMPLETIONS = 4
+from pipelines.llmc.shards import HEADER_BYTES, MAGIC, VERSION
 
 
 class MT19937:
@@ -158,45 +153,3 @@ class DataLoader:
         self._load_shard(shard_idx)
 
 
-@dataclass
-class EvalExample:
-    index: int
-    label: int
-    context: list[int]
-    endings: list[list[int]]
-
-
-def read_eval_file(path: str | Path, T: int | None = None) -> list[EvalExample]:
-    """Parse (and validate like evalloader_init / evalloader_next_example_) an llm.c eval file."""
-    raw = Path(path).read_bytes()
-    header = np.frombuffer(raw[:HEADER_BYTES], dtype="<i4")
-    if header[0] != EVAL_MAGIC:
-        raise StudyError(f"{path}: bad magic in eval file ({header[0]}, expected {EVAL_MAGIC})")
-    if header[1] != 1:
-        raise StudyError(f"{path}: bad version in eval file ({header[1]})")
-    n, longest = int(header[2]), int(header[3])
-    if T is not None and not (0 < longest < (1 + NUM_COMPLETIONS) * T * 2):
-        raise StudyError(f"{path}: longest example is {longest} bytes, too long for T={T} (llm.c asserts this)")
-    stream = np.frombuffer(raw[HEADER_BYTES:], dtype="<u2")
-    examples, pos = [], 0
-    for i in range(n):
-        start, nbytes, index = (int(x) for x in stream[pos : pos + 3])
-        if start != START_EXAMPLE or index != i:
-            raise StudyError(f"{path}: example {i} is malformed (delimiter {start}, index {index})")
-        ex = stream[pos : pos + nbytes // 2]
-        label, ncomp, ctx_len = int(ex[3]), int(ex[4]), int(ex[5])
-        if ncomp != NUM_COMPLETIONS or not 0 <= label < NUM_COMPLETIONS:
-            raise StudyError(f"{path}: example {i}: {ncomp} completions, label {label} (llm.c expects 4, 0..3)")
-        context = ex[6 : 6 + ctx_len].tolist()
-        endings, q = [], 6 + ctx_len
-        for _ in range(ncomp):
-            m = int(ex[q])
-            endings.append(ex[q + 1 : q + 1 + m].tolist())
-            q += 1 + m
-        if q * 2 != nbytes:
-            raise StudyError(f"{path}: example {i}: {nbytes} bytes announced, {q * 2} read")
-        if T is not None and any(not (0 < len(context) < T and 0 < len(context) + len(e) < T) for e in endings):
-            raise StudyError(f"{path}: example {i} does not fit T={T} (context + ending must be < T)")
-        examples.append(EvalExample(i, label, context, endings))
-        pos += nbytes // 2
-    return examples

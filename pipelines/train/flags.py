@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from pipelines.errors import StudyError
-from pipelines.train.shapes import is_llmc_descriptor, parse_descriptor
+from pipelines.llmc.shapes import is_llmc_descriptor, parse_descriptor
 
 if TYPE_CHECKING:
     from pipelines.config import TrainConfig

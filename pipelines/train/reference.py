@@ -34,11 +34,12 @@ import torch.nn.functional as F
 
 from pipelines.errors import StudyError
 from pipelines.model import GPT2, build_model, load_checkpoint, write_checkpoint
-from pipelines.train.data import MT_STATE_BYTES, MT19937, DataLoader, read_eval_file
+from pipelines.train.data import MT_STATE_BYTES, MT19937, DataLoader
+from pipelines.llmc.evalfile import read_eval_file
 from pipelines.train.flags import LlmcArgs, parse_llmc_args
-from pipelines.train.hellaswag import LLMC_RELATIVE_PATH
+from pipelines.llmc.evalfile import LLMC_RELATIVE_PATH
 from pipelines.train.optim import AdamW, OutlierDetector, clip_scale, grad_norm, learning_rate
-from pipelines.train.shapes import DECAYED
+from pipelines.llmc.shapes import DECAYED
 
 STATE_MAGIC = 20240527
 EOT = 50256
@@ -225,10 +226,10 @@ def sample_text(model: GPT2, gen_tokens: int) -> str:
         coin, state = _xorshift_f32(state)
         tokens.append(min(int(torch.searchsorted(probs.cumsum(0), torch.tensor([coin], dtype=torch.float64))),
                           len(probs) - 1))
-    from pipelines.tokenizer import _valid, cached_bpe_path
+    from pipelines.llmc.tokenizer import _valid, cached_bpe_path
 
     if _valid(cached_bpe_path()):  # decode only when the BPE file is at hand (never download here)
-        from pipelines.tokenizer import gpt2
+        from pipelines.llmc.tokenizer import gpt2
 
         return gpt2().decode(tokens[1:])
     return " ".join(map(str, tokens[1:]))

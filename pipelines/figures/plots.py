@@ -1,0 +1,488 @@
+"""Paper figures: one function each, one style, a colour-blind-safe palette (Okabe-Ito), PDF + PNG.
+
+Every function takes plain tables (pandas DataFrames or the dicts of a stage's manifest), returns a
+matplotlib Figure and writes nothing; `save()` writes it. pipelines/figures/figures.py reads a run's stages
+and calls these; a notebook can call them on its own tables.
+
+  benchmark_comparison     evaluate/table.csv: one panel per benchmark, one bar per mix, 95% CI, random line
+  benchmarks_vs_tokens     evaluate/table.csv over checkpoints: score against training tokens per mix
+  training_curves          train/<mix>/main.log (trainlog.read_log): validation loss (and llm.c HellaSwag)
+  classifier_confusion     classify/metrics.json: confusion matrix per classifier kind
+  classifier_f1            classify/metrics.json: per-class F1 per kind, binary F1 at the threshold
+  score_histograms         filter manifest `histograms`: classifier scores before / after filtering
+  mix_composition          mix.composition_table: training tokens per source per mix
+  synthetic_audience_style generate manifest counts.per_cell: documents per audience and style
+  length_distributions     document lengths (paper.document_lengths): real versus synthetic
+  decontamination_removals mix.removals_table: documents removed per source and reason
+"""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+from typing import Mapping, Sequence
+
+import matplotlib
+import numpy as np
+from matplotlib.figure import Figure
+from matplotlib.ticker import EngFormatter, PercentFormatter
+
+# Figures are built without pyplot: no global state, no window, and a notebook shows a returned
+# figure exactly once (its inline backend renders Figure objects).
+
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#CC79A7", "#56B4E9", "#D55E00", "#F0E442", "#000000"]
+REFERENCE_COLOR = "#8C8C8C"  # reference models (not trained by the study): neutral grey, hatched
+STYLE = {"figure.dpi": 150, "savefig.bbox": "tight", "font.size": 9, "axes.spines.top": False,
+         "axes.spines.right": False, "axes.prop_cycle": matplotlib.cycler(color=OKABE_ITO),
+         "axes.titlesize": 9, "legend.fontsize": 8, "pdf.fonttype": 42, "ps.fonttype": 42}
+
+BENCHMARKS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "hellaswag": "HellaSwag", "mmlu": "MMLU"}
+AUDIENCE_ORDER = ["young_children", "middle_school", "high_school", "college_students", "researchers"]
+
+
+def save(fig, out_dir: str | Path, name: str) -> list[Path]:
+    """Write `name`.pdf (vector) and `name`.png; returns the paths."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{name}.pdf", out / f"{name}.png"]
+    with matplotlib.rc_context(STYLE):  # savefig.bbox etc. are read when saving
+        for p in paths:
+            fig.savefig(p)
+    return paths
+
+
+def mix_colors(names: Sequence[str], colors: Mapping[str, str] | None = None) -> dict[str, str]:
+    """A colour per name (mix or source): `colors` where given (pass the same mapping to every figure so
+    they agree), else the palette in the given order."""
+    out = dict(colors or {})
+    for n in dict.fromkeys(names):
+        if n not in out:
+            used = set(out.values())
+            out[n] = next((c for c in OKABE_ITO if c not in used), OKABE_ITO[len(out) % len(OKABE_ITO)])
+    return out
+
+
+def _tokens_axis(ax, unit: str = "tokens") -> None:
+    ax.xaxis.set_major_formatter(EngFormatter(sep=""))
+    ax.set_xlabel(f"training {unit} (GPT-2)" if unit == "tokens" else f"training {unit}")
+
+
+Boundaries = Sequence[float] | Mapping[str, Sequence[float]]  # x positions, or {schedule: x positions}
+
+
+def _boundaries(ax, boundaries: Boundaries, colors: Mapping[str, str] | None = None):
+    """Vertical dash-dot lines where a staged schedule switches data, per schedule in its colour;
+    returns the first line (the legend's handle), None when there is none."""
+    per_run = boundaries.items() if isinstance(boundaries, Mapping) else [(None, boundaries)]
+    first = None
+    for name, xs in per_run:
+        for b in xs:
+            color = (colors or {}).get(name, "#666666")
+            line = ax.axvline(b, color=color, ls="-.", lw=0.9, label="stage boundary" if first is None else None)
+            first = first or line
+    return first
+
+
+def _pretty(name: str) -> str:
+    return str(name).replace("_", " ")
+
+
+# ---------------------------------------------------------------------------------------------
+# evaluation
+
+
+def summary_rows(table, metric: str = "acc_norm", form: str = "cloze"):
+    """Benchmark-level rows (MMLU: the macro average) of one metric and form; a benchmark without
+    `metric` falls back to `acc`. Columns as evaluate.TABLE_COLUMNS, values unchanged."""
+    import pandas as pd
+
+    t = table[table["subject"].isna() & (table["form"] == form)]
+    parts = []
+    for b in t["benchmark"].drop_duplicates():
+        tb = t[t["benchmark"] == b]
+        parts.append(tb[tb["metric"] == (metric if (tb["metric"] == metric).any() else "acc")])
+    return pd.concat(parts, ignore_index=True) if parts else t.iloc[0:0]
+
+
+def final_rows(rows):
+    """Each mix's last checkpoint (largest step); reference models (no step) as they are."""
+    rows = rows.copy()
+    rows["_step"] = rows["step"].fillna(-1)
+    last = rows.groupby("mix")["_step"].transform("max")
+    return rows[rows["_step"] == last].drop(columns="_step")
+
+
+def _is_ref(rows) -> "np.ndarray":
+    if "reference" not in rows:
+        return np.zeros(len(rows), dtype=bool)
+    return rows["reference"].astype(str).str.lower().isin(["true", "1"]).to_numpy()
+
+
+def benchmark_comparison(table, metric: str = "acc_norm", form: str = "cloze",
+                         benchmarks: Sequence[str] = tuple(BENCHMARKS), colors: Mapping[str, str] | None = None,
+                         title: str | None = None):
+    """One panel per benchmark, one bar per mix (its last checkpoint) with its CI as error bars, and the
+    random baseline as a dashed line. Reference models are grey and hatched, after the mixes."""
+    rows = final_rows(summary_rows(table, metric, form))
+    rows = rows.assign(_ref=_is_ref(rows))
+    order = list(dict.fromkeys([*rows.loc[~rows["_ref"], "mix"], *rows.loc[rows["_ref"], "mix"]]))
+    colors = mix_colors([m for m in order if not rows.loc[rows["mix"] == m, "_ref"].any()], colors)
+    present = [b for b in benchmarks if (rows["benchmark"] == b).any()]
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(2.3 * max(len(present), 1) + 0.4, 3.0), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, max(len(present), 1), sharey=True))
+        handles = {}
+        for ax, b in zip(axes, present):
+            rb = rows[rows["benchmark"] == b].set_index("mix")
+            for x, m in enumerate(order):
+                if m not in rb.index:
+                    continue
+                r = rb.loc[m]
+                v, lo, hi = 100 * r["value"], 100 * r["ci_low"], 100 * r["ci_high"]
+                ref = bool(r["_ref"])
+                bar = ax.bar(x, v, width=0.75, color=REFERENCE_COLOR if ref else colors[m],
+                             hatch="//" if ref else None, edgecolor="white" if ref else None, linewidth=0,
+                             yerr=[[max(v - lo, 0)], [max(hi - v, 0)]], capsize=3,
+                             error_kw={"elinewidth": 0.9, "ecolor": "#333333"})
+                handles.setdefault(m + (" (reference)" if ref else ""), bar)
+            base = 100 * rb["random_baseline"].mean()
+            if np.isfinite(base):
+                handles["random baseline"] = ax.axhline(base, color="#000000", ls="--", lw=0.9)
+            n = int(rb["n"].max()) if len(rb) else 0
+            ax.set_title(f"{BENCHMARKS.get(b, b)} (n={n:,})")
+            ax.set_xticks([])
+            ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+        _finish_benchmark_panels(fig, axes, handles, rows, metric, form, present,
+                                 title or "Benchmarks after training: mean and 95% bootstrap CI")
+    return fig
+
+
+def benchmarks_vs_tokens(table, boundaries: Boundaries = (), metric: str = "acc_norm", form: str = "cloze",
+                         benchmarks: Sequence[str] = tuple(BENCHMARKS), colors: Mapping[str, str] | None = None,
+                         title: str | None = None):
+    """Score against training tokens, one line per mix over its evaluated checkpoints (CI as a band);
+    reference models as horizontal lines; random baseline dotted; optional stage boundaries (tokens)."""
+    rows = summary_rows(table, metric, form)
+    rows = rows.assign(_ref=_is_ref(rows))
+    trained = rows[~rows["_ref"]]
+    use_tokens = len(trained) > 0 and trained["tokens"].notna().all()
+    xcol = "tokens" if use_tokens else "step"
+    colors = mix_colors(trained["mix"], colors)
+    present = [b for b in benchmarks if (rows["benchmark"] == b).any()]
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(2.3 * max(len(present), 1) + 0.4, 3.0), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, max(len(present), 1), sharey=True))
+        handles = {}
+        for ax, b in zip(axes, present):
+            rb = rows[rows["benchmark"] == b]
+            for m, g in rb[~rb["_ref"]].groupby("mix", sort=False):
+                g = g.sort_values(xcol)
+                x = g[xcol].to_numpy(dtype=float)
+                v = 100 * g["value"].to_numpy(dtype=float)
+                lo, hi = 100 * g["ci_low"].to_numpy(dtype=float), 100 * g["ci_high"].to_numpy(dtype=float)
+                line, = ax.plot(x, v, "o-", ms=3.5, lw=1.3, color=colors[m])
+                if len(g) > 1:
+                    ax.fill_between(x, lo, hi, color=colors[m], alpha=0.15, lw=0)
+                else:  # one checkpoint: its CI as an error bar
+                    ax.errorbar(x, v, yerr=[np.maximum(v - lo, 0), np.maximum(hi - v, 0)], fmt="none", capsize=2.5,
+                                elinewidth=0.9, color=colors[m])
+                handles.setdefault(m, line)
+            for i, (m, g) in enumerate(rb[rb["_ref"]].groupby("mix", sort=False)):
+                line = ax.axhline(100 * g["value"].iloc[-1], color=REFERENCE_COLOR, ls=("-." if i % 2 else "--"),
+                                  lw=1.0)
+                handles.setdefault(f"{m} (reference)", line)
+            base = 100 * rb["random_baseline"].mean()
+            if np.isfinite(base):
+                handles["random baseline"] = ax.axhline(base, color="#000000", ls=":", lw=0.9)
+            line = _boundaries(ax, boundaries, colors)
+            if line is not None:
+                handles["stage boundary"] = line
+            ax.set_title(BENCHMARKS.get(b, b))
+            ax.set_xlim(left=0)
+            if use_tokens:
+                _tokens_axis(ax)
+            else:
+                ax.set_xlabel("training step")
+            ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+        _finish_benchmark_panels(fig, axes, handles, rows, metric, form, present,
+                                 title or "Benchmark score over training (evaluated checkpoints; 95% bootstrap CI)")
+    return fig
+
+
+def _finish_benchmark_panels(fig, axes, handles: dict, rows, metric: str, form: str, present: list, title: str):
+    """The shared end of the per-benchmark figures: empty-panel note, y label, legend below, title."""
+    if len(present) == 0:
+        axes[0].text(0.5, 0.5, "no benchmark rows", ha="center", va="center", transform=axes[0].transAxes)
+    axes[0].set_ylabel(f"accuracy ({metric if metric in set(rows['metric']) else 'acc'}, {form})")
+    fig.legend(list(handles.values()), list(handles), loc="outside lower center", frameon=False,
+               ncols=min(len(handles), 4))
+    fig.suptitle(title)
+
+
+def training_curves(logs: Mapping[str, "object"], boundaries: Boundaries = (),
+                    colors: Mapping[str, str] | None = None, title: str | None = None):
+    """Validation loss (markers) and train loss (thin) against training tokens, one colour per mix;
+    a second panel with llm.c's in-training HellaSwag accuracy when the logs have it.
+    logs: {mix: trainlog.read_log(...)} (columns step, tokens, train_loss, val_loss, hellaswag, ...)."""
+    logs = {m: df for m, df in logs.items() if len(df)}
+    colors = mix_colors(list(logs), colors)
+    use_tokens = bool(logs) and all(df["tokens"].notna().all() for df in logs.values())
+    xcol = "tokens" if use_tokens else "step"
+    has_hs = any(df["hellaswag"].notna().any() for df in logs.values())
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.5 if has_hs else 4.2, 3.2), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, 2 if has_hs else 1))
+        ax = axes[0]
+        for m, df in logs.items():
+            x = df[xcol].to_numpy(dtype=float)
+            tr = df["train_loss"].notna().to_numpy()
+            ax.plot(x[tr], df["train_loss"][tr], lw=0.7, alpha=0.45, color=colors[m])
+            va = df["val_loss"].notna().to_numpy()
+            ax.plot(x[va], df["val_loss"][va], "o-", ms=3.5, lw=1.4, color=colors[m], label=m)
+        ax.set_ylabel("loss (nats per token)")
+        ax.set_title("validation loss (markers), train loss (thin)")
+        if has_hs:
+            hs = axes[1]
+            top = 30.0
+            for m, df in logs.items():
+                ok = df["hellaswag"].notna().to_numpy()
+                if ok.any():
+                    y = 100 * df["hellaswag"][ok].to_numpy(dtype=float)
+                    hs.plot(df[xcol].to_numpy(dtype=float)[ok], y, "o-", ms=3.5, lw=1.4, color=colors[m])
+                    top = max(top, float(y.max()) + 5)
+            hs.axhline(25, color="#000000", ls=":", lw=0.9, label="random (25%)")
+            hs.set_ylim(0, top)
+            hs.set_ylabel("HellaSwag accuracy (llm.c -h 1)")
+            hs.yaxis.set_major_formatter(PercentFormatter(decimals=0))
+            hs.set_title("HellaSwag during training")
+        for a in axes:
+            a.set_xlim(left=0)
+            _boundaries(a, boundaries, colors)
+            if use_tokens:
+                _tokens_axis(a)
+            else:
+                a.set_xlabel("training step")
+        if not logs:
+            ax.text(0.5, 0.5, "no training logs", ha="center", va="center", transform=ax.transAxes)
+        handles, labels = ax.get_legend_handles_labels()
+        if has_hs:
+            h2, l2 = axes[1].get_legend_handles_labels()
+            handles, labels = handles + h2, labels + l2
+        legend = dict(zip(labels, handles))  # one entry per label (a boundary is on both panels)
+        if legend:
+            fig.legend(list(legend.values()), list(legend), loc="outside right upper", frameon=False)
+        fig.suptitle(title or "Training curves")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# the educational classifier
+
+
+def _kinds(metrics: Mapping) -> dict:
+    kinds = metrics.get("kinds") or {}
+    if not kinds:
+        raise ValueError("classifier metrics have no `kinds` (classify/metrics.json)")
+    return kinds
+
+
+def classifier_confusion(metrics: Mapping, title: str | None = None):
+    """Confusion matrix of the rounded score per classifier kind (rows: LLM label, columns: prediction);
+    cells hold counts, shaded by the share of their row (recall)."""
+    kinds = _kinds(metrics)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(3.3 * len(kinds) + 0.6, 3.2), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(1, len(kinds)))
+        im = None
+        for ax, (kind, m) in zip(axes, kinds.items()):
+            cm = np.asarray(m["confusion_matrix"]["matrix"], dtype=float)
+            labels = m["confusion_matrix"]["labels"]
+            share = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
+            im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+            for i in range(cm.shape[0]):
+                for j in range(cm.shape[1]):
+                    ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                            color="white" if share[i, j] > 0.55 else "#222222")
+            ax.set_xticks(range(len(labels)), labels)
+            ax.set_yticks(range(len(labels)), labels)
+            ax.set_xlabel("predicted int_score")
+            ax.set_ylabel("label (LLM annotation)")
+            ax.set_title(f"{kind}\naccuracy {m['accuracy']:.2f}, macro-F1 {m['macro_f1']:.2f}, n={m['n']:,}")
+            for s in ax.spines.values():
+                s.set_visible(False)
+        fig.colorbar(im, ax=list(axes), shrink=0.85, label="share of the label's pages (recall)")
+        fig.suptitle(title or "Educational classifier on held-out pages")
+    return fig
+
+
+def classifier_f1(metrics: Mapping, title: str | None = None):
+    """Per-class F1 (classes 0..5), one bar per classifier kind; dashed: binary F1 at the threshold."""
+    kinds = _kinds(metrics)
+    classes = list(next(iter(kinds.values()))["per_class"])
+    colors = mix_colors(list(kinds))
+    width = 0.8 / len(kinds)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(5.2, 3.4), layout="constrained")
+        ax = fig.subplots()
+        for k, (kind, m) in enumerate(kinds.items()):
+            f1 = [m["per_class"][c]["f1"] for c in classes]
+            x = np.arange(len(classes)) + (k - (len(kinds) - 1) / 2) * width
+            ax.bar(x, f1, width=width, color=colors[kind], label=f"{kind} (per class)")
+            b = m.get("binary") or {}
+            if "f1" in b:
+                ax.axhline(b["f1"], color=colors[kind], ls="--", lw=1.0,
+                           label=f"{kind}: binary F1 at int_score ≥ {b['threshold']} = {b['f1']:.2f}")
+        support = [next(iter(kinds.values()))["per_class"][c]["support"] for c in classes]
+        ax.set_xticks(range(len(classes)), [f"{c}\nn={s:,}" for c, s in zip(classes, support)], fontsize=8)
+        ax.set_xlabel("educational score class (n: held-out pages with that label)")
+        ax.set_ylabel("F1 (held-out pages)")
+        ax.set_ylim(0, 1.05)
+        fig.legend(*ax.get_legend_handles_labels(), frameon=False, loc="outside lower center", ncols=2)
+        ax.set_title(title or "Educational classifier: F1 per class")
+    return fig
+
+
+def score_histograms(histograms: Mapping, threshold: int = 3, title: str | None = None):
+    """Classifier scores of the pages before filtering and of the pages kept (filter manifest
+    `histograms`): the continuous score in 0.25 bins, and the rounded int_score counts."""
+    before, after = histograms["before"], histograms["after"]
+    edges = np.asarray(before["score_bins"]["edges"], dtype=float)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.5, 3.0), layout="constrained")
+        a, b = fig.subplots(1, 2)
+        for h, label, color in ((before, "all scored pages", OKABE_ITO[0]), (after, "kept", OKABE_ITO[1])):
+            counts = np.asarray(h["score_bins"]["counts"], dtype=float)
+            a.stairs(counts, edges, fill=True, alpha=0.55 if h is before else 0.8, color=color,
+                     label=f"{label} (n={h['documents']:,})")
+        a.axvline(threshold - 0.5, color="#000000", ls="--", lw=0.9, label=f"keep: int_score ≥ {threshold}")
+        a.set_xlabel("classifier score (0–5)")
+        a.set_ylabel("pages")
+        a.set_title("score distribution")
+        a.legend(frameon=True, framealpha=0.9, edgecolor="none", loc="upper right")
+        ks = sorted(before["int_score"], key=int)
+        x = np.arange(len(ks))
+        nb = np.array([before["int_score"][k] for k in ks], dtype=float)
+        na = np.array([after["int_score"].get(k, 0) for k in ks], dtype=float)
+        b.bar(x - 0.2, nb, width=0.4, color=OKABE_ITO[0], alpha=0.8, label="before")
+        b.bar(x + 0.2, na, width=0.4, color=OKABE_ITO[1], label="after")
+        b.set_xticks(x, ks)
+        b.set_xlabel("int_score (rounded, clipped)")
+        b.set_ylabel("pages")
+        rate = after["documents"] / before["documents"] if before["documents"] else float("nan")
+        b.set_title(f"int_score: {rate:.0%} of pages kept")
+        b.legend(frameon=True, framealpha=0.9, edgecolor="none", loc="upper right")
+        fig.suptitle(title or "Classifier scores before and after filtering")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# data
+
+
+def mix_composition(table, colors: Mapping[str, str] | None = None, title: str = "Mix composition"):
+    """Stacked bars of training tokens per source, one bar per mix (table: mix.composition_table)."""
+    with matplotlib.rc_context(STYLE):
+        pivot = table.pivot_table(index="mix", columns="source", values="tokens", aggfunc="sum", fill_value=0)
+        pivot = pivot.loc[list(dict.fromkeys(table["mix"]))]  # config order
+        pivot = pivot[list(dict.fromkeys(table["source"]))]
+        fig = Figure(figsize=(1.2 + 0.9 * len(pivot), 3.0))
+        ax = fig.subplots()
+        bottom = None
+        colors = mix_colors(list(pivot.columns), colors)
+        for source in pivot.columns:
+            vals = pivot[source]
+            ax.bar(pivot.index, vals, bottom=bottom, label=source, color=colors[source])
+            bottom = vals if bottom is None else bottom + vals
+        ax.yaxis.set_major_formatter(EngFormatter(sep=""))
+        ax.set_ylabel("training tokens (GPT-2)")
+        ax.set_xlabel("mix")
+        ax.set_title(title)
+        ax.legend(title="source", frameon=False, fontsize=8, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.tick_params(axis="x", labelrotation=20)
+    return fig
+
+
+def synthetic_audience_style(per_cell: Mapping[str, int], title: str | None = None):
+    """Synthetic documents kept per audience (x) and style (bars): the generate manifest's
+    counts.per_cell, keys "audience/style"."""
+    cells = {tuple(k.split("/", 1)): int(v) for k, v in per_cell.items()}
+    found = {a for a, _ in cells}
+    audiences = [a for a in AUDIENCE_ORDER if a in found] + sorted(found - set(AUDIENCE_ORDER))
+    styles = sorted({s for _, s in cells})
+    width = 0.8 / max(len(styles), 1)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(6.4, 3.0), layout="constrained")
+        ax = fig.subplots()
+        for k, s in enumerate(styles):
+            x = np.arange(len(audiences)) + (k - (len(styles) - 1) / 2) * width
+            ax.bar(x, [cells.get((a, s), 0) for a in audiences], width=width, label=_pretty(s),
+                   color=OKABE_ITO[k % len(OKABE_ITO)])
+        ax.set_xticks(range(len(audiences)), [textwrap.fill(_pretty(a), 12) for a in audiences])
+        ax.set_xlabel("audience")
+        ax.set_ylabel("synthetic documents kept")
+        ax.yaxis.get_major_locator().set_params(integer=True)
+        ax.legend(title="style", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_title(title or f"Synthetic documents by audience and style (n={sum(cells.values()):,})")
+    return fig
+
+
+def length_distributions(lengths, unit: str = "GPT-2 tokens", colors: Mapping[str, str] | None = None,
+                         title: str | None = None):
+    """Histogram (log-spaced bins, share of each source's documents) of document lengths per source,
+    with each source's median dashed. lengths: DataFrame with columns source, length."""
+    sources = list(dict.fromkeys(lengths["source"]))
+    colors = mix_colors(sources, colors)
+    values = lengths["length"].to_numpy(dtype=float)
+    lo, hi = max(values.min(), 1.0) if len(values) else 1.0, max(values.max(), 2.0) if len(values) else 10.0
+    bins = np.geomspace(lo, hi * 1.0001, 30)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(5.6, 3.0), layout="constrained")
+        ax = fig.subplots()
+        for s in sources:
+            x = np.clip(lengths.loc[lengths["source"] == s, "length"].to_numpy(dtype=float), lo, None)
+            counts, _ = np.histogram(x, bins=bins)
+            color = colors[s]
+            med = float(np.median(x))
+            ax.stairs(counts / max(len(x), 1), bins, color=color, lw=1.6,
+                      label=f"{s} (n={len(x):,}, median {med:,.0f})")
+            ax.axvline(med, color=color, ls="--", lw=0.9)
+        ax.set_xscale("log")
+        ax.set_xlabel(f"document length ({unit}, log scale)")
+        ax.set_ylabel("share of the source's documents")
+        ax.yaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=0))
+        ax.legend(title="source (dashed: median)", frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_title(title or "Document lengths: real versus synthetic")
+    return fig
+
+
+def decontamination_removals(removals, title: str | None = None):
+    """Documents removed per source (table: mix.removals_table) as a share of the source's documents read,
+    count at the bar's end: duplicates (exact, near) on the left, contamination per benchmark on the
+    right (its own scale: contamination is usually far rarer than duplication)."""
+    contam = [c for c in removals.columns if c.startswith("contaminated_")]
+    groups = [("duplicates", {"exact_duplicate": "exact", "near_duplicate": "near (MinHash)"}),
+              ("benchmark contamination", {c: BENCHMARKS.get(c[13:], c[13:]) for c in contam})]
+    srcs = list(removals["source"])
+    n_in = np.maximum(removals["documents_in"].to_numpy(dtype=float), 1)
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.5, max(2.6, 1.2 + 0.45 * len(srcs))), layout="constrained")
+        axes = fig.subplots(1, 2, sharey=True)
+        for g, (ax, (what, cols)) in enumerate(zip(axes, groups)):
+            left = np.zeros(len(srcs))
+            for i, (col, label) in enumerate(cols.items()):
+                share = removals[col].to_numpy(dtype=float) / n_in
+                ax.barh(srcs, share, left=left, height=0.6, label=label, color=OKABE_ITO[(2 * g + i) % len(OKABE_ITO)])
+                left += share
+            total = removals[list(cols)].sum(axis=1).to_numpy() if cols else np.zeros(len(srcs))
+            for y, (t, n, x) in enumerate(zip(total, removals["documents_in"], left)):
+                ax.text(x, y, f" {int(t):,} of {int(n):,}", va="center", fontsize=7)
+            ax.set_xlim(0, max(float(left.max()) * 1.45 if len(left) else 0.0, 0.01))
+            ax.xaxis.set_major_formatter(PercentFormatter(xmax=1, decimals=1))
+            ax.set_xlabel("share of the source's documents")
+            ax.set_title(f"{what} removed")
+            if cols:
+                ax.legend(frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.28), ncols=2)
+        axes[0].invert_yaxis()
+        axes[0].set_ylabel("source")
+        fig.suptitle(title or "Documents removed before mixing, per source")
+    return fig

@@ -1,0 +1,204 @@
+"""Mixes: token-budgeted blends of named sources, deduplicated and decontaminated, as llm.c shards.
+
+  1. read every source a mix uses (a stage's documents, a local path or a hub dataset) into one
+     union keyed by (source field, id): a filtered page and its unfiltered original are one document
+  2. exact, then near-duplicate removal (datatrove MinHash) over the union, in priority order:
+     the held-out validation pages first (never removed), then sources as listed in the config
+  3. decontamination against ARC / HellaSwag / MMLU by n-gram overlap
+  4. GPT-2 tokens of every surviving document (process pool, as `tokenize`)
+  5. per mix: each source's share of the budget, sampled by seed; a source too small is repeated
+     (epochs recorded) or stops the run (`mix.on_short`); documents shuffled across sources
+  6. shards: mix/<name>/<name>_train_*.bin, plus one shared validation set mix/val/<val_name>_val_*.bin
+     of real held-out web pages (ingest's val split) that no mix trains on
+
+`mix.streaming: true` writes the mixes as streams instead (streaming.py; both follow plan.py): nothing held in
+memory grows with the budget, exact dedup and decontamination per document, no near-duplicate pass,
+resumable after each shard.
+
+Every removed document is in removed/<reason>.jsonl (text truncated) with what it matched.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from pipelines.config import MixConfig
+from pipelines.mix.dedup import exact_duplicates, minhash_duplicates
+from pipelines.mix.decontaminate import NgramIndex, _WordHasher
+from pipelines.mix.plan import input_record, mkdir, plan, source_record, stage_result, used_sources
+from pipelines.data.documents import DropLog
+from pipelines.errors import StudyError
+from pipelines.data.pages import external_documents
+from pipelines.runs.manifest import StageContext
+from pipelines.runs.readers import stage_documents
+from pipelines.llmc.shards import ShardWriter
+from pipelines.llmc.tokenizer import encode_stream
+
+
+def sample_source(lengths: np.ndarray, target: int, rng: np.random.Generator, on_short: str,
+                  what: str) -> tuple[np.ndarray, float]:
+    """Indices of documents whose tokens reach `target` (overshooting by less than the last
+    document), in seeded random order; epochs > 1 when the source had to be repeated."""
+    total = int(lengths.sum())
+    if total == 0:
+        raise StudyError(f"{what}: the source has no documents left after dedup and decontamination")
+    if total < target and on_short == "fail":
+        raise StudyError(f"{what}: needs {target:,} tokens but the source has {total:,} after dedup and "
+                         f"decontamination; lower the mix's tokens, or set mix.on_short=repeat to repeat it")
+    picked: list[np.ndarray] = []
+    got = 0
+    while got < target:
+        perm = rng.permutation(len(lengths))
+        csum = np.cumsum(lengths[perm])
+        k = int(np.searchsorted(csum, target - got, side="left")) + 1  # first prefix reaching the need
+        k = min(k, len(perm))
+        picked.append(perm[:k])
+        got += int(csum[k - 1])
+    return np.concatenate(picked), got / total
+
+
+def run(ctx: StageContext) -> dict:
+    cfg: MixConfig = ctx.config.mix
+    plans = plan(cfg)
+    seed = ctx.config.seed
+    run_ = ctx.run
+    _empty(ctx.dir)  # the stage is resumable for streaming mixes only; this one starts over
+    drops = DropLog(ctx.dir / "removed", examples_per_reason=10**12)  # every removal is recorded
+    used = used_sources(cfg)
+
+    # 1. the union, in priority order; val pages first
+    texts: dict[str, str] = {}
+    meta: dict[str, dict] = {}  # key -> {"source", "id"} for records in removed/
+    members: dict[str, list[str]] = {}  # source name -> keys
+    val_keys: list[str] = []
+    for doc in stage_documents(run_, "ingest", "val"):
+        key = f"{doc['source']}\t{doc['id']}"
+        texts[key], meta[key] = doc["text"], {"source": doc["source"], "id": doc["id"]}
+        val_keys.append(key)
+    val_set = set(val_keys)
+    read_in: Counter[str] = Counter()
+    for name in used:
+        src = cfg.sources[name]
+        docs = stage_documents(run_, src.stage) if src.stage else external_documents(src, seed, drops)
+        keys = []
+        for doc in tqdm(docs, desc=f"read {name}", unit="doc", disable=None):
+            key = f"{doc['source']}\t{doc['id']}"
+            if key in val_set:
+                continue  # a validation page never trains
+            texts.setdefault(key, doc["text"])
+            meta.setdefault(key, {"source": doc["source"], "id": doc["id"]})
+            keys.append(key)
+        members[name] = list(dict.fromkeys(keys))
+        read_in[name] = len(members[name])
+    order = val_keys + list(dict.fromkeys(k for n in used for k in members[n]))
+    print(f"[mix] {len(order):,} unique documents ({len(val_keys):,} held-out val) from {len(used)} source(s)")
+
+    # 2. dedup: exact, then near; validation pages are kept whatever they match
+    removed: dict[str, tuple[str, dict]] = {}  # key -> (reason, details)
+    if cfg.dedup.exact:
+        for dup, first in exact_duplicates((k, texts[k]) for k in order).items():
+            if dup not in val_set:
+                removed[dup] = ("exact_duplicate", {"duplicate_of": meta[first],
+                                                    "of_val": first in val_set})
+    if cfg.dedup.near:
+        alive = [k for k in order if k not in removed]
+        near = minhash_duplicates([(k, texts[k]) for k in alive], ctx.dir / "minhash", cfg.dedup.ngrams,
+                                  cfg.dedup.buckets, cfg.dedup.hashes_per_bucket, workers=1)
+        for k in near:
+            if k not in val_set:
+                removed[k] = ("near_duplicate", {})
+
+    # 3. decontamination of training documents
+    contamination: dict[str, Counter] = defaultdict(Counter)
+    too_short: dict[str, int] = {}
+    if cfg.decontaminate.enabled:
+        index = NgramIndex.build(list(cfg.decontaminate.benchmarks), cfg.decontaminate.eval_dir,
+                                 cfg.decontaminate.ngram)
+        too_short = index.too_short
+        hasher = _WordHasher()
+        for k in tqdm([k for k in order if k not in removed and k not in val_set], desc="decontaminate",
+                      unit="doc", disable=None):
+            hit = index.match(texts[k], hasher)
+            if hit:
+                removed[k] = ("contaminated", hit)
+    for k, (reason, details) in removed.items():
+        drops.drop(reason, {**meta[k], **details, "text": texts[k]})
+    drops.close()
+    for name in used:
+        for k in members[name]:
+            if k in removed:
+                reason, details = removed[k]
+                contamination[name][details["benchmark"] if reason == "contaminated" else reason] += 1
+
+    # 4. tokens of every surviving document (val included)
+    keep = [k for k in order if k not in removed]
+    tokens: dict[str, np.ndarray] = {}
+    workers = cfg.workers or ctx.config.tokenize.num_workers
+    key_batches = [keep[i : i + 64] for i in range(0, len(keep), 64)]
+    encoded = encode_stream(([texts[k] for k in kb] for kb in key_batches), workers)
+    with tqdm(total=len(keep), desc="tokenize", unit="doc", disable=None) as bar:
+        for kb, (arr, lengths) in zip(key_batches, encoded):
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            for j, k in enumerate(kb):
+                tokens[k] = arr[offsets[j] : offsets[j + 1]]
+            bar.update(len(kb))
+
+    # 5-6. shared validation shards, then each mix
+    val_writer = ShardWriter(mkdir(ctx.dir / "val"), cfg.val_name, "val", cfg.shard_tokens)
+    for k in val_keys:
+        val_writer.add(tokens[k], np.array([len(tokens[k])]))
+    val_writer.flush()
+    val_tokens = sum(s["tokens"] for s in val_writer.shards)
+    if not val_tokens:
+        raise StudyError("[mix] the held-out validation set is empty: raise ingest.val_fraction")
+
+    mixes = []
+    for p in plans:
+        rng = p.rng(seed)
+        picks: list[str] = []
+        per_source = {}
+        for share in p.sources:
+            pool = [k for k in members[share.name] if k not in removed]
+            lengths = np.array([len(tokens[k]) for k in pool], dtype=np.int64)
+            idx, epochs = sample_source(lengths, share.target_tokens, rng, cfg.on_short,
+                                        f"mix {p.name!r}, source {share.name!r}")
+            chosen = [pool[i] for i in idx]
+            picks += chosen
+            per_source[share.name] = source_record(
+                share, tokens=int(lengths[idx].sum()), documents=len(chosen), unique_documents=len(set(chosen)),
+                available_documents=len(pool), available_tokens=int(lengths.sum()), epochs=round(epochs, 4))
+        writer = ShardWriter(mkdir(ctx.dir / p.name), p.name, "train", cfg.shard_tokens)
+        for i in rng.permutation(len(picks)):
+            t = tokens[picks[i]]
+            writer.add(t, np.array([len(t)]))
+        writer.flush()
+        mixes.append(p.entry(writer.shards, per_source))
+        share_text = ", ".join(f"{n} {v['tokens']:,} ({v['epochs']:.2f} ep)" for n, v in per_source.items())
+        print(f"[mix] {p.name}: {mixes[-1]['tokens']:,} tokens, {len(picks):,} docs: {share_text}")
+
+    sources_table = {
+        name: input_record(
+            cfg.sources[name], documents_in=read_in[name],
+            exact_duplicate=contamination[name].pop("exact_duplicate", 0),
+            near_duplicate=contamination[name].pop("near_duplicate", 0), contaminated=dict(contamination[name]),
+            documents_kept=sum(1 for k in members[name] if k not in removed),
+            tokens_kept=int(sum(len(tokens[k]) for k in members[name] if k not in removed)))
+        for name in used
+    }
+    val = {"pattern": f"val/{cfg.val_name}_val_*.bin", "tokens": val_tokens, "documents": len(val_keys)}
+    return stage_result(cfg, val_writer.shards, val, mixes, sources_table, too_short, dict(drops.counts))
+
+
+def _empty(d: Path) -> None:
+    import shutil
+
+    for p in d.iterdir():
+        shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
+
+
+
+

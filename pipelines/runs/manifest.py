@@ -1,0 +1,371 @@
+"""Runs, stages and their manifests (the ID cards of DESIGN.md).
+
+results/<run>/<stage>/ holds a stage's outputs and, written last and atomically, manifest.json:
+stage, resolved config, config hash, input manifests (path + sha256), outputs with counts,
+timings, package versions, git commit, status. A stage is
+
+- done:       manifest complete, config hash equal, every input manifest unchanged and done;
+- stale:      a manifest exists but the config or an upstream stage changed;
+- incomplete: outputs without a manifest (killed, or running now);
+- missing:    nothing there.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import importlib
+import importlib.metadata
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from pipelines.config import PROJECT_ROOT, StudyConfig, config_hash, dump_yaml
+from pipelines.errors import StudyError
+
+
+@dataclass(frozen=True)
+class StageSpec:
+    runner: str  # "module:function", imported only when the stage runs (optional deps stay optional)
+    sections: tuple[str, ...]  # config sections that define the stage's output (hashed)
+    inputs: tuple[str, ...] = ()  # upstream stages
+    resumable: bool = False  # keeps its folder on rerun and skips work already written
+    command: str = ""  # the CLI command that runs it
+    inputs_from: str | None = None  # "section.property" of the config naming more upstream stages
+    reads_what_ran: bool = False  # inputs outside the config's `stages` are left out (figures)
+    preflight: str | None = None  # "module:function"(ctx) raising StudyError before anything is touched
+
+    def load_preflight(self) -> Callable[["StageContext"], object] | None:
+        return None if self.preflight is None else _function(self.preflight)
+
+    def load(self) -> Callable[["StageContext"], dict]:
+        return _function(self.runner)
+
+
+def _function(ref: str) -> Callable:
+    """A "module:function" reference, imported now."""
+    module, func = ref.split(":")
+    return getattr(importlib.import_module(module), func)
+
+
+# Stages in execution order; each new stage registers here (and its config section in config.py).
+STAGES: dict[str, StageSpec] = {
+    "ingest": StageSpec("pipelines.ingest.ingest:run", ("ingest",), command="study ingest"),
+    "tokenize": StageSpec("pipelines.ingest.tokenize:run", ("tokenize",), ("ingest",), command="study tokenize"),
+    # web-extract seeds come from ingest; topic seeds (prompts.seeds: topics) need no upstream stage
+    "prompts": StageSpec("pipelines.synthetic.prompts:run", ("prompts",), inputs_from="prompts.input_stages",
+                         command="study prompts"),
+    "generate": StageSpec("pipelines.synthetic.generate:run", ("generate",), ("prompts",), resumable=True,
+                          command="study generate"),
+    # FineWeb-Edu-style: LLM labels (resumable like generate), a classifier trained on labels, and the
+    # classifier applied as datatrove steps (resumable: datatrove skips tasks already completed)
+    "annotate": StageSpec("pipelines.annotate.annotate:run", ("annotate",), ("ingest",), resumable=True,
+                          command="study annotate"),
+    "classify": StageSpec("pipelines.classify.classify:run", ("classifier",), inputs_from="classifier.input_stages",
+                          command="study classifier train"),
+    "filter": StageSpec("pipelines.classify.filter:run", ("filter",), inputs_from="filter.input_stages", resumable=True,
+                        command="study classifier apply"),
+    # resumable: a streaming mix (mix.streaming) continues after its last complete shard; the in-memory
+    # mix empties its folder itself
+    "mix": StageSpec("pipelines.mix.mix:run", ("mix",), ("ingest",), inputs_from="mix.source_stages", resumable=True,
+                     command="study mix"),
+    # one llm.c-format run per shard set; resumable: a rerun continues from the last DONE checkpoint
+    "train": StageSpec("pipelines.train.train:run", ("train",), ("mix",), resumable=True,
+                       command="study train", preflight="pipelines.train.train:preflight"),
+    # after train: its checkpoints (evaluate.trained) plus reference models; resumable: a finished
+    # (model, checkpoint) keeps its per-item results while its evaluation settings are unchanged
+    "evaluate": StageSpec("pipelines.evaluate.evaluate:run", ("evaluate",), inputs_from="evaluate.upstream_stages",
+                          resumable=True, command="study evaluate"),
+    # last: paper figures and tables (pipelines/figures/figures.py); `study figures` also draws a partial run's figures
+    "figures": StageSpec("pipelines.figures.figures:run", (), ("ingest", "generate", "classify", "filter", "mix", "train",
+                                                     "evaluate"), command="study figures", reads_what_ran=True),
+}
+
+
+def study_stages(config: StudyConfig) -> list[str]:
+    """The stages `study run` executes, in order: config.stages (checked: known names, each with
+    its inputs), or every stage."""
+    if config.stages is None:
+        return list(STAGES)
+    unknown = [s for s in config.stages if s not in STAGES]
+    if unknown:
+        raise StudyError(f"stages: unknown stage(s) {unknown}; stages are {', '.join(STAGES)}")
+    run = Run(config, "check")
+    for stage in config.stages:
+        missing = [d for d in run.inputs(stage) if d not in config.stages]
+        if missing:
+            raise StudyError(f"stages: `{stage}` reads {missing}, which the list leaves out; add them to `stages`")
+    return [s for s in STAGES if s in config.stages]
+
+MANIFEST = "manifest.json"
+VERSIONED = ("pipelines", "numpy", "pydantic", "tiktoken", "datasets", "pyarrow", "datatrove",
+             "torch", "transformers", "sentence-transformers", "scikit-learn", "vllm")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for name in VERSIONED:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_state() -> dict[str, Any]:
+    def git(*args: str) -> str | None:
+        try:
+            r = subprocess.run(["git", *args], cwd=PROJECT_ROOT, capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.TimeoutExpired):
+            return None
+        return r.stdout.strip() if r.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    dirty = git("status", "--porcelain", "--untracked-files=no")
+    return {"commit": commit, "dirty": bool(dirty) if dirty is not None else None}
+
+
+@dataclass
+class StageState:
+    stage: str
+    status: str  # done | stale | incomplete | missing
+    reason: str = ""
+    manifest: dict | None = None
+
+
+@dataclass
+class StageContext:
+    run: "Run"
+    stage: str
+    dir: Path
+    inputs: dict[str, dict] = field(default_factory=dict)  # upstream stage -> its manifest
+
+    @property
+    def config(self) -> StudyConfig:
+        return self.run.config
+
+
+class Run:
+    def __init__(self, config: StudyConfig, name: str | None = None):
+        self.config = config
+        self.name = name or config.preset
+        self.root = Path(config.results_dir) / self.name
+
+    def dir(self, stage: str) -> Path:
+        return self.root / stage
+
+    def manifest_path(self, stage: str) -> Path:
+        return self.dir(stage) / MANIFEST
+
+    def read_manifest(self, stage: str) -> dict | None:
+        p = self.manifest_path(stage)
+        try:
+            m = json.loads(p.read_text())
+        except (OSError, ValueError):
+            return None
+        return m if isinstance(m, dict) else None
+
+    def inputs(self, stage: str) -> tuple[str, ...]:
+        spec = STAGES[stage]
+        extra: tuple[str, ...] = ()
+        if spec.inputs_from:
+            section, prop = spec.inputs_from.split(".")
+            extra = tuple(getattr(getattr(self.config, section), prop))
+            unknown = [s for s in extra if s not in STAGES]
+            if unknown:
+                raise StudyError(f"[{stage}] {spec.inputs_from} names unknown stage(s) {unknown}; stages: "
+                                 f"{', '.join(STAGES)}")
+        inputs = tuple(dict.fromkeys(spec.inputs + extra))
+        if spec.reads_what_ran and self.config.stages is not None:
+            inputs = tuple(d for d in inputs if d in self.config.stages)
+        return inputs
+
+    def stage_config(self, stage: str) -> dict:
+        spec = STAGES[stage]
+        return {"seed": self.config.seed, **{s: getattr(self.config, s).model_dump(mode="json") for s in spec.sections}}
+
+    def stage_hash(self, stage: str) -> str:
+        spec = STAGES[stage]
+        payload = {"seed": self.config.seed, **{s: getattr(self.config, s).hashed_dict() for s in spec.sections}}
+        return config_hash(payload)
+
+    def state(self, stage: str) -> StageState:
+        d = self.dir(stage)
+        m = self.read_manifest(stage)
+        if m is None or m.get("status") != "complete":
+            has_files = d.exists() and any(d.iterdir())
+            return StageState(stage, "incomplete" if has_files else "missing",
+                              "outputs without a complete manifest (killed or running)" if has_files else "")
+        if m.get("config_hash") != self.stage_hash(stage):
+            return StageState(stage, "stale", "config changed", m)
+        for dep in self.inputs(stage):
+            dep_state = self.state(dep)
+            if dep_state.status != "done":
+                return StageState(stage, "stale", f"upstream `{dep}` is {dep_state.status}", m)
+            recorded = m.get("inputs", {}).get(dep, {}).get("sha256")
+            if recorded != file_sha256(self.manifest_path(dep)):
+                return StageState(stage, "stale", f"upstream `{dep}` was rerun", m)
+        return StageState(stage, "done", "", m)
+
+    def find_donor(self, stage: str) -> "Run | None":
+        """A run of `config.share_with` where `stage` is done with this run's config hash and inputs
+        (sweeps share generation, annotation, ... this way instead of recomputing them)."""
+        mine = {dep: file_sha256(self.manifest_path(dep)) for dep in self.inputs(stage)
+                if self.manifest_path(dep).exists()}
+        if len(mine) != len(self.inputs(stage)):
+            return None
+        for name in self.config.share_with:
+            other = Run(self.config, name)
+            if name == self.name or other.dir(stage).is_symlink() and other.dir(stage).resolve() == self.dir(stage).resolve():
+                continue
+            st = other.state(stage)
+            if st.status == "done" and all(st.manifest["inputs"].get(dep, {}).get("sha256") == sha
+                                           for dep, sha in mine.items()):
+                return other
+        return None
+
+    def save_config(self) -> None:
+        """The config of the latest invocation: what `study status RUN` compares against."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        tmp = self.root / f".config.yaml.tmp-{os.getpid()}"
+        tmp.write_text(dump_yaml(self.config))
+        os.replace(tmp, self.root / "config.yaml")
+
+    def execute(self, stage: str, fn: Callable[[StageContext], dict] | None = None, force: bool = False,
+                log: Callable[[str], None] = print) -> dict:
+        """Run `fn` for `stage` unless it is done; write its manifest last. Returns the manifest.
+
+        A non-resumable stage starts from an empty folder; a resumable one keeps what is there
+        (its function must skip work already written).
+        """
+        st = self.state(stage)
+        if st.status == "done" and not force:
+            log(f"[{stage}] done, config {st.manifest['config_hash']}: skipped "
+                f"(use --force to rerun)")
+            return st.manifest
+        d = self.dir(stage)
+        if d.is_symlink():  # a stage shared from another run that no longer fits: drop the link only
+            d.unlink()
+        elif st.status != "done":
+            donor = self.find_donor(stage)
+            if donor is not None:
+                self.save_config()
+                d.parent.mkdir(parents=True, exist_ok=True)
+                if d.exists():
+                    shutil.rmtree(d)
+                d.symlink_to(os.path.relpath(donor.dir(stage), d.parent), target_is_directory=True)
+                log(f"[{stage}] done in run `{donor.name}` with the same config and inputs: shared (symlink)")
+                return self.read_manifest(stage)
+        inputs = {}
+        for dep in self.inputs(stage):
+            dep_state = self.state(dep)
+            if dep_state.status != "done":
+                raise StudyError(
+                    f"[{stage}] needs `{dep}`, which is {dep_state.status}"
+                    f"{' (' + dep_state.reason + ')' if dep_state.reason else ''}: "
+                    f"run `{STAGES[dep].command} --run {self.name}` (or `study run`) first"
+                )
+            inputs[dep] = dep_state.manifest
+        spec = STAGES[stage]
+        check = spec.load_preflight() if fn is None else None  # a given fn (tests, notebooks) checks itself
+        if check is not None:  # a config or environment error stops here, leaving the last manifest as it was
+            check(StageContext(self, stage, d, inputs))
+        fn = fn or spec.load()
+        self.save_config()
+        # the manifest goes first, so a kill from here on never leaves a complete-looking stage
+        self.manifest_path(stage).unlink(missing_ok=True)
+        if not spec.resumable and d.exists():
+            shutil.rmtree(d)
+        d.mkdir(parents=True, exist_ok=True)
+        if st.status != "missing":
+            log(f"[{stage}] {st.status}{': ' + st.reason if st.reason else ''}; running")
+        started = dt.datetime.now(dt.timezone.utc)
+        t0 = time.perf_counter()
+        result = fn(StageContext(self, stage, d, inputs))
+        wall = time.perf_counter() - t0
+        manifest = {
+            "stage": stage,
+            "run": self.name,
+            "status": "complete",
+            "preset": self.config.preset,
+            "config": self.stage_config(stage),
+            "config_hash": self.stage_hash(stage),
+            "derived": self.config.derived(),
+            "inputs": {
+                dep: {"path": str(self.manifest_path(dep)), "sha256": file_sha256(self.manifest_path(dep)),
+                      "config_hash": inputs[dep].get("config_hash")}
+                for dep in self.inputs(stage)
+            },
+            **result,
+            "timings": {"started": started.isoformat(timespec="seconds"),
+                        "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                        "wall_s": round(wall, 3)},
+            "versions": package_versions(),
+            "git": git_state(),
+            "argv": sys.argv,
+        }
+        write_json_atomic(self.manifest_path(stage), manifest)
+        return manifest
+
+    def status_rows(self) -> list[dict]:
+        rows = []
+        for stage in STAGES:
+            st = self.state(stage)
+            m = st.manifest or {}
+            counts = m.get("counts", {})
+            rows.append({
+                "stage": stage,
+                "status": st.status,
+                "documents": counts.get("documents"),
+                "tokens": counts.get("tokens"),
+                "wall_s": m.get("timings", {}).get("wall_s"),
+                "finished": m.get("timings", {}).get("finished"),
+                "note": st.reason,
+            })
+        return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:,.1f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    cells = [[cell(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])

@@ -1,0 +1,51 @@
+"""Typed readers of what a stage wrote, for the stages after it, the notebooks and the paper.
+
+A stage reads another stage's outputs only through its manifest; these functions are that reading
+in one place (documents of a stage, the mix tables), so no caller walks raw manifest dicts.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+import pandas as pd
+
+from pipelines.data.documents import read_documents
+from pipelines.errors import StudyError
+from pipelines.runs.manifest import Run
+
+
+def stage_documents(run: Run, stage: str, split: str = "train") -> Iterator[dict]:
+    """Documents a stage wrote: its manifest's .jsonl(.gz) outputs of `split` (or with no split)."""
+    m = run.read_manifest(stage)
+    if m is None:
+        raise StudyError(f"stage `{stage}` has no manifest in {run.root}: run `study {stage}` first")
+    paths = [run.dir(stage) / o["path"] for o in m.get("outputs", [])
+             if o.get("split", split) == split and ".jsonl" in o["path"]]
+    if not paths:
+        raise StudyError(f"stage `{stage}` lists no document outputs of split {split!r} in its manifest")
+    return read_documents(paths)
+
+
+
+def composition_table(manifest: dict):
+    """Tidy table of a mix manifest: one row per (mix, source) with tokens, documents and epochs."""
+    rows = [{"mix": m["name"], "source": s, "weight": v["weight"], "tokens": v["tokens"],
+             "documents": v["documents"], "unique_documents": v["unique_documents"], "epochs": v["epochs"]}
+            for m in manifest["mixes"] for s, v in m["per_source"].items()]
+    return pd.DataFrame(rows)
+
+
+
+def removals_table(manifest: dict):
+    """One row per source: documents read, exact / near duplicates, contaminated per benchmark, kept.
+    A streaming mix has no near-duplicate pass (near_duplicate None in its manifest): 0 removed."""
+    rows = []
+    for name, s in manifest["sources"].items():
+        row = {"source": name, "documents_in": s["documents_in"], "exact_duplicate": s["exact_duplicate"],
+               "near_duplicate": s["near_duplicate"] or 0}
+        row.update({f"contaminated_{b}": s["contaminated"].get(b, 0)
+                    for b in manifest["decontamination"]["benchmarks"]})
+        row.update({"documents_kept": s["documents_kept"], "tokens_kept": s["tokens_kept"]})
+        rows.append(row)
+    return pd.DataFrame(rows)

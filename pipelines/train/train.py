@@ -1,0 +1,340 @@
+"""The `train` stage: one llm.c-format training run per mix (`train.mixes`) and one chain of runs
+per schedule (`train.schedules`), in results/<run>/train/.
+
+  results/<run>/train/
+    dev/data/hellaswag/hellaswag_val.bin   HellaSwag for -h 1 (llm.c opens this path in its cwd)
+    gpt2_tokenizer.bin                     llm.c backend: lets train_gpt2cu print its samples as text
+    <mix>/                                 the -o folder: main.log, model_%08d.bin, state_*, DONE_*,
+                                           stdout.log, launch.json (backend, command, flags, inputs),
+                                           hf/ (the final model as a Hugging Face folder)
+    <schedule>/schedule.json               the stages with their step and token offsets
+    <schedule>/<stage>/                    one -o folder per stage, as <mix>/ above
+    <schedule>/hf/                         the last stage's final model
+
+A schedule's stage k > 1 starts from stage k-1's final checkpoint (-e <schedule>/<stage k-1>/
+model_%08d.bin: llm.c loads the weights; AdamW's moments and the lr schedule start afresh, hence
+each stage's own warmup and schedule) and trains its own mix with its own flags. launch.json
+records the sha256 of that checkpoint, so a stage whose predecessor was retrained starts over.
+
+Both backends run with results/<run>/train/ as their working directory and relative paths
+(-i ../mix/web/web_train_*.bin -j ../mix/val/heldout_val_*.bin -o web). The stage is resumable: a
+rerun after a kill or crash continues each run (each stage) from its last DONE checkpoint (-y 1);
+finished stages are skipped; a run whose config or input shards changed (launch.json differs)
+starts over in an emptied folder.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipelines.errors import StudyError
+from pipelines.runs.manifest import StageContext, file_sha256, write_json_atomic
+from pipelines.train.flags import check_train_config, llmc_flags
+from pipelines.data.benchmarks import hellaswag_source, read_hellaswag
+from pipelines.llmc.evalfile import LLMC_RELATIVE_PATH, write_eval_file
+from pipelines.train.launcher import (find_llmc_binary, launch_command, max_done_step, train_with_restarts,
+                                      write_llmc_tokenizer)
+from pipelines.llmc.shapes import parse_descriptor
+from pipelines.runs.trainlog import SCHEDULE_FILE, read_log, summary
+
+
+@dataclass(frozen=True)
+class ShardSet:
+    """One training data set in llm.c shards: what llm.c's -i / -j take."""
+
+    name: str  # the mix name: the output folder results/<run>/train/<name>/
+    train_pattern: Path  # glob of train shards
+    val_pattern: Path  # glob of val shards
+    train_tokens: int
+
+
+def shard_sets(ctx: StageContext) -> list[ShardSet]:
+    """One shard set per mix of the mix stage; all share the mix stage's held-out validation shards."""
+    return from_manifest(ctx.inputs["mix"], ctx.run.dir("mix"))
+
+
+def from_manifest(mix: dict, d: Path) -> list[ShardSet]:
+    return [ShardSet(m["name"], d / m["train_pattern"], d / m["val_pattern"], int(m["tokens"]))
+            for m in mix["mixes"]]
+
+
+def shard_sets_of(run) -> list[ShardSet] | None:
+    """The shard sets of a run's done mix stage, or None when it has not run (or is stale)."""
+    st = run.state("mix")
+    if st.status != "done":
+        return None
+    return from_manifest(st.manifest, run.dir("mix"))
+
+
+def planned_shard_sets(cfg, mix_dir: Path) -> list[ShardSet]:
+    """The shard sets the mix stage will write for this config (its naming), for a dry run before it ran."""
+    val = mix_dir / "val" / f"{cfg.mix.val_name}_val_*.bin"
+    return [ShardSet(m.name, mix_dir / m.name / f"{m.name}_train_*.bin", val, m.tokens) for m in cfg.mix.mixes]
+
+
+@dataclass(frozen=True)
+class Job:
+    """One llm.c run: a mix trained alone, or one stage of a schedule."""
+
+    run: str  # the mix or schedule name: evaluate's and the figures' label
+    out: str  # the -o folder relative to train/: `web`, or `anneal/stage2-web-edu`
+    shards: ShardSet
+    cfg: object  # the train section with this stage's overrides, its steps (-x) and its -e
+    steps: int  # the final step: -x, or one epoch of the shards
+    stage: int = 0  # 1-based position in its schedule; 0: a mix trained alone
+    start_step: int = 0  # steps and tokens of the schedule before this stage
+    start_tokens: int = 0
+
+    @property
+    def tokens(self) -> int:
+        return self.steps * self.cfg.tokens_per_step
+
+    @property
+    def init(self) -> str | None:
+        """The previous stage's final model_%08d.bin (relative to train/, its -e), when stage > 1."""
+        return self.cfg.model if self.stage > 1 else None
+
+
+def plan(cfg, sets: list[ShardSet], verbose: bool = True) -> list[list[Job]]:
+    """The runs of the stage: [[job]] per mix trained alone, [job, job, ...] per schedule, in order."""
+    train = cfg.train
+    by_name = {s.name: s for s in sets}
+    alone = train.mixes if train.mixes is not None else [s.name for s in sets]
+    runs = []
+    for name in alone:
+        s = by_name[name]
+        steps = final_step(train, s)
+        if steps < 1:
+            raise StudyError(f"[train] {name}: {s.train_tokens:,} train tokens make no step of "
+                             f"{train.tokens_per_step:,} tokens; lower train.total_batch_tokens or add data")
+        runs.append([Job(name, name, s, train, steps)])
+    max_t = parse_descriptor(train.model).max_seq_len if not train.model.endswith(".bin") else None
+    for sch in train.schedules:
+        jobs: list[Job] = []
+        for k, (st, folder) in enumerate(zip(sch.stages, sch.stage_names), 1):
+            where = f"train.schedules {sch.name!r} stage {k} ({folder})"
+            update = {key: getattr(st, key) for key in st.OVERRIDES if getattr(st, key) is not None}
+            if jobs:  # from the previous stage's final weights
+                prev = jobs[-1]
+                update["model"] = f"{prev.out}/model_{prev.steps:08d}.bin"
+            scfg = train.model_copy(update=update)
+            steps = st.tokens // scfg.tokens_per_step
+            if steps < 1:
+                raise StudyError(f"{where}: {st.tokens:,} tokens make no step of {scfg.tokens_per_step:,} tokens; "
+                                 f"raise its tokens or lower its total_batch_tokens")
+            scfg = scfg.model_copy(update={"steps": steps})
+            if max_t is not None and scfg.seq_len > max_t:
+                raise StudyError(f"{where}: seq_len {scfg.seq_len} exceeds the model's max_seq_len {max_t} "
+                                 f"(llm.c's GPT-2 models are built with 1024 positions)")
+            try:
+                check_train_config(scfg)
+            except StudyError as e:
+                raise StudyError(f"{where}: {e}") from None
+            again = next((j for j in jobs if j.shards.name == st.mix), None)
+            if again is not None and verbose:
+                print(f"[train] note: {where} reads mix {st.mix!r} from its start again, as stage {again.stage} "
+                      f"did (llm.c's loader restarts with the same seed): it repeats data that stage saw; give "
+                      f"it a mix of its own for fresh documents")
+            start_step = sum(j.steps for j in jobs)
+            start_tokens = sum(j.tokens for j in jobs)
+            jobs.append(Job(sch.name, f"{sch.name}/{folder}", by_name[st.mix], scfg, steps, k, start_step,
+                            start_tokens))
+        runs.append(jobs)
+    return runs
+
+
+def schedule_record(jobs: list[Job]) -> dict:
+    """train/<schedule>/schedule.json and the manifest's view of one schedule."""
+    return {"schedule": jobs[0].run, "steps": sum(j.steps for j in jobs), "tokens": sum(j.tokens for j in jobs),
+            "stages": [{"stage": j.stage, "name": Path(j.out).name, "dir": j.out, "mix": j.shards.name,
+                        "steps": j.steps, "tokens": j.tokens, "tokens_per_step": j.cfg.tokens_per_step,
+                        "seq_len": j.cfg.seq_len, "start_step": j.start_step, "start_tokens": j.start_tokens,
+                        "init": j.cfg.model} for j in jobs]}
+
+
+def final_step(cfg, s: ShardSet) -> int:
+    """-x, or llm.c's one-epoch default: train tokens // tokens per step."""
+    return cfg.steps if cfg.steps is not None else s.train_tokens // cfg.tokens_per_step
+
+
+def prepare_hellaswag(cfg, stage_dir: Path, seq_len: int | None = None) -> dict | None:
+    """Write the eval file once per (source, seq_len, examples); a sidecar JSON records what is in it.
+    seq_len: the shortest -t of the stage's runs (llm.c needs every example to fit)."""
+    if not cfg.hellaswag:
+        return None
+    seq_len = seq_len or cfg.seq_len
+    path = stage_dir / LLMC_RELATIVE_PATH
+    key = {"source": cfg.hellaswag_path, "seq_len": seq_len, "max_examples": cfg.hellaswag_examples}
+    sidecar = path.with_suffix(".json")
+    if path.exists() and sidecar.exists():
+        info = json.loads(sidecar.read_text())
+        if info.get("key") == key:
+            return info
+    source = hellaswag_source(cfg.hellaswag_path)
+    info = write_eval_file(path, read_hellaswag(source), source, seq_len=seq_len,
+                           max_examples=cfg.hellaswag_examples)
+    info["key"] = key
+    write_json_atomic(sidecar, info)
+    print(f"[train] HellaSwag: {info['examples']:,} examples -> {path} ({info['skipped']} left out: do not fit "
+          f"seq_len {seq_len} or --set train.hellaswag_examples)")
+    return info
+
+
+def prepare_out_dir(out: Path, record: dict) -> None:
+    """Keep the folder (resume) when launch.json matches this run; empty it when the run changed."""
+    path = out / "launch.json"
+    if path.exists():
+        try:
+            old = json.loads(path.read_text())
+        except ValueError:
+            old = {}
+        keys = ("backend", "flags", "inputs", "seed", "dtype", "init")
+        if all(old.get(k) == record.get(k) for k in keys):
+            return
+        changed = [k for k in keys if old.get(k) != record.get(k)]
+        print(f"[train] {out.name}: {', '.join(changed)} changed since the last launch; starting over in {out}")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(path, record)
+
+
+def job_flags(job: Job, train_dir: Path) -> list[str]:
+    return llmc_flags(job.cfg, os.path.relpath(job.shards.train_pattern, train_dir),
+                      os.path.relpath(job.shards.val_pattern, train_dir), job.out)
+
+
+def train_job(job: Job, train_dir: Path, inputs: dict) -> dict:
+    """Launch (or resume, or skip when done) one llm.c run; returns its summary after checking its files."""
+    cfg, out, last = job.cfg, train_dir / job.out, job.steps
+    label = job.out
+    init = None
+    if job.init:  # the previous stage's final weights: must be complete; their hash chains the stages
+        src = train_dir / job.init
+        if not src.exists() or not (src.parent / f"DONE_{last_step_of(src):08d}").exists():
+            raise StudyError(f"[train] {label}: starts from {src}, which is not a complete checkpoint")
+        init = {"path": job.init, "sha256": file_sha256(src)}
+    flags = job_flags(job, train_dir)
+    cmd = launch_command(cfg, flags)
+    record = {"backend": cfg.backend, "flags": flags, "command": cmd, "inputs": inputs, "seed": cfg.seed,
+              "dtype": cfg.dtype, "cwd": str(train_dir), "init": init, "schedule": job.run if job.stage else None,
+              "stage": job.stage or None}
+    prepare_out_dir(out, record)
+    if max_done_step(out) >= last:
+        print(f"[train] {label}: done (DONE_{last:08d} exists); skipped")
+    else:
+        start = f" from {job.init}" if job.init else ""
+        print(f"[train] {label}: {cfg.backend} backend, {last:,} steps x {cfg.tokens_per_step:,} tokens{start} -> {out}")
+        print(f"[train] command (in {train_dir}): {shlex.join(cmd)}")
+        try:
+            train_with_restarts(cmd, train_dir, out, cfg.resume, cfg.max_restarts, desc=f"train {label}")
+        except KeyboardInterrupt:
+            done = max_done_step(out)
+            print(f"[train] {label}: stopped; last checkpoint: {'step ' + str(done) if done >= 0 else 'none'}. "
+                  f"Rerun the same command to resume.")
+            raise
+    model_file = out / f"model_{last:08d}.bin"
+    if not (out / f"DONE_{last:08d}").exists() or not model_file.exists():
+        raise StudyError(f"[train] {label}: the run ended without its final checkpoint {model_file} "
+                         f"(see {out}/stdout.log)")
+    from pipelines.model import read_checkpoint_header
+
+    shape, version = read_checkpoint_header(model_file)  # llm.c's header checks + exact size
+    info = summary(out)
+    print(f"[train] {label}: train loss {info['first_train_loss']} -> {info['last_train_loss']}, "
+          f"val loss {info['last_val_loss']}, HellaSwag {info['hellaswag']}")
+    return {**info, "steps": last, "tokens": job.tokens, "model": model_file.name, "checkpoint_version": version,
+            "parameters": shape.num_parameters, "log_rows": len(read_log(out, cfg.tokens_per_step)), "init": init}
+
+
+def last_step_of(model_file: Path) -> int:
+    """N of a model_%08d.bin path."""
+    try:
+        return int(model_file.stem.split("_")[-1])
+    except ValueError:
+        raise StudyError(f"{model_file}: not an llm.c checkpoint name (model_%08d.bin)") from None
+
+
+def export(cfg, model_file: Path, folder: Path) -> str | None:
+    if not cfg.export_hf:
+        return None
+    if not (folder / "config.json").exists():
+        from pipelines.model import export_hf
+
+        export_hf(model_file, folder)
+    return str(folder)
+
+
+def dry_run(cfg, train_dir: Path, sets: list[ShardSet]) -> list[str]:
+    """The exact command lines the stage would run, in order (nothing is launched or written)."""
+    lines = [f"cd {train_dir}"]
+    for jobs in plan(cfg, sets):
+        for j in jobs:
+            what = f"{j.run}: stage {j.stage} ({j.shards.name})" if j.stage else j.run
+            lines.append(f"# {what}: {j.steps:,} steps x {j.cfg.tokens_per_step:,} tokens = {j.tokens:,} tokens")
+            line = shlex.join(launch_command(j.cfg, job_flags(j, train_dir), resolve=False))
+            lines.append(line.replace("'$LLMC_DIR/", '"$LLMC_DIR"/').replace("train_gpt2cu'", "train_gpt2cu"))
+    return lines
+
+
+def preflight(ctx: StageContext, verbose: bool = False) -> list[list[Job]]:
+    """Before the stage touches anything: the config's checks, every run's and stage's plan (returned),
+    the binary."""
+    check_train_config(ctx.config.train)
+    runs_plan = plan(ctx.config, shard_sets(ctx), verbose=verbose)
+    if not runs_plan:
+        raise StudyError("[train] nothing to train: train.mixes is [] and there are no train.schedules")
+    if any(jobs[0].run == "dev" for jobs in runs_plan):
+        raise StudyError("a mix may not be named `dev` (llm.c's HellaSwag file lives in train/dev/)")
+    if ctx.config.train.backend == "llmc":
+        find_llmc_binary()
+    return runs_plan
+
+
+def run(ctx: StageContext) -> dict:
+    cfg = ctx.config.train
+    runs_plan = preflight(ctx, verbose=True)  # Run.execute checked it already; the function may run on its own
+    hs = prepare_hellaswag(cfg, ctx.dir, min(j.cfg.seq_len for jobs in runs_plan for j in jobs))
+    if cfg.backend == "llmc" and not (ctx.dir / "gpt2_tokenizer.bin").exists():
+        write_llmc_tokenizer(ctx.dir / "gpt2_tokenizer.bin")
+    inputs = {dep: file_sha256(ctx.run.manifest_path(dep)) for dep in ctx.inputs}
+    outputs, runs, boundaries = [], {}, {}
+    for jobs in runs_plan:
+        name, last = jobs[0].run, jobs[-1]
+        if last.stage:  # a schedule: its plan first, so a watcher can follow it while it trains
+            sched = schedule_record(jobs)
+            (ctx.dir / name).mkdir(parents=True, exist_ok=True)
+            write_json_atomic(ctx.dir / name / SCHEDULE_FILE, sched)
+        infos = [train_job(j, ctx.dir, inputs) for j in jobs]
+        model_file = ctx.dir / last.out / infos[-1]["model"]
+        total_steps, total_tokens = sum(j.steps for j in jobs), sum(j.tokens for j in jobs)
+        hf = export(cfg, model_file, ctx.dir / name / "hf")
+        out = {"mix": name, "path": f"{last.out}/{model_file.name}", "steps": total_steps, "tokens": total_tokens,
+               "log": f"{name}/main.log" if not last.stage else f"{name}/{SCHEDULE_FILE}",
+               "hf": os.path.relpath(hf, ctx.dir) if hf else None}
+        if last.stage:
+            out["schedule"] = [{**st, "model": inf["model"], "init_sha256": (inf["init"] or {}).get("sha256")}
+                               for st, inf in zip(sched["stages"], infos)]
+            boundaries[name] = [j.start_tokens for j in jobs[1:]]
+            runs[name] = {"first_train_loss": infos[0]["first_train_loss"],
+                          "last_train_loss": infos[-1]["last_train_loss"],
+                          "last_val_loss": infos[-1]["last_val_loss"], "hellaswag": infos[-1]["hellaswag"],
+                          "steps": total_steps, "tokens": total_tokens, "model": out["path"],
+                          "checkpoint_version": infos[-1]["checkpoint_version"],
+                          "parameters": infos[-1]["parameters"],
+                          "stages": {Path(j.out).name: inf for j, inf in zip(jobs, infos)}}
+        else:
+            runs[name] = infos[0]
+        outputs.append(out)
+    return {
+        "outputs": outputs,
+        "counts": {"runs": len(outputs), "tokens": sum(o["tokens"] for o in outputs),
+                   "steps": sum(o["steps"] for o in outputs)},
+        "runs": runs,
+        "stage_boundaries": boundaries,
+        "hellaswag": hs,
+    }
