@@ -31,8 +31,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipelines.data.benchmarks import BENCHMARKS, default_data_dir, prompt  # noqa: E402
-from pipelines.evaluate.lmeval import (agreement_items, compare_task, lmeval_root, load_model_pair,  # noqa: E402
-                                     score_lmeval, score_ours)
+from pipelines.evaluate.lmeval import (  # noqa: E402
+    agreement_items,
+    compare_task,
+    lmeval_root,
+    load_model_pair,
+    score_lmeval,
+    score_ours,
+)
 from pipelines.evaluate.scoring import token_count  # noqa: E402
 
 

@@ -29,8 +29,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pipelines.llm.backends import bundled_model, make_backend  # noqa: E402
 from pipelines.config import load_config  # noqa: E402
+from pipelines.llm.backends import bundled_model, make_backend  # noqa: E402
 from pipelines.synthetic.prompts import Seed, build_prompts, extract, load_templates  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "web" / "web_sample.jsonl.gz"

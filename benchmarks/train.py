@@ -33,10 +33,10 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")  # as the launcher sets it f
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from pipelines.llmc.shapes import DECAYED, parse_descriptor  # noqa: E402
 from pipelines.model import GPT2  # noqa: E402
 from pipelines.train.optim import AdamW  # noqa: E402
 from pipelines.train.reference import measure_peak_flops, train_step  # noqa: E402
-from pipelines.llmc.shapes import DECAYED, parse_descriptor  # noqa: E402
 
 
 def peak_flops(n: int = 2048, seconds: float = 2.0) -> float:

@@ -1,7 +1,28 @@
 """Synthetic vs classifier-filtered web text for small-LM pretraining: the study's stages.
 
-Stages (each a module): ingest -> tokenize (-> later: prompts, generate, annotate, classifier,
-mix, train, evaluate, figures). Each writes results/<run>/<stage>/ and, last, manifest.json.
+One package per stage family, named as the stages are in `study --help` and the STAGES registry
+(pipelines/runs/manifest.py); stage X runs from pipelines/<family>/X.py:run.
+
+  ingest/     ingest (web pages -> document shards), tokenize (-> llm.c token shards)
+  synthetic/  prompts (Cosmopedia-style), generate (LLM completions -> synthetic documents), templates/
+  annotate/   annotate (FineWeb-Edu's 5-point prompt through an LLM)
+  classify/   classify (train the educational classifier), filter (score + keep int_score >= t)
+  mix/        mix: plan (weights, budgets), inmemory and streaming executors, dedup, decontaminate
+  train/      train: llm.c as a subprocess, or the PyTorch reference trainer
+  evaluate/   evaluate: benchmark scoring of checkpoints and reference models; lm-eval bridge
+  figures/    figures: the stage, plots and LaTeX tables
+
+Layers, bottom to top; a module imports only from its own package and lower layers, and no stage
+package imports another (they meet through files and manifests; tests/test_layout.py checks this):
+
+  6  cli, sweep, notebooks            the `study` command, parameter grids, papermill
+  5  the stage packages above          no imports between them
+  4  runs/                             manifests and stage states, the stage runner, typed readers
+  3  data/, llm/, model                documents, page sources, benchmark items; LLM backends and the
+                                       resumable part files; GPT-2 in torch (llm.c checkpoints, HF export)
+  2  config                            the typed study config
+  1  llmc/, files                      llm.c formats (shards, tokenizer, shapes, eval file); atomic files
+  0  errors                            StudyError
 """
 
 __version__ = "0.1.0"

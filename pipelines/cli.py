@@ -16,11 +16,16 @@ from __future__ import annotations
 import argparse
 import sys
 from pathlib import Path
+
 from pipelines.config import dump_yaml, list_presets, load_config
 from pipelines.errors import StudyError
+from pipelines.figures.figures import export, make
+from pipelines.llmc.tokenizer import ensure_gpt2_bpe
+from pipelines.notebooks import run_notebooks
 from pipelines.runs.manifest import STAGES, Run, format_table, study_stages
 from pipelines.runs.runner import print_start, run_stages
-
+from pipelines.sweep import run_sweep
+from pipelines.train.train import dry_run, planned_shard_sets, shard_sets_of
 
 # `study classifier train|apply` are the stages `classify` and `filter`
 CLASSIFIER_ACTIONS = {"train": "classify", "apply": "filter"}
@@ -69,15 +74,11 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "assets":
-            from pipelines.llmc.tokenizer import ensure_gpt2_bpe
-
             print(f"GPT-2 BPE: {ensure_gpt2_bpe()}")
             return 0
         if args.command == "status":
             return _status(args)
         if args.command == "sweep":
-            from pipelines.sweep import run_sweep
-
             run_sweep(args.file, args.overrides, jobs=args.jobs, notebooks=False if args.direct else None)
             return 0
         cfg = load_config(args.preset, args.overrides)
@@ -88,8 +89,6 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"#   {k} = {v}")
             return 0
         if args.command == "run" and not args.direct:
-            from pipelines.notebooks import run_notebooks
-
             run = Run(cfg, args.run)
             print_start(cfg, run)
             for r in run_notebooks(cfg, run.name, args.overrides, preset=args.preset):
@@ -99,7 +98,6 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "classifier":
             args.command = CLASSIFIER_ACTIONS[args.action]
         if args.command == "figures":  # also a partial run's figures, then exported into paper/
-            from pipelines.figures.figures import export, make
 
             run = Run(cfg, args.run)
             print_start(cfg, run)
@@ -107,8 +105,6 @@ def main(argv: list[str] | None = None) -> int:
             export(run)
             return 0
         if args.command == "train" and args.dry_run:
-            from pipelines.train.train import dry_run, planned_shard_sets, shard_sets_of
-
             run = Run(cfg, args.run)
             sets = shard_sets_of(run) or planned_shard_sets(cfg, run.dir("mix"))
             print("\n".join(dry_run(cfg, run.dir("train"), sets)))

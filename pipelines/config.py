@@ -6,6 +6,9 @@ value parsed as YAML (`3` is an int, `null` is None, `[a, b]` a list).
 
 Unknown or mistyped keys fail with the file, the key and what is allowed. Derived values are
 properties, printed at start (`study config`) and stored in every manifest.
+
+One module on purpose: every section is a small pydantic model and the cross-section checks need them
+all; splitting it would scatter one schema over files.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from pipelines.errors import StudyError
+from pipelines.llmc.shapes import parse_descriptor
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -473,8 +477,6 @@ class TrainConfig(Section):
 
     @property
     def parameters(self) -> int | None:
-        from pipelines.llmc.shapes import parse_descriptor
-
         try:
             return parse_descriptor(self.model).num_parameters
         except StudyError:

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 
 from pipelines.errors import StudyError
 from pipelines.llmc.shapes import PARAM_ORDER, GPT2Shape, parse_descriptor
+from pipelines.llmc.tokenizer import _valid, cached_bpe_path
 
 MODEL_MAGIC = 20240326
 VERSION_FP32 = 3
@@ -308,15 +309,12 @@ def write_gpt2_tokenizer(out_dir: Path) -> list[str]:
     `study assets` provides it): tokenizer.json (fast tokenizer, by transformers' TikTokenConverter),
     vocab.json + merges.txt (the same BPE model) and tokenizer_config.json. Nothing is downloaded;
     returns [] when the rank file is missing."""
-    from pipelines.llmc.tokenizer import _valid, cached_bpe_path
-
     bpe = cached_bpe_path()
     if not _valid(bpe):
         return []
+    import tiktoken
     from transformers import GPT2TokenizerFast
     from transformers.convert_slow_tokenizer import TikTokenConverter
-
-    import tiktoken
 
     enc = tiktoken.get_encoding("r50k_base")
     tok = TikTokenConverter(vocab_file=str(bpe), pattern=enc._pat_str,

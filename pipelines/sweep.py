@@ -26,7 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from pipelines.config import load_config
 from pipelines.errors import StudyError
-from pipelines.runs.manifest import write_json_atomic
+from pipelines.figures.plots import benchmark_comparison, save
+from pipelines.notebooks import run_notebooks
+from pipelines.runs.manifest import STAGES, write_json_atomic
+from pipelines.runs.runner import run_stages
 
 
 class SweepSpec(BaseModel):
@@ -79,10 +82,6 @@ def _short(v) -> str:
 
 
 def _run_point(preset: str, name: str, overrides: list[str], notebooks: bool) -> str:
-    from pipelines.runs.runner import run_stages
-    from pipelines.runs.manifest import STAGES
-    from pipelines.notebooks import run_notebooks
-
     cfg = load_config(preset, overrides)
     if notebooks:
         run_notebooks(cfg, name, overrides, preset=preset)
@@ -141,7 +140,6 @@ def gather(results_dir: str, record: dict, out: Path) -> str | None:
     path = out / "table.csv"
     table.to_csv(path, index=False)
     print(f"[sweep] {len(table)} rows -> {path}")
-    from pipelines.figures.plots import benchmark_comparison, save
 
     # one bar per (point, mix), labelled by the point's grid values
     label = {p["run"]: ", ".join(f"{k.split('.')[-1]}={_short(v)}" for k, v in p["values"].items())

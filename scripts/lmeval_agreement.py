@@ -26,8 +26,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipelines.data.benchmarks import BENCHMARKS, default_data_dir  # noqa: E402
-from pipelines.evaluate.lmeval import (agreement_items, compare_task, load_model_pair, lmeval_root,  # noqa: E402
-                                     score_lmeval, score_ours)
+from pipelines.evaluate.lmeval import (  # noqa: E402
+    agreement_items,
+    compare_task,
+    lmeval_root,
+    load_model_pair,
+    score_lmeval,
+    score_ours,
+)
 
 DEFAULT_SUBJECTS = "abstract_algebra,anatomy,high_school_biology,marketing"
 

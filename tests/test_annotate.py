@@ -13,11 +13,10 @@ import pytest
 
 from pipelines.annotate import annotate
 from pipelines.annotate.annotate import PROMPT_TEMPLATE, int_score, parse_score, render_prompt
-from pipelines.llm.backends import Backend, Completion
 from pipelines.config import PROJECT_ROOT
 from pipelines.data.documents import read_documents
+from pipelines.llm.backends import Backend, Completion
 from pipelines.runs.manifest import Run
-
 
 # ---------------------------------------------------------------------------------------------
 # prompt

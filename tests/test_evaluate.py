@@ -11,14 +11,27 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.data.benchmarks import (Item, hellaswag_preprocess, load_benchmark, make_item, prompt, BadItem,
-                                  fewshot_examples, load_fewshot_pool)
-from pipelines.errors import StudyError
-from pipelines.evaluate.evaluate import (TABLE_COLUMNS, bootstrap_ci, item_record, llmc_checkpoints, metric_rows,
-                                reference_targets)
 from pipelines.config import EvalModel
+from pipelines.data.benchmarks import (
+    BadItem,
+    Item,
+    fewshot_examples,
+    hellaswag_preprocess,
+    load_benchmark,
+    load_fewshot_pool,
+    make_item,
+    prompt,
+)
+from pipelines.errors import StudyError
+from pipelines.evaluate.evaluate import (
+    TABLE_COLUMNS,
+    bootstrap_ci,
+    item_record,
+    llmc_checkpoints,
+    metric_rows,
+    reference_targets,
+)
 from pipelines.evaluate.scoring import CallableLM, HFCausalLM, score
-
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +245,8 @@ def test_acc_and_acc_norm_differ_where_answer_lengths_differ():
     rec = item_record(item, p, [-6.0, -12.0])  # short answer more likely in total, long one per character
     assert rec["pred"] == 0 and rec["acc"] == 0
     assert rec["pred_norm"] == 1 and rec["acc_norm"] == 1
-    same = item_record(Item("arc_easy", "y", 1, "q", ["abc", "xyz"], gold=1), prompt(Item("arc_easy", "y", 1, "q", ["abc", "xyz"], 1)), [-6.0, -3.0])
+    same_item = Item("arc_easy", "y", 1, "q", ["abc", "xyz"], gold=1)
+    same = item_record(same_item, prompt(Item("arc_easy", "y", 1, "q", ["abc", "xyz"], 1)), [-6.0, -3.0])
     assert same["pred"] == same["pred_norm"] == 1  # equal lengths: the two metrics agree
     rows = metric_rows([rec, same], "arc_easy", "cloze", 200, 0.95, 0)
     by = {r["metric"]: r["value"] for r in rows}
@@ -288,8 +302,8 @@ def test_llmc_checkpoints_need_their_done_marker(tmp_path):
 
 def test_evaluate_stage_end_to_end(tmp_path, eval_dir, capsys):
     from pipelines.config import load_config
-    from pipelines.runs.manifest import Run
     from pipelines.model import build_model, write_checkpoint
+    from pipelines.runs.manifest import Run
 
     ckpt = write_checkpoint(build_model("d2c64"), tmp_path / "model_00000010.bin")
     models = f"evaluate.models=[{{name: tiny, path: {ckpt}}}]"

@@ -12,12 +12,12 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from pipelines.figures import plots as F
-from pipelines.figures import figures as paper
-from pipelines.figures import tables as T
 from pipelines.classify.classify import evaluate as classifier_evaluate
 from pipelines.errors import StudyError
 from pipelines.evaluate.evaluate import TABLE_COLUMNS
+from pipelines.figures import figures as paper
+from pipelines.figures import plots as F
+from pipelines.figures import tables as T
 from pipelines.runs.manifest import Run
 from pipelines.runs.readers import composition_table, removals_table
 from pipelines.runs.trainlog import read_log

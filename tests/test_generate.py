@@ -19,12 +19,12 @@ from pathlib import Path
 
 import pytest
 
-from pipelines.synthetic import generate
-from pipelines.llm.backends import BackendError, Completion, OpenAIBackend, make_backend
-from pipelines.runs.runner import run_stages
 from pipelines.config import BackendConfig, GenerateConfig, SamplingConfig
 from pipelines.errors import StudyError
+from pipelines.llm.backends import BackendError, Completion, OpenAIBackend, make_backend
 from pipelines.runs.manifest import Run
+from pipelines.runs.runner import run_stages
+from pipelines.synthetic import generate
 
 # ---------------------------------------------------------------------------------------------
 # post-processing

@@ -6,12 +6,12 @@ import pyarrow.parquet as pq
 import pytest
 import zstandard
 
-from pipelines.runs.runner import run_stages
 from pipelines.config import load_config
 from pipelines.data.documents import read_documents
-from pipelines.errors import StudyError
 from pipelines.data.pages import in_val
+from pipelines.errors import StudyError
 from pipelines.runs.manifest import Run
+from pipelines.runs.runner import run_stages
 
 
 def _docs(run, split=None):

@@ -1,14 +1,13 @@
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
 from pipelines.cli import main
-from pipelines.runs.runner import run_stages
 from pipelines.errors import StudyError
 from pipelines.runs.manifest import Run
+from pipelines.runs.runner import run_stages
 
 
 def test_complete_stages_are_skipped_and_changes_propagate_downstream(ci_config, capsys):

@@ -4,16 +4,15 @@ from collections import Counter
 
 import numpy as np
 import pytest
+from conftest import EVAL_DIR
 
-from pipelines.runs.runner import run_stages
 from pipelines.data.documents import read_documents
 from pipelines.errors import StudyError
-from pipelines.runs.manifest import Run
-from pipelines.mix.inmemory import sample_source
 from pipelines.llmc.shards import read_shard, split_documents
 from pipelines.llmc.tokenizer import gpt2
-
-from conftest import EVAL_DIR
+from pipelines.mix.inmemory import sample_source
+from pipelines.runs.manifest import Run
+from pipelines.runs.runner import run_stages
 
 
 def test_sample_source_meets_budget_within_one_document():

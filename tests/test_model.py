@@ -9,10 +9,17 @@ import pytest
 import torch
 
 from pipelines.errors import StudyError
-from pipelines.model import (GPT2, HEADER_BYTES, export_hf, load_checkpoint, read_checkpoint,
-                             read_checkpoint_header, write_checkpoint)
-from pipelines.train.data import MT19937
 from pipelines.llmc.shapes import GPT2Shape, is_llmc_descriptor, parse_descriptor
+from pipelines.model import (
+    GPT2,
+    HEADER_BYTES,
+    export_hf,
+    load_checkpoint,
+    read_checkpoint,
+    read_checkpoint_header,
+    write_checkpoint,
+)
+from pipelines.train.data import MT19937
 
 
 @pytest.fixture(autouse=True, scope="module")

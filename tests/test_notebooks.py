@@ -3,9 +3,6 @@ in order with papermill; a failure names the notebook and cell; sweeps share ups
 
 import ast
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import nbformat
@@ -13,10 +10,10 @@ import pytest
 import yaml
 
 from pipelines.cli import main
-from pipelines.config import PROJECT_ROOT, load_config
+from pipelines.config import load_config
 from pipelines.errors import StudyError
-from pipelines.runs.manifest import STAGES, Run
 from pipelines.notebooks import run_notebooks, stage_notebooks
+from pipelines.runs.manifest import STAGES, Run
 from pipelines.sweep import run_sweep
 
 NOTEBOOKS = stage_notebooks()
@@ -67,11 +64,10 @@ def test_study_run_executes_every_notebook_and_writes_every_manifest(ci_run):
         out = nbformat.read(root / "notebooks" / path.name, as_version=4)
         pm = out.metadata["papermill"]
         assert pm["parameters"]["run"] == "nb" and pm["parameters"]["preset"] == "ci"
-        assert f"ingest.path=" in " ".join(pm["parameters"]["overrides"])
+        assert "ingest.path=" in " ".join(pm["parameters"]["overrides"])
         assert pm["exception"] is None or pm["exception"] is False
         injected = [c for c in out.cells if "injected-parameters" in c.metadata.get("tags", [])]
         assert len(injected) == 1 and "run = \"nb\"" in injected[0].source
-    cfg = load_config("ci", [f"results_dir={root.parent}", f"ingest.path={load_config('ci').ingest.path}"])
     for stage in STAGES:
         if stage == "tokenize":  # standalone shards of the ingest stage; no notebook needs them
             continue

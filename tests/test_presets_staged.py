@@ -11,8 +11,8 @@ import pytest
 from pipelines.cli import main as study
 from pipelines.config import PROJECT_ROOT, load_config
 from pipelines.errors import StudyError
-from pipelines.runs.manifest import Run, study_stages
 from pipelines.notebooks import NOTEBOOK_STAGES, stage_notebooks, wanted
+from pipelines.runs.manifest import Run, study_stages
 from pipelines.sweep import load_sweep, point_overrides, points
 from pipelines.train.flags import flag_dict
 from tests.test_train_flags import RECIPE_15B, SCRIPT_15B_EXTRA

@@ -9,12 +9,20 @@ from collections import Counter
 
 import pytest
 
-from pipelines.runs.runner import run_stages
 from pipelines.config import PromptsConfig
 from pipelines.errors import StudyError
 from pipelines.runs.manifest import Run
-from pipelines.synthetic.prompts import (Seed, allocate, build_prompts, extract, load_templates, prompts_digest,
-                               topic_seeds, unwrap)
+from pipelines.runs.runner import run_stages
+from pipelines.synthetic.prompts import (
+    Seed,
+    allocate,
+    build_prompts,
+    extract,
+    load_templates,
+    prompts_digest,
+    topic_seeds,
+    unwrap,
+)
 
 WEB = Seed("doc-1", "web", "Volcanoes form where magma {rises} through the crust. They erupt.", "src", topic="geology")
 TOPIC = Seed("topic:7", "topic", "Fractions", "units.yaml", topic="Fractions", outline="- halves\n- quarters")

@@ -6,13 +6,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipelines.runs.runner import run_stages
 from pipelines.data.documents import read_documents
 from pipelines.errors import StudyError
-from pipelines.runs.manifest import Run
-from pipelines.llmc.shards import decode_shard, read_shard, split_documents, validate_shard, write_shard
 from pipelines.ingest.tokenize import tokenize_files
+from pipelines.llmc.shards import decode_shard, read_shard, split_documents, validate_shard, write_shard
 from pipelines.llmc.tokenizer import EOT, gpt2
+from pipelines.runs.manifest import Run
+from pipelines.runs.runner import run_stages
 
 
 def llmc_reader(path: Path) -> list[int]:

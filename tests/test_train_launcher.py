@@ -17,9 +17,9 @@ import pytest
 from pipelines.cli import main as study
 from pipelines.config import load_config
 from pipelines.errors import StudyError
+from pipelines.runs.trainlog import read_log
 from pipelines.train.flags import flag_dict, llmc_flags
 from pipelines.train.launcher import launch_command, run_process, train_with_restarts
-from pipelines.runs.trainlog import read_log
 
 FAKE = r'''#!{python}
 # stands in for llm.c's train_gpt2cu: same flags, same step lines and output folder
@@ -76,8 +76,8 @@ def llmc(tmp_path, monkeypatch):
     monkeypatch.setenv("LLMC_DIR", str(d))
     for var in ("FAKE_CRASH_AT", "FAKE_CRASH_ALWAYS", "FAKE_SLEEP"):
         monkeypatch.delenv(var, raising=False)
-    from pipelines.model import GPT2, write_checkpoint
     from pipelines.llmc.shapes import GPT2Shape
+    from pipelines.model import GPT2, write_checkpoint
 
     init = write_checkpoint(GPT2(GPT2Shape(1, 32, 1, max_seq_len=64), seed=1), tmp_path / "init.bin", dtype="bf16")
     return {"dir": d, "init": init, "work": tmp_path / "work"}

@@ -13,17 +13,16 @@ import pytest
 import torch
 
 from pipelines.cli import main as study
-from pipelines.errors import StudyError
-from pipelines.model import read_checkpoint, read_checkpoint_header
-from pipelines.llmc.shards import write_shard
-from pipelines.train.data import DataLoader
-from pipelines.llmc.evalfile import read_eval_file
-from pipelines.train.flags import parse_llmc_args
 from pipelines.data.benchmarks import hellaswag_source, read_hellaswag
-from pipelines.llmc.evalfile import write_eval_file
+from pipelines.errors import StudyError
+from pipelines.llmc.evalfile import read_eval_file, write_eval_file
+from pipelines.llmc.shards import write_shard
+from pipelines.model import read_checkpoint, read_checkpoint_header
+from pipelines.runs.trainlog import read_log
+from pipelines.train.data import DataLoader
+from pipelines.train.flags import parse_llmc_args
 from pipelines.train.optim import learning_rate
 from pipelines.train.reference import train
-from pipelines.runs.trainlog import read_log
 
 
 @pytest.fixture(autouse=True, scope="module")

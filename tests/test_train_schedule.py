@@ -11,10 +11,10 @@ import pytest
 from pipelines.config import load_config
 from pipelines.errors import StudyError
 from pipelines.runs.manifest import Run, file_sha256
+from pipelines.runs.trainlog import parse_main_log, read_log
 from pipelines.train import train as stage_mod
 from pipelines.train.launcher import max_done_step
 from pipelines.train.train import plan, planned_shard_sets
-from pipelines.runs.trainlog import parse_main_log, read_log
 
 SCHEDULE = ("train.schedules=[{name: two, stages: ["
             "{mix: web, tokens: 2048, schedule: constant},"  # 8 steps x 256 tokens
@@ -65,7 +65,7 @@ def staged(tmp_path_factory, web_sample):
 
 
 def test_stage2_starts_from_stage1_final_weights(staged):
-    run, m = staged["run"], staged["manifest"]
+    run = staged["run"]
     t = run.dir("train")
     s1, s2 = t / "two" / "stage1-web", t / "two" / "stage2-late"
     launch = json.loads((s2 / "launch.json").read_text())

@@ -1,1 +1,4 @@
-"""TODO map."""
+"""The `annotate` stage: FineWeb-Edu's additive 5-point educational prompt through one LLM or a jury.
+
+  annotate.py  prompt, score parsing, resumable annotation of ingest's pages, readers for the notebook
+"""

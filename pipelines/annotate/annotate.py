@@ -33,11 +33,18 @@ from typing import IO, Any, Callable, Iterator
 
 from tqdm.auto import tqdm
 
-from pipelines.llm.backends import Backend, make_backend
 from pipelines.config import BackendConfig
 from pipelines.data.documents import ShardedWriter, read_documents
 from pipelines.errors import StudyError
-from pipelines.llm.parts import Lock, PartWriter, completion_record, keep_parts_if_same, read_row, scan_parts
+from pipelines.llm.backends import Backend, make_backend
+from pipelines.llm.parts import (
+    Lock,
+    PartWriter,
+    completion_record,
+    keep_parts_if_same,
+    read_row,
+    scan_parts,
+)
 from pipelines.runs.manifest import StageContext
 
 MAX_SCORE = 5

@@ -19,6 +19,9 @@ Stage `classify` (`study classifier train`), output in results/<run>/classify/:
   metrics.json       figure-ready: per kind MSE, accuracy, macro-F1, per-class F1, confusion matrix,
                      binary precision / recall / F1 at `threshold`; the label distribution
   predictions.jsonl.gz   validation pages: id, source, label, each kind's score (for figures)
+
+Over 400 lines as one thing: both classifier kinds share the label reading, the split, the ridge head,
+the metrics and the saved format.
 """
 
 from __future__ import annotations
@@ -36,8 +39,11 @@ from typing import Any, Iterable, Iterator, Sequence
 import numpy as np
 
 from pipelines.config import ClassifierConfig, LabelField
+from pipelines.data.documents import DropLog, expand_paths
+from pipelines.data.pages import external_documents
 from pipelines.errors import StudyError
-from pipelines.runs.manifest import Run, StageContext, write_json_atomic
+from pipelines.runs.manifest import Run, StageContext, file_sha256, write_json_atomic
+from pipelines.runs.readers import stage_documents
 
 FORMAT = "study-edu-classifier/1"
 MAX_SCORE = 5
@@ -92,17 +98,11 @@ def label_of(doc: dict, fields: Sequence[LabelField]) -> float | None:
 
 def labelled_documents(run: Run, cfg: ClassifierConfig, seed: int) -> tuple[list[dict], dict]:
     """[(id, source, text, label)] of every labelled page of `label_source`, and counts."""
-    from pipelines.data.documents import DropLog
-    from pipelines.data.pages import external_documents
-    from pipelines.runs.readers import stage_documents
-
     src = cfg.label_source
     if src.stage:
         docs: Iterable[dict] = stage_documents(run, src.stage, src.split)
     else:
         if src.path:
-            from pipelines.data.documents import expand_paths
-
             try:
                 expand_paths(src.path)
             except StudyError as e:
@@ -132,7 +132,6 @@ def labelled_documents(run: Run, cfg: ClassifierConfig, seed: int) -> tuple[list
     stats = {"labelled": len(rows), "unlabelled_per_source": dict(sorted(unlabelled.items())),
              "labelled_per_source": dict(sorted(Counter(r["source"] for r in rows).items())), "from": where}
     if src.path and Path(src.path).is_file():  # a file outside the run: record which one it was
-        from pipelines.runs.manifest import file_sha256
 
         stats["sha256"] = file_sha256(Path(src.path))
     return rows, stats
@@ -446,7 +445,12 @@ def fit_ridge(X, y: np.ndarray, alphas: Sequence[float], seed: int, calibrate: b
 def evaluate(y_true: np.ndarray, y_pred: np.ndarray, threshold: int = 3) -> dict:
     """Regression MSE; accuracy, macro-F1, per-class F1 and confusion matrix of the rounded score
     (rows: label, columns: prediction, classes 0..5); binary P/R/F1 for int_score >= threshold."""
-    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score, precision_recall_fscore_support
+    from sklearn.metrics import (
+        accuracy_score,
+        confusion_matrix,
+        f1_score,
+        precision_recall_fscore_support,
+    )
 
     t, p = int_scores(y_true), int_scores(y_pred)
     present = sorted(set(t.tolist()) | set(p.tolist()))

@@ -34,6 +34,7 @@ from datatrove.pipeline.writers import JsonlWriter
 
 from pipelines.classify.classify import MAX_SCORE, int_scores, load_classifier
 from pipelines.config import FilterConfig, config_hash
+from pipelines.data.documents import read_documents
 from pipelines.errors import StudyError
 from pipelines.runs.manifest import StageContext, write_json_atomic
 
@@ -205,8 +206,8 @@ def make_executor(cfg: FilterConfig, pipeline: list, tasks: int, logging_dir: st
                                      venv_path=venv, sbatch_args=dict(s.sbatch_args) or None, job_name=job_name,
                                      logging_dir=logging_dir, slurm_logs_folder=str(Path(logging_dir) / "slurm"))
     try:
-        from datatrove.executor.ray import RayPipelineExecutor
         import ray
+        from datatrove.executor.ray import RayPipelineExecutor
     except ImportError as e:
         raise StudyError(f"filter.executor=ray needs Ray ({e}): pip install 'ray[default]'") from None
     if not ray.is_initialized():
@@ -316,8 +317,6 @@ def run(ctx: StageContext) -> dict:
 
 def read_filtered(run_dir: str | Path, removed: bool = False) -> list[dict]:
     """The kept pages of results/<run>/filter (or the removed ones)."""
-    from pipelines.data.documents import read_documents
-
     d = Path(run_dir) / "filter" / ("removed" if removed else "kept")
     return list(read_documents(sorted(d.glob("*.jsonl.gz"))))
 
@@ -326,7 +325,6 @@ def examples_per_score(run_dir: str | Path, per_score: int = 2, chars: int = 300
     """The first `per_score` scored pages of each int_score 0..5 (kept and removed), with their extract."""
     import pandas as pd
 
-    from pipelines.data.documents import read_documents
 
     seen: Counter = Counter()
     rows = []

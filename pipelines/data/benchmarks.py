@@ -34,6 +34,7 @@ from typing import Iterable
 
 import numpy as np
 
+from pipelines.config import PROJECT_ROOT
 from pipelines.errors import StudyError
 
 BENCHMARKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu")
@@ -57,8 +58,6 @@ def local_file(benchmark: str, split: str) -> str:
 
 def default_data_dir() -> Path:
     """The offline copy beside the checkout: ../shared/data/eval (or $STUDY_SHARED_DIR/data/eval)."""
-    from pipelines.config import PROJECT_ROOT
-
     shared = os.environ.get("STUDY_SHARED_DIR")
     return (Path(shared) if shared else PROJECT_ROOT.parent / "shared") / "data" / "eval"
 

@@ -17,7 +17,6 @@ from pipelines.config import IngestConfig, MixSource
 from pipelines.data.documents import DropLog, expand_paths, read_records
 from pipelines.errors import StudyError
 
-
 RESERVED = ("id", "text", "source", "metadata")
 
 

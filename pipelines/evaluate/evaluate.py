@@ -20,6 +20,8 @@ results/<run>/evaluate/
   <reference>/items_<benchmark>_<form>.jsonl
   .../done.json                      written last for a finished target: its key (settings + model
                                      file stamp); a rerun keeps targets whose key is unchanged
+
+Over 400 lines as one thing: targets, tasks, records and the table of one stage.
 """
 
 from __future__ import annotations
@@ -31,18 +33,24 @@ import re
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from pipelines.data.benchmarks import (Benchmark, Item, Prompt, fewshot_examples, load_benchmark, load_fewshot_pool,
-                                  prompt)
 from pipelines.config import EvalModel, EvaluateConfig, config_hash
+from pipelines.data.benchmarks import (
+    Benchmark,
+    Item,
+    Prompt,
+    fewshot_examples,
+    load_benchmark,
+    load_fewshot_pool,
+    prompt,
+)
 from pipelines.errors import StudyError
+from pipelines.evaluate.scoring import LM, HFCausalLM, score
+from pipelines.llmc.tokenizer import EOT, gpt2
+from pipelines.model import hf_state_dict, load_checkpoint
 from pipelines.runs.manifest import STAGES, Run, StageContext, write_json_atomic
-
-if TYPE_CHECKING:  # torch and transformers load only when something is scored
-    from pipelines.evaluate.scoring import LM, HFCausalLM
 
 TABLE_COLUMNS = ["mix", "step", "tokens", "benchmark", "subject", "form", "metric", "value", "ci_low", "ci_high",
                  "n", "random_baseline", "fewshot", "reference", "model"]
@@ -179,9 +187,6 @@ def load_llmc(path: str, dtype: str = "float32", device: str = "cpu") -> "HFCaus
     import torch
     from transformers import GPT2Config, GPT2LMHeadModel
 
-    from pipelines.model import hf_state_dict, load_checkpoint
-    from pipelines.evaluate.scoring import HFCausalLM
-    from pipelines.llmc.tokenizer import EOT, gpt2
 
     model = load_checkpoint(path)
     s = model.shape
@@ -201,8 +206,6 @@ def load_llmc(path: str, dtype: str = "float32", device: str = "cpu") -> "HFCaus
 
 
 def load_lm(t: Target, dtype: str = "float32", device: str = "cpu") -> "LM":
-    from pipelines.evaluate.scoring import HFCausalLM
-
     if t.kind == "llmc":
         return load_llmc(t.path, dtype, device)
     return HFCausalLM.from_pretrained(t.path, t.gguf_file, dtype, device)
@@ -320,8 +323,6 @@ def evaluate_lm(lm: "LM", tasks: list[Task], cfg: EvaluateConfig, out_dir: Path 
                 label: str = "") -> tuple[dict[str, list[dict]], dict]:
     """Score every task with one model; per-item records per task name (written to out_dir when
     given) and speed figures."""
-    from pipelines.evaluate.scoring import score
-
     results, n_items, t_total = {}, 0, 0.0
     for task in tasks:
         t0 = time.perf_counter()

@@ -16,8 +16,16 @@ from pathlib import Path
 
 import yaml
 
-from pipelines.data.benchmarks import HUB, Item, local_file
+from pipelines.data.benchmarks import HUB, Item, load_benchmark, local_file, prompt
 from pipelines.errors import StudyError
+from pipelines.evaluate.evaluate import (
+    BUNDLED_SMOLLM2,
+    bundled_smollm2,
+    item_record,
+    load_llmc,
+)
+from pipelines.evaluate.scoring import HFCausalLM, score
+from pipelines.model import export_hf
 
 
 def lmeval_root() -> Path:
@@ -108,8 +116,6 @@ def load_model_pair(spec: str, dtype: str = "float32", workdir: Path | None = No
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from pipelines.evaluate.evaluate import BUNDLED_SMOLLM2, bundled_smollm2, load_llmc
-    from pipelines.evaluate.scoring import HFCausalLM
 
     gguf, ours = None, None
     path = spec
@@ -118,8 +124,6 @@ def load_model_pair(spec: str, dtype: str = "float32", workdir: Path | None = No
     elif spec.endswith(".gguf"):
         path, gguf = str(Path(spec).parent), Path(spec).name
     elif spec.endswith(".bin"):
-        from pipelines.model import export_hf
-
         folder = Path(workdir or tempfile.mkdtemp(prefix="lmeval-")) / "hf"
         export_hf(spec, folder, log=lambda *_: None)
         ours = load_llmc(spec, dtype)
@@ -164,8 +168,6 @@ def agreement_items(data_dir: Path, benchmarks: list[str], subjects: list[str], 
                     task_dir: Path, forms: tuple[str, ...] = ("cloze", "letter")) -> tuple[list[LmevalTask], dict]:
     """lm-eval task files in task_dir, and our items per task (lm-eval's doc order: the first
     `limit` of each split, or of each MMLU subject)."""
-    from pipelines.data.benchmarks import load_benchmark
-
     tasks = write_tasks(task_dir, data_dir, benchmarks, subjects, forms)
     loaded = {b: load_benchmark(b, data_dir, subjects=subjects if b == "mmlu" else None).items for b in benchmarks}
     return tasks, {t.name: items_for(t, loaded[t.benchmark], limit) for t in tasks}
@@ -176,9 +178,6 @@ def score_ours(lm, tasks: list[LmevalTask], items: dict[str, list[Item]], batch_
     """Our prompts + scorer + per-item metrics on each task: ({task: (prompts, records)}, Timing)."""
     import time
 
-    from pipelines.data.benchmarks import prompt
-    from pipelines.evaluate.evaluate import item_record
-    from pipelines.evaluate.scoring import score
 
     t0, c0 = time.perf_counter(), time.process_time()
     out = {}

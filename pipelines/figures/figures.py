@@ -22,11 +22,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
+from pipelines.config import PROJECT_ROOT
+from pipelines.data.documents import read_documents
+from pipelines.errors import StudyError
 from pipelines.figures import plots as F
 from pipelines.figures import tables as T
-from pipelines.config import PROJECT_ROOT
-from pipelines.errors import StudyError
-from pipelines.runs.manifest import STAGES, Run, StageContext, file_sha256
+from pipelines.llmc.tokenizer import gpt2
+from pipelines.runs.manifest import STAGES, Run, StageContext, file_sha256, git_state
+from pipelines.runs.readers import composition_table, removals_table
+from pipelines.runs.trainlog import read_log
 
 PAPER_DIR = PROJECT_ROOT / "paper"
 DOCUMENT_STAGES = {"ingest": "web", "filter": "web-edu", "generate": "synthetic"}  # default labels
@@ -79,8 +83,6 @@ def stage_boundaries(run: Run) -> dict[str, list[float]]:
 def train_logs(run: Run) -> dict:
     """{mix or schedule: trainlog.read_log(...)} of each run the train stage lists (a schedule's
     stages end to end)."""
-    from pipelines.runs.trainlog import read_log
-
     m = run.read_manifest("train") or {}
     mixes = [o["mix"] for o in m.get("outputs", [])]
     logs = {mix: read_log(run.dir("train") / mix) for mix in mixes}
@@ -94,8 +96,6 @@ def classifier_metrics(run: Run) -> dict:
 
 
 def _documents(run: Run, stage: str):
-    from pipelines.data.documents import read_documents
-
     m = run.read_manifest(stage) or {}
     paths = [run.dir(stage) / o["path"] for o in m.get("outputs", [])
              if o.get("split", "train") == "train" and ".jsonl" in o.get("path", "")]
@@ -117,8 +117,6 @@ def document_lengths(run: Run, max_documents: int = MAX_LENGTH_DOCUMENTS):
             docs = itertools.islice(_documents(run, stage), max_documents)
             texts[names.get(stage, default)] = [d["text"] for d in docs]
     try:
-        from pipelines.llmc.tokenizer import gpt2
-
         enc = gpt2()
         lengths = {s: [len(t) for t in enc.encode_ordinary_batch(ts)] for s, ts in texts.items()}
         unit = "GPT-2 tokens"
@@ -142,14 +140,10 @@ def _mix(run: Run) -> dict:
 
 
 def _composition(run: Run):
-    from pipelines.runs.readers import composition_table
-
     return composition_table(_mix(run))
 
 
 def _removals(run: Run):
-    from pipelines.runs.readers import removals_table
-
     return removals_table(_mix(run))
 
 
@@ -246,8 +240,6 @@ def render(run: Run, only: list[str] | None = None, log=print) -> Rendered:
 
 def macros(run: Run, res: Rendered) -> str:
     """study.tex: facts about the run for the paper's text (\\renewcommand of paper.tex's defaults)."""
-    from pipelines.runs.manifest import git_state
-
     cfg = run.config
     git = git_state()
     esc = T.latex_escape

@@ -14,6 +14,8 @@ and calls these; a notebook can call them on its own tables.
   synthetic_audience_style generate manifest counts.per_cell: documents per audience and style
   length_distributions     document lengths (paper.document_lengths): real versus synthetic
   decontamination_removals mix.removals_table: documents removed per source and reason
+
+Over 400 lines as one thing: the figure functions share one style and palette.
 """
 
 from __future__ import annotations

@@ -16,9 +16,9 @@ from typing import Iterator
 from tqdm.auto import tqdm
 
 from pipelines.data.documents import read_documents
-from pipelines.runs.manifest import StageContext
 from pipelines.llmc.shards import ShardWriter
 from pipelines.llmc.tokenizer import encode_stream
+from pipelines.runs.manifest import StageContext
 
 CHARS_PER_TOKEN = 4.2  # only for the progress bar's estimate of the total
 

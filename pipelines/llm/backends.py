@@ -11,6 +11,8 @@ uses Cosmopedia's sampling; annotation (issue 4) uses the same backends with tem
   openai        any OpenAI-compatible /v1/chat/completions server (`vllm serve`, TGI, llama.cpp's
                 server): bounded concurrency, retries with backoff, timeouts; the API key is read
                 from the environment variable NAMED in the config, and never stored
+
+Over 400 lines as one thing: three backends behind one interface, with the bundled model's loading.
 """
 
 from __future__ import annotations

@@ -22,8 +22,8 @@ from typing import IO, Any
 
 from pipelines.config import config_hash
 from pipelines.errors import StudyError
+from pipelines.files import write_json_atomic
 from pipelines.llm.backends import Completion
-from pipelines.runs.manifest import write_json_atomic
 
 
 def scan_parts(parts_dir: Path) -> tuple[dict[str, tuple[Path, int]], dict[str, int]]:

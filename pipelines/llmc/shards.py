@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import StudyError
-from pipelines.llmc.tokenizer import EOT, VOCAB
+from pipelines.llmc.tokenizer import EOT, VOCAB, gpt2
 
 MAGIC = 20240520
 VERSION = 1
@@ -92,8 +92,6 @@ def split_documents(tokens: np.ndarray) -> list[np.ndarray]:
 
 
 def decode_shard(path: Path) -> list[str]:
-    from pipelines.llmc.tokenizer import gpt2
-
     enc = gpt2()
     return [enc.decode(doc.tolist()) for doc in split_documents(read_shard(path))]
 

@@ -8,20 +8,19 @@ sha256): `study assets` copies it into the cache, so tiktoken never needs the ne
 
 from __future__ import annotations
 
-import multiprocessing as mp
-from collections import deque
-from typing import Iterable, Iterator
-
-import numpy as np
-
 import hashlib
+import multiprocessing as mp
 import os
 import subprocess
 import sys
 import tarfile
 import tempfile
+from collections import deque
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterable, Iterator
+
+import numpy as np
 
 from pipelines.errors import StudyError
 

@@ -18,6 +18,7 @@ from typing import Iterator
 
 import numpy as np
 
+from pipelines.data.benchmarks import load_benchmark
 
 _WORD = re.compile(r"[a-z0-9]+")
 _P = np.uint64(1_000_003)  # polynomial base of the rolling n-gram hash (uint64 arithmetic wraps)
@@ -58,8 +59,6 @@ def ngram_hashes(word_hashes: np.ndarray, n: int) -> np.ndarray:
 
 def benchmark_items(name: str, eval_dir: str | None) -> Iterator[tuple[str, list[str]]]:
     """(item id, texts to index) for one benchmark, loaded as the evaluation stage loads it."""
-    from pipelines.data.benchmarks import load_benchmark
-
     for item in load_benchmark(name, data_dir=eval_dir).items:
         yield item.id, [item.question] + [f"{item.question} {c}" for c in item.choices]
 

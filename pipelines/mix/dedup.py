@@ -41,8 +41,13 @@ def minhash_duplicates(items: list[tuple[str, str]], workdir: Path, ngrams: int 
                        hashes_per_bucket: int = 8, workers: int = 1) -> set[str]:
     """(key, text) in priority order -> keys that datatrove's MinHash dedup removes."""
     from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup.minhash import (MinhashConfig, MinhashDedupBuckets, MinhashDedupCluster,
-                                                  MinhashDedupFilter, MinhashDedupSignature)
+    from datatrove.pipeline.dedup.minhash import (
+        MinhashConfig,
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
     from datatrove.pipeline.readers import JsonlReader
     from datatrove.pipeline.writers import JsonlWriter
     from datatrove.utils.hashing import HashConfig

@@ -27,16 +27,23 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipelines.config import MixConfig
-from pipelines.mix.dedup import exact_duplicates, minhash_duplicates
-from pipelines.mix.decontaminate import NgramIndex, _WordHasher
-from pipelines.mix.plan import input_record, mkdir, plan, source_record, stage_result, used_sources
 from pipelines.data.documents import DropLog
-from pipelines.errors import StudyError
 from pipelines.data.pages import external_documents
-from pipelines.runs.manifest import StageContext
-from pipelines.runs.readers import stage_documents
+from pipelines.errors import StudyError
 from pipelines.llmc.shards import ShardWriter
 from pipelines.llmc.tokenizer import encode_stream
+from pipelines.mix.decontaminate import NgramIndex, _WordHasher
+from pipelines.mix.dedup import exact_duplicates, minhash_duplicates
+from pipelines.mix.plan import (
+    input_record,
+    mkdir,
+    plan,
+    source_record,
+    stage_result,
+    used_sources,
+)
+from pipelines.runs.manifest import StageContext
+from pipelines.runs.readers import stage_documents
 
 
 def sample_source(lengths: np.ndarray, target: int, rng: np.random.Generator, on_short: str,

@@ -38,6 +38,9 @@ for bytes, as an uninterrupted run (the number of workers changes speed only). A
 recorded as done and skipped; a mix whose config, seed or input stages changed (`_mix_key`) starts
 over. Invalid records of a local path or hub dataset (ingest's drop reasons) are counted in the
 manifest's counts.removed, without examples.
+
+Over 400 lines as one thing: the streaming executor (sources, shuffle buffer, checkpoints per shard)
+must be read together to see why a resumed run writes the same bytes.
 """
 
 from __future__ import annotations
@@ -56,17 +59,24 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipelines.config import MixConfig, config_hash
+from pipelines.data.documents import DropLog, expand_paths
+from pipelines.data.pages import external_documents
+from pipelines.errors import StudyError
+from pipelines.llmc.shards import ShardWriter
+from pipelines.llmc.tokenizer import encode_batch, encode_stream, gpt2
 from pipelines.mix.decontaminate import NgramIndex, _WordHasher
 from pipelines.mix.dedup import exact_key
-from pipelines.data.documents import DropLog, expand_paths
-from pipelines.errors import StudyError
+from pipelines.mix.plan import (
+    MixPlan,
+    input_record,
+    mkdir,
+    plan,
+    source_record,
+    stage_result,
+    used_sources,
+)
 from pipelines.runs.manifest import StageContext, file_sha256, write_json_atomic
-from pipelines.mix.plan import MixPlan, input_record, mkdir, plan, source_record, stage_result, used_sources
-from pipelines.data.pages import external_documents
 from pipelines.runs.readers import stage_documents
-from pipelines.llmc.shards import ShardWriter
-from pipelines.llmc.tokenizer import encode_batch, encode_stream
-from pipelines.llmc.tokenizer import gpt2
 
 MEMO_WORDS = 1_000_000  # a worker's word-hash memo is cleared past this many words (the hashes are stable)
 

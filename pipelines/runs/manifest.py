@@ -13,7 +13,6 @@ timings, package versions, git commit, status. A stage is
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
 import importlib
 import importlib.metadata
 import json
@@ -29,6 +28,7 @@ from typing import Any, Callable
 
 from pipelines.config import PROJECT_ROOT, StudyConfig, config_hash, dump_yaml
 from pipelines.errors import StudyError
+from pipelines.files import file_sha256, write_json_atomic  # noqa: F401 - callers import them from here too
 
 
 @dataclass(frozen=True)
@@ -107,25 +107,6 @@ def study_stages(config: StudyConfig) -> list[str]:
 MANIFEST = "manifest.json"
 VERSIONED = ("pipelines", "numpy", "pydantic", "tiktoken", "datasets", "pyarrow", "datatrove",
              "torch", "transformers", "sentence-transformers", "scikit-learn", "vllm")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=str)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def file_sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str]:

@@ -28,17 +28,24 @@ from typing import IO, Any, Iterator
 
 from tqdm.auto import tqdm
 
-from pipelines.llm.backends import Backend, Completion, make_backend, prompt_seed
 from pipelines.config import GenerateConfig
 from pipelines.data.documents import ShardedWriter, read_documents
 from pipelines.errors import StudyError
-from pipelines.llm.parts import Lock, PartWriter, completion_record, keep_parts_if_same, read_row, scan_parts
+from pipelines.llm.backends import Backend, Completion, make_backend, prompt_seed
+from pipelines.llm.parts import (
+    Lock,
+    PartWriter,
+    completion_record,
+    keep_parts_if_same,
+    read_row,
+    scan_parts,
+)
 from pipelines.runs.manifest import StageContext
 from pipelines.synthetic.prompts import length_summary
 
 LENGTH_BINS = (0, 50, 100, 150, 200, 300, 500, 750, 1000, 1500, 2000, 2500, 3000)
-LOG_EVERY_S = 30.0
-SESSIONS = "sessions.jsonl"  # in parts/: one line per finished (or failed) generation invocation  # without a terminal (tqdm off), a progress line this often
+LOG_EVERY_S = 30.0  # without a terminal (tqdm off), a progress line this often
+SESSIONS = "sessions.jsonl"  # in parts/: one line per finished (or failed) generation invocation
 
 # ---------------------------------------------------------------------------------------------
 # post-processing

@@ -9,6 +9,8 @@ seeded shuffle then pairs cells with seeds, so the whole prompt set is a functio
 ingest output). Output, in results/<run>/prompts/:
   prompts_00000.jsonl.gz ...   one document per prompt: {"id", "text" (the prompt), "source": "prompts",
                                "metadata": {audience, style, template_id, template_sha, seed_id, ...}}
+
+Over 400 lines as one thing: templates, seeds, allocation and rendering of one prompt set.
 """
 
 from __future__ import annotations

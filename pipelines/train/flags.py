@@ -14,13 +14,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import TYPE_CHECKING
 
+from pipelines.config import TrainConfig
 from pipelines.errors import StudyError
 from pipelines.llmc.shapes import is_llmc_descriptor, parse_descriptor
-
-if TYPE_CHECKING:
-    from pipelines.config import TrainConfig
 
 LLMC_SEED = 42
 

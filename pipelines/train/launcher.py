@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipelines.errors import StudyError
+from pipelines.llmc.tokenizer import _valid, cached_bpe_path, gpt2
 from pipelines.runs.trainlog import parse_step_line
 
 LLMC_BINARY = "train_gpt2cu"
@@ -94,8 +95,6 @@ def write_llmc_tokenizer(path: Path) -> bool:
     """llm.c's gpt2_tokenizer.bin (train_gpt2.py's write_tokenizer), so train_gpt2cu's samples print
     text: header [20240328, 2, 50257, 50256], then each token as a length byte and its bytes.
     Returns False when the GPT-2 BPE file is not at hand (llm.c then prints token ids)."""
-    from pipelines.llmc.tokenizer import _valid, cached_bpe_path, gpt2
-
     if not _valid(cached_bpe_path()):
         return False
     enc = gpt2()

@@ -17,6 +17,8 @@ The loop, for step = first .. steps (the last pass only evaluates and checkpoint
 
 Computation is fp32 on CPU. GPU-only flags (-r recompute, -z ZeRO, -ge GELU fusion, -f TF32, -lg)
 are accepted and change nothing here; -pn > 1 (several processes) is refused.
+
+Over 400 lines as one thing, like llm.c's train_gpt2.py: one training loop read top to bottom.
 """
 
 from __future__ import annotations
@@ -33,13 +35,19 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.errors import StudyError
-from pipelines.model import GPT2, build_model, load_checkpoint, write_checkpoint
-from pipelines.train.data import MT_STATE_BYTES, MT19937, DataLoader
-from pipelines.llmc.evalfile import read_eval_file
-from pipelines.train.flags import LlmcArgs, parse_llmc_args
-from pipelines.llmc.evalfile import LLMC_RELATIVE_PATH
-from pipelines.train.optim import AdamW, OutlierDetector, clip_scale, grad_norm, learning_rate
+from pipelines.llmc.evalfile import LLMC_RELATIVE_PATH, read_eval_file
 from pipelines.llmc.shapes import DECAYED
+from pipelines.llmc.tokenizer import _valid, cached_bpe_path, gpt2
+from pipelines.model import GPT2, build_model, load_checkpoint, write_checkpoint
+from pipelines.train.data import MT19937, MT_STATE_BYTES, DataLoader
+from pipelines.train.flags import LlmcArgs, parse_llmc_args
+from pipelines.train.optim import (
+    AdamW,
+    OutlierDetector,
+    clip_scale,
+    grad_norm,
+    learning_rate,
+)
 
 STATE_MAGIC = 20240527
 EOT = 50256
@@ -226,10 +234,8 @@ def sample_text(model: GPT2, gen_tokens: int) -> str:
         coin, state = _xorshift_f32(state)
         tokens.append(min(int(torch.searchsorted(probs.cumsum(0), torch.tensor([coin], dtype=torch.float64))),
                           len(probs) - 1))
-    from pipelines.llmc.tokenizer import _valid, cached_bpe_path
 
     if _valid(cached_bpe_path()):  # decode only when the BPE file is at hand (never download here)
-        from pipelines.llmc.tokenizer import gpt2
 
         return gpt2().decode(tokens[1:])
     return " ".join(map(str, tokens[1:]))

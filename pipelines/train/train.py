@@ -32,15 +32,21 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipelines.errors import StudyError
-from pipelines.runs.manifest import StageContext, file_sha256, write_json_atomic
-from pipelines.train.flags import check_train_config, llmc_flags
 from pipelines.data.benchmarks import hellaswag_source, read_hellaswag
+from pipelines.errors import StudyError
 from pipelines.llmc.evalfile import LLMC_RELATIVE_PATH, write_eval_file
-from pipelines.train.launcher import (find_llmc_binary, launch_command, max_done_step, train_with_restarts,
-                                      write_llmc_tokenizer)
 from pipelines.llmc.shapes import parse_descriptor
+from pipelines.model import export_hf, read_checkpoint_header
+from pipelines.runs.manifest import StageContext, file_sha256, write_json_atomic
 from pipelines.runs.trainlog import SCHEDULE_FILE, read_log, summary
+from pipelines.train.flags import check_train_config, llmc_flags
+from pipelines.train.launcher import (
+    find_llmc_binary,
+    launch_command,
+    max_done_step,
+    train_with_restarts,
+    write_llmc_tokenizer,
+)
 
 
 @dataclass(frozen=True)
@@ -241,7 +247,6 @@ def train_job(job: Job, train_dir: Path, inputs: dict) -> dict:
     if not (out / f"DONE_{last:08d}").exists() or not model_file.exists():
         raise StudyError(f"[train] {label}: the run ended without its final checkpoint {model_file} "
                          f"(see {out}/stdout.log)")
-    from pipelines.model import read_checkpoint_header
 
     shape, version = read_checkpoint_header(model_file)  # llm.c's header checks + exact size
     info = summary(out)
@@ -263,8 +268,6 @@ def export(cfg, model_file: Path, folder: Path) -> str | None:
     if not cfg.export_hf:
         return None
     if not (folder / "config.json").exists():
-        from pipelines.model import export_hf
-
         export_hf(model_file, folder)
     return str(folder)
 
