@@ -2,10 +2,11 @@
 # Both create or reuse .venv and install what they need (scripts/setup.sh).
 VENV ?= .venv
 STAMP := $(VENV)/.installed
-# Offline (no hub access): make smoke WEB=../shared/data/web/web_sample.jsonl.gz
+# The embedded data by default (data/README.md); PRESET=smoke-hub reads the hub; WEB=path your own pages
+PRESET ?= smoke
 WEB ?=
 RUN ?= smoke
-SMOKE_ARGS := --preset smoke --run $(RUN) $(if $(WEB),--set ingest.path=$(WEB))
+SMOKE_ARGS := --preset $(PRESET) --run $(RUN) $(if $(WEB),--set ingest.path=$(WEB))
 
 .PHONY: setup smoke test lab benchmarks clean-venv
 
@@ -19,6 +20,7 @@ smoke: $(STAMP)
 	$(VENV)/bin/study run $(SMOKE_ARGS)
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
 # JupyterLab on the same notebooks, with this environment's kernel
@@ -28,11 +30,11 @@ lab: $(STAMP)
 
 # each prints ours next to a reference, measured in the same run
 benchmarks: $(STAMP)
-	$(VENV)/bin/python benchmarks/tokenize.py
-	$(VENV)/bin/python benchmarks/classify.py
-	$(VENV)/bin/python benchmarks/train.py
-	$(VENV)/bin/python benchmarks/generate.py
-	$(VENV)/bin/python benchmarks/evaluate.py
+	$(VENV)/bin/python benchmarks/bench_tokenize.py
+	$(VENV)/bin/python benchmarks/bench_classify.py
+	$(VENV)/bin/python benchmarks/bench_train.py
+	$(VENV)/bin/python benchmarks/bench_generate.py
+	$(VENV)/bin/python benchmarks/bench_evaluate.py
 
 clean-venv:
 	rm -rf $(VENV)

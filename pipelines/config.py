@@ -319,7 +319,7 @@ class DecontamConfig(Section):
     ngram: int = Field(13, ge=4)
     benchmarks: list[Literal["arc_easy", "arc_challenge", "hellaswag", "mmlu"]] = [
         "arc_easy", "arc_challenge", "hellaswag", "mmlu"]
-    eval_dir: str | None = "../shared/data/eval"  # hub-schema JSONL.gz files; null: read the hub
+    eval_dir: str | None = None  # hub-schema JSONL.gz files; None / `embedded`: data/eval; `hub`: the hub
 
 
 class MixConfig(Section):
@@ -353,10 +353,16 @@ class MixConfig(Section):
         return self
 
     @property
+    def used_sources(self) -> list[str]:
+        """Sources some mix draws from, in the order of `sources` (their priority in dedup)."""
+        used = {n for m in self.mixes for n in m.weights}
+        return [n for n in self.sources if n in used]
+
+    @property
     def source_stages(self) -> tuple[str, ...]:
         """Stages this mix reads: ingest (the shared validation pages) and every stage source used."""
-        used = {n for m in self.mixes for n in m.weights}
-        return tuple(dict.fromkeys(["ingest"] + [self.sources[n].stage for n in sorted(used) if self.sources[n].stage]))
+        return tuple(dict.fromkeys(["ingest"] + [self.sources[n].stage for n in sorted(self.used_sources)
+                                                 if self.sources[n].stage]))
 
 
 class TrainStage(Section):
@@ -424,7 +430,7 @@ class TrainConfig(Section):
     sample_every: int = Field(20, ge=0)  # -s: print a generated sample; 0: never
     gen_tokens: int = Field(64, ge=1)  # -g: tokens per sample
     hellaswag: bool = False  # -h 1: HellaSwag accuracy at each val step (needs batch_size >= 4)
-    hellaswag_path: str | None = None  # local JSONL(.gz) or hub id; None: ../shared/data/eval copy, else hub
+    hellaswag_path: str | None = None  # local JSONL(.gz) or hub id; None / `embedded`: data/eval; `hub`
     hellaswag_examples: int | None = Field(None, ge=1)  # the first N that fit seq_len; None: all 10,042
     checkpoint_every: int = Field(1000, ge=0)  # -n: model/state/DONE every N steps and at the last step
     checkpoints_keep: int = Field(0, ge=0)  # -nk: keep the last N checkpoints; 0: all
@@ -503,8 +509,8 @@ class EvaluateConfig(Section):
     benchmarks: list[Literal["arc_easy", "arc_challenge", "hellaswag", "mmlu"]] = [
         "arc_easy", "arc_challenge", "hellaswag", "mmlu"]
     mmlu_forms: list[Literal["cloze", "letter"]] = ["cloze", "letter"]  # ARC/HellaSwag: cloze only
-    # a folder of <benchmark>_<split>.jsonl.gz in the hub's schema; `hub`: the hub; None: the offline
-    # copy ../shared/data/eval beside the checkout when it exists, else the hub
+    # a folder of <benchmark>_<split>.jsonl.gz in the hub's schema; `hub`: the hub; None / `embedded`:
+    # the repository's copy in data/eval (data/README.md)
     data_dir: str | None = None
     limit: int | None = Field(None, ge=1)  # items per benchmark; None: all
     sample: Literal["first", "random"] = "first"  # which `limit` items (random: seeded)
@@ -568,7 +574,13 @@ class StudyConfig(Section):
         return {
             "ingest.documents": self.ingest.max_documents,
             "ingest.expected_val_documents": self.ingest.expected_val_documents,
-            "ingest.source": self.ingest.path or f"hub:{self.ingest.dataset}/{self.ingest.dataset_config}",
+            "ingest.source": ("embedded: data/web/web_pages.jsonl.gz (real web pages, data/README.md)"
+                              if self.ingest.path == "embedded" else
+                              self.ingest.path or f"hub:{self.ingest.dataset}/{self.ingest.dataset_config}"),
+            "classifier.labels": self.classifier.label_source.path or self.classifier.label_source.stage
+                                 or f"hub:{self.classifier.label_source.dataset}",
+            "benchmarks": {"evaluate": self.evaluate.data_dir or "embedded",
+                           "decontaminate": self.mix.decontaminate.eval_dir or "embedded"},
             "tokenize.shard_tokens": self.tokenize.shard_tokens,
             "tokenize.workers": self.tokenize.num_workers,
             "train.parameters": self.train.parameters,

@@ -9,11 +9,12 @@ notebook stops the run; its partial output stays, and the error names the notebo
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from pathlib import Path
 
-from pipelines.config import PROJECT_ROOT, StudyConfig
+from pipelines.config import PROJECT_ROOT, StudyConfig, load_config
 from pipelines.errors import StudyError
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
@@ -77,3 +78,22 @@ def run_notebooks(cfg: StudyConfig, run: str, overrides: list[str], preset: str 
             ) from None
         records.append({"notebook": nb.name, "output": str(out), "seconds": round(time.perf_counter() - t0, 1)})
     return records
+
+
+def setup(run: str, preset: str, results_dir: str, overrides: list[str], knobs: dict | None = None
+          ) -> tuple[StudyConfig, Path]:
+    """The first cell of every stage notebook, after its `parameters` cell: work from the project
+    root (config paths are relative to it), draw figures inline, and load the config with the
+    notebook's knobs ({"section.key": value}, None: the preset's). Returns (config, run folder)."""
+    os.chdir(PROJECT_ROOT)
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        shell = None
+    else:
+        shell = get_ipython()
+    if shell is not None:
+        shell.run_line_magic("matplotlib", "inline")
+    extra = [f"{k}={str(v).lower() if isinstance(v, bool) else v}" for k, v in (knobs or {}).items() if v is not None]
+    cfg = load_config(preset, [f"results_dir={results_dir}", *overrides, *extra])
+    return cfg, Path(cfg.results_dir) / run

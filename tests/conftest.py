@@ -1,5 +1,9 @@
-"""Shared fixtures: the real offline data in ../shared beside the checkout, and ci-preset configs
-whose results go to a temporary folder."""
+"""Shared fixtures: real offline data, and ci-preset configs whose results go to a temporary folder.
+
+The data is the team's larger copy in ../shared (or $STUDY_SHARED_DIR) when it is there, else the
+repository's embedded data (data/README.md), so the suite runs from a plain clone. The ci preset
+leaves out the one source that only the larger copy has, so both give the same pages.
+"""
 
 from __future__ import annotations
 
@@ -9,17 +13,19 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import PROJECT_ROOT, load_config
+from pipelines.data.embedded import EVAL_DIR as EMBEDDED_EVAL
+from pipelines.data.embedded import WEB_PAGES
 
 SHARED = Path(os.environ.get("STUDY_SHARED_DIR", PROJECT_ROOT.parent / "shared"))
-WEB_SAMPLE = SHARED / "data" / "web" / "web_sample.jsonl.gz"
-EVAL_DIR = SHARED / "data" / "eval"
+HAS_SHARED = (SHARED / "data" / "web" / "web_sample.jsonl.gz").exists()
+WEB_SAMPLE = SHARED / "data" / "web" / "web_sample.jsonl.gz" if HAS_SHARED else WEB_PAGES
+EVAL_DIR = SHARED / "data" / "eval" if HAS_SHARED else EMBEDDED_EVAL
 
 
 @pytest.fixture(scope="session")
 def web_sample() -> Path:
     if not WEB_SAMPLE.exists():
-        pytest.fail(f"the shared web sample is missing at {WEB_SAMPLE}: clone with shared/ beside the "
-                    f"checkout or set STUDY_SHARED_DIR")
+        pytest.fail(f"the web pages are missing at {WEB_SAMPLE}: the repository's data/ folder is incomplete")
     return WEB_SAMPLE
 
 

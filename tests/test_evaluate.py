@@ -36,7 +36,7 @@ from pipelines.evaluate.scoring import CallableLM, HFCausalLM, score
 
 @pytest.fixture(scope="module")
 def eval_dir() -> Path:
-    from pipelines.data.benchmarks import default_data_dir  # ../shared/data/eval, or $STUDY_SHARED_DIR/data/eval
+    from pipelines.data.benchmarks import default_data_dir  # the repository's data/eval
 
     d = default_data_dir()
     if not (d / "mmlu_test.jsonl.gz").exists():

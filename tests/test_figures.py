@@ -462,8 +462,7 @@ def test_notebook_is_thin_parameterised_and_committed_without_outputs():
     values = {t.targets[0].id: ast.literal_eval(t.value) for t in ast.parse(code[0].source).body}
     assert values == {"run": "smoke", "preset": "smoke", "results_dir": "results", "overrides": []}
     setup = code[1].source
-    assert setup.startswith("%matplotlib inline") and "os.chdir(PROJECT_ROOT)" in setup
-    assert 'cfg = load_config(preset, [f"results_dir={results_dir}", *overrides])' in setup
+    assert "cfg, run_dir = setup(run, preset, results_dir, overrides)" in setup
     assert all(not c.outputs and c.execution_count is None for c in code)
     source = "\n".join(c.source for c in code)
     assert "paper.make(Run(cfg, run))" in source and "display(fig)" in source

@@ -129,10 +129,11 @@ def test_shared_sample_split_and_sampling_are_seeded(ci_config):
 
 def test_unreachable_hub_names_the_local_option(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    cfg = load_config("smoke", [f"results_dir={tmp_path}"])
+    cfg = load_config("smoke-hub", [f"results_dir={tmp_path}"])
     with pytest.raises(StudyError) as e:
         run_stages(cfg, "r", ["ingest"])
-    assert "HuggingFaceFW/fineweb" in str(e.value) and "--set ingest.path=" in str(e.value)
+    assert "HuggingFaceFW/fineweb" in str(e.value) and "--set ingest.path=embedded" in str(e.value)
+    assert "../shared" not in str(e.value)
     assert Run(cfg, "r").state("ingest").status != "done"
 
 

@@ -34,12 +34,13 @@ def planted(tmp_path, ci_config):
     cfg = ci_config()
     run_stages(cfg, "r", ["ingest"])
     run = Run(cfg, "r")
-    web = list(read_documents(run.dir("ingest") / o["path"] for o in run.read_manifest("ingest")["outputs"]
-                              if o["split"] == "train"))
+    outputs = run.read_manifest("ingest")["outputs"]
+    web = list(read_documents(run.dir("ingest") / o["path"] for o in outputs if o["split"] == "train"))
+    ingested = {d["id"] for d in read_documents(run.dir("ingest") / o["path"] for o in outputs)}
     with gzip.open(EVAL_DIR / "arc_easy_test.jsonl.gz", "rt") as f:
         arc = json.loads(f.readline())
     with gzip.open(cfg.ingest.path, "rt") as f:  # real pages the ci ingest leaves out
-        legal = [d for d in map(json.loads, f) if d["source"] == "fineweb_sample10BT_legalpilot"][:5]
+        legal = [d for d in map(json.loads, f) if d["id"] not in ingested and len(d["text"]) > 1000][:5]
     words = web[3]["text"].split()
     words[len(words) // 2] = "CHANGED"
     planted = [

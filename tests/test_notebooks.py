@@ -44,8 +44,20 @@ def test_notebook_is_thin_and_committed_without_outputs(path):
 
     assert set(PARAMS) <= set(inspect_notebook(str(path)))  # papermill itself sees them
     body = "\n".join(c.source for c in code[1:])
-    assert "load_config(preset" in body and "from pipelines" in body
+    assert "setup(run, preset, results_dir, overrides" in body and "from pipelines" in body
     assert "def " not in body and "class " not in body  # logic lives in the package
+
+
+def test_setup_works_from_the_project_root_and_applies_only_the_knobs_given(tmp_path, monkeypatch):
+    from pipelines.config import PROJECT_ROOT
+    from pipelines.notebooks import setup
+
+    monkeypatch.chdir(tmp_path)
+    cfg, run_dir = setup("r", "ci", str(tmp_path / "res"), ["ingest.max_documents=7"],
+                         {"evaluate.limit": 3, "evaluate.trained": False, "evaluate.checkpoints": None})
+    assert Path.cwd() == PROJECT_ROOT and run_dir == tmp_path / "res" / "r"
+    assert (cfg.ingest.max_documents, cfg.evaluate.limit, cfg.evaluate.trained) == (7, 3, False)
+    assert cfg.evaluate.checkpoints == load_config("ci").evaluate.checkpoints  # None: the preset's
 
 
 @pytest.fixture(scope="module")
@@ -73,6 +85,35 @@ def test_study_run_executes_every_notebook_and_writes_every_manifest(ci_run):
             continue
         m = json.loads((root / stage / "manifest.json").read_text())
         assert m["status"] == "complete", stage
+
+
+# sha256 of the llm.c files the ci preset writes, recorded before the code moved into stage packages
+# (issue 14): the token shards are tokenization alone; the checkpoints come from the torch trainer
+# and hold for this torch build on this kind of CPU (fp32 kernels may differ elsewhere)
+GOLDEN_SHARDS = {
+    "mix/val/heldout_val_000000.bin": "418f413d042f33ab515d3f36d4fb59599ce46992fadf4bbb052ba4befee128eb",
+    "mix/web/web_train_000000.bin": "1365d4c88e41ccb9f3dc00f9e5ef179dd991c0595eb97fc5f137996249446c9c",
+    "train/dev/data/hellaswag/hellaswag_val.bin": "079272d88773870e474f878c08f2904c438a6e91084d8656bdbb1e981643dd6e",
+}
+GOLDEN_CHECKPOINTS = {
+    "train/web/model_00000008.bin": "b949d5fbd784df9a128b8277c262c6cdffee2987deae4591ed5d0c2db2eb5a56",
+    "train/web/model_00000016.bin": "2b1c212f5bbb9e9c3d11479f3357d2d955c909b17e40c2e39454ba80661107c5",
+    "train/web/state_00000008_00000.bin": "62a4362525215b078ce818b30c4ebc7c0e71a16ac5783a0cc4ec8456d5ecd053",
+    "train/web/state_00000016_00000.bin": "e46ff55b6925c350d44ca978a59d3da75f7ab4e0c806d8d5cc6b5fbc577e39b1",
+}
+
+
+def test_the_ci_preset_writes_the_recorded_bytes(ci_run):
+    import platform
+
+    import torch
+
+    from pipelines.files import file_sha256
+
+    root, _ = ci_run
+    assert {p: file_sha256(root / p) for p in GOLDEN_SHARDS} == GOLDEN_SHARDS
+    if torch.__version__.startswith("2.13.0") and platform.machine() == "x86_64":
+        assert {p: file_sha256(root / p) for p in GOLDEN_CHECKPOINTS} == GOLDEN_CHECKPOINTS
 
 
 def test_a_rerun_executes_nothing_already_complete(ci_run, capsys):

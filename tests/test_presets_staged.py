@@ -101,7 +101,7 @@ def test_every_sweep_point_loads_and_the_annealing_points_train_equal_tokens():
         name, spec = load_sweep(path)
         cfgs = []
         for i, p in enumerate(points(spec)):
-            ov = point_overrides(spec, f"{name}-{i:02d}", p, [], ["ingest.path=../shared/data/web/web_sample.jsonl.gz"])
+            ov = point_overrides(spec, f"{name}-{i:02d}", p, [], ["ingest.path=embedded"])
             cfgs.append(load_config(spec.preset, ov))
         if name == "annealing":
             schedules = [c.train.schedules[0] for c in cfgs]

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,7 +33,7 @@ from typing import Iterable
 
 import numpy as np
 
-from pipelines.config import PROJECT_ROOT
+from pipelines.data.embedded import EMBEDDED, EVAL_DIR
 from pipelines.errors import StudyError
 
 BENCHMARKS = ("arc_easy", "arc_challenge", "hellaswag", "mmlu")
@@ -57,17 +56,15 @@ def local_file(benchmark: str, split: str) -> str:
 
 
 def default_data_dir() -> Path:
-    """The offline copy beside the checkout: ../shared/data/eval (or $STUDY_SHARED_DIR/data/eval)."""
-    shared = os.environ.get("STUDY_SHARED_DIR")
-    return (Path(shared) if shared else PROJECT_ROOT.parent / "shared") / "data" / "eval"
+    """The repository's embedded copy (data/eval, data/README.md): the same items on every machine."""
+    return EVAL_DIR
 
 
 def resolve_data_dir(data_dir: str | Path | None) -> Path | None:
-    """None: the offline copy when it exists, else the hub; "hub": the hub; a path: that folder.
+    """None or "embedded": the repository's copy; "hub": the hub; a path: that folder.
     Returns the folder, or None for the hub."""
-    if data_dir is None:
-        d = default_data_dir()
-        return d if d.is_dir() else None
+    if data_dir is None or str(data_dir) == EMBEDDED:
+        return default_data_dir()
     if str(data_dir) == "hub":
         return None
     return Path(data_dir)
@@ -232,7 +229,7 @@ def read_rows(benchmark: str, split: str | None = None, data_dir: str | Path | N
     except Exception as e:  # noqa: BLE001 - offline, unknown split: one message that says what to do
         raise StudyError(f"could not load {repo} ({config or 'default'}, {split}) from the hub: "
                          f"{type(e).__name__}: {e}. Offline, set evaluate.data_dir to a local copy "
-                         f"(e.g. ../shared/data/eval)") from None
+                         f"(`embedded`, the repository's data/eval)") from None
     return [dict(r) for r in ds], f"hub:{repo}/{config or ''}/{split}"
 
 
@@ -350,11 +347,12 @@ def fewshot_examples(item: Item, k: int, pool: list[Item] | None, eval_items: li
 
 
 def hellaswag_source(source: str | Path | None) -> str:
-    """Where llm.c's HellaSwag file is cut from. None: the offline copy (default_data_dir) when
-    present, else the hub dataset."""
-    if source is None:
-        local = default_data_dir() / local_file("hellaswag", "validation")
-        return str(local) if local.exists() else HUB["hellaswag"][0]
+    """Where llm.c's HellaSwag file is cut from. None or "embedded": the repository's copy; "hub":
+    the hub dataset; else a local JSONL(.gz) or a hub id."""
+    if source is None or str(source) == EMBEDDED:
+        return str(default_data_dir() / local_file("hellaswag", "validation"))
+    if str(source) == "hub":
+        return HUB["hellaswag"][0]
     return str(source)
 
 

@@ -14,6 +14,7 @@ from collections import Counter
 from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
+from pipelines.data.embedded import EMBEDDED, WEB_PAGES
 from pipelines.errors import StudyError
 
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".parquet")
@@ -21,7 +22,9 @@ EXAMPLE_CHARS = 2000  # text kept per example in removed/ (the reason and full l
 
 
 def expand_paths(spec: str) -> list[Path]:
-    """A file, a directory (every shard inside, sorted) or a glob."""
+    """A file, a directory (every shard inside, sorted), a glob, or `embedded` (the repository's pages)."""
+    if spec == EMBEDDED:
+        return [WEB_PAGES]
     p = Path(spec).expanduser()
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if f.is_file() and f.name.endswith(SUFFIXES))

@@ -21,7 +21,7 @@ RESERVED = ("id", "text", "source", "metadata")
 
 
 
-OFFLINE_HINT = "--set ingest.path=../shared/data/web/web_sample.jsonl.gz"
+OFFLINE_HINT = "--set ingest.path=embedded (the repository's 4,494 real web pages, data/README.md)"
 
 
 

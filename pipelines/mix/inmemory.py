@@ -40,7 +40,6 @@ from pipelines.mix.plan import (
     plan,
     source_record,
     stage_result,
-    used_sources,
 )
 from pipelines.runs.manifest import StageContext
 from pipelines.runs.readers import stage_documents
@@ -75,7 +74,7 @@ def run(ctx: StageContext) -> dict:
     run_ = ctx.run
     _empty(ctx.dir)  # the stage is resumable for streaming mixes only; this one starts over
     drops = DropLog(ctx.dir / "removed", examples_per_reason=10**12)  # every removal is recorded
-    used = used_sources(cfg)
+    used = cfg.used_sources
 
     # 1. the union, in priority order; val pages first
     texts: dict[str, str] = {}

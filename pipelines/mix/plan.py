@@ -71,12 +71,6 @@ def plan(cfg: MixConfig) -> list[MixPlan]:
     return out
 
 
-def used_sources(cfg: MixConfig) -> list[str]:
-    """Sources some mix draws from, in the order of `mix.sources` (their priority in dedup)."""
-    used = {s.name for p in plan(cfg) for s in p.sources}
-    return [n for n in cfg.sources if n in used]
-
-
 def source_record(share: SourceShare, *, tokens: int, documents: int, unique_documents: int,
                   available_documents: int | None, available_tokens: int | None, epochs: float | None) -> dict:
     """One source's part of one mix (None: not known, e.g. a stream that was not read to its end)."""

@@ -73,7 +73,6 @@ from pipelines.mix.plan import (
     plan,
     source_record,
     stage_result,
-    used_sources,
 )
 from pipelines.runs.manifest import StageContext, file_sha256, write_json_atomic
 from pipelines.runs.readers import stage_documents
@@ -679,7 +678,7 @@ def run(ctx: StageContext) -> dict:
     cfg: MixConfig = ctx.config.mix
     plans = plan(cfg)
     names = [p.name for p in plans]
-    used = used_sources(cfg)
+    used = cfg.used_sources
     workers = cfg.workers or ctx.config.tokenize.num_workers
     _drop_stale(ctx.dir, names)
     val_keys, val_hashes, val, val_shards = _write_val(ctx, workers)

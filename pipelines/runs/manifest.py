@@ -22,11 +22,13 @@ import shutil
 import subprocess
 import sys
 import time
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.config import PROJECT_ROOT, StudyConfig, config_hash, dump_yaml
+from pipelines.data.embedded import describe_benchmarks, describe_pages
 from pipelines.errors import StudyError
 from pipelines.files import file_sha256, write_json_atomic  # noqa: F401 - callers import them from here too
 
@@ -87,6 +89,36 @@ STAGES: dict[str, StageSpec] = {
     "figures": StageSpec("pipelines.figures.figures:run", (), ("ingest", "generate", "classify", "filter", "mix", "train",
                                                      "evaluate"), command="study figures", reads_what_ran=True),
 }
+
+
+def data_read(config: StudyConfig, stage: str) -> dict[str, dict]:
+    """The data sets a stage reads from outside the run (embedded, hub or a local path), for its
+    manifest and its first log line; stages it reads inside the run are its `inputs`."""
+    out: dict[str, dict] = {}
+    if stage == "ingest":
+        c = config.ingest
+        out["pages"] = describe_pages(c.path, c.dataset, c.dataset_config, c.split)
+    elif stage == "classify" and not config.classifier.label_source.stage:
+        s = config.classifier.label_source
+        out["labels"] = describe_pages(s.path, s.dataset, s.dataset_config, s.split)
+    elif stage == "mix":
+        for name in config.mix.used_sources:
+            s = config.mix.sources[name]
+            if not s.stage:
+                out[f"source {name}"] = describe_pages(s.path, s.dataset, s.dataset_config, s.split)
+        if config.mix.decontaminate.enabled:
+            out["benchmarks"] = describe_benchmarks(config.mix.decontaminate.eval_dir)
+    elif stage == "train" and config.train.hellaswag:
+        out["hellaswag"] = describe_benchmarks(config.train.hellaswag_path)
+    elif stage == "evaluate":
+        out["benchmarks"] = describe_benchmarks(config.evaluate.data_dir)
+    return out
+
+
+def _data_line(desc: dict) -> str:
+    if desc["kind"] == "hub":
+        return "hub " + "/".join(str(desc[k]) for k in ("dataset", "config") if desc.get(k)) if desc.get("dataset") else "hub"
+    return f"{desc['kind']} {desc['path']}"
 
 
 def study_stages(config: StudyConfig) -> list[str]:
@@ -286,6 +318,9 @@ class Run:
         d.mkdir(parents=True, exist_ok=True)
         if st.status != "missing":
             log(f"[{stage}] {st.status}{': ' + st.reason if st.reason else ''}; running")
+        data = data_read(self.config, stage)
+        for what, desc in data.items():
+            log(f"[{stage}] {what}: {_data_line(desc)}")
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
         result = fn(StageContext(self, stage, d, inputs))
@@ -294,6 +329,9 @@ class Run:
             "stage": stage,
             "run": self.name,
             "status": "complete",
+            # unique per execution: a rerun of this stage makes every stage after it stale even when it
+            # writes the same outputs within the same second (downstream compares manifest hashes)
+            "execution": uuid.uuid4().hex,
             "preset": self.config.preset,
             "config": self.stage_config(stage),
             "config_hash": self.stage_hash(stage),
@@ -303,6 +341,7 @@ class Run:
                       "config_hash": inputs[dep].get("config_hash")}
                 for dep in self.inputs(stage)
             },
+            **({"data": data} if data else {}),
             **result,
             "timings": {"started": started.isoformat(timespec="seconds"),
                         "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

@@ -49,3 +49,35 @@ def removals_table(manifest: dict):
         row.update({"documents_kept": s["documents_kept"], "tokens_kept": s["tokens_kept"]})
         rows.append(row)
     return pd.DataFrame(rows)
+
+
+def label_distribution(annotate_manifest: dict) -> pd.Series:
+    """Pages per int_score of an annotate stage (pages whose answer parsed)."""
+    return pd.Series(annotate_manifest["counts"]["label_distribution"], name="pages").rename_axis("int_score")
+
+
+def kept_per_source(filter_manifest: dict) -> pd.DataFrame:
+    """Pages scored and kept by the filter stage, per source."""
+    counts = filter_manifest["counts"]
+    return pd.DataFrame({"scored": counts["scored_per_source"], "kept": counts["kept_per_source"]}).fillna(0).astype(int)
+
+
+def eval_table(evaluate_manifest: dict) -> pd.DataFrame:
+    """The evaluate stage's rows, as in results/<run>/evaluate/table.csv."""
+    return pd.DataFrame(evaluate_manifest["table"])
+
+
+def eval_speed(evaluate_manifest: dict) -> pd.DataFrame:
+    """Items per second of each evaluated model (loading excluded)."""
+    return pd.DataFrame(evaluate_manifest["speed"]).T
+
+
+def mmlu_subjects(table: pd.DataFrame, shown: int = 10) -> pd.DataFrame:
+    """MMLU per subject (one column per mix, form and metric), the `shown` hardest and easiest by the
+    first column."""
+    subj = table[table["subject"].notna()]
+    wide = subj.pivot_table(index="subject", columns=["mix", "form", "metric"], values="value")
+    if wide.empty:
+        return wide
+    ranked = wide.sort_values(wide.columns[0])
+    return pd.concat([ranked.head(shown), ranked.tail(shown)]) if len(ranked) > 2 * shown else ranked
