@@ -22,7 +22,7 @@ from pipelines.errors import StudyError
 from pipelines.figures.figures import export, make
 from pipelines.llmc.tokenizer import ensure_gpt2_bpe
 from pipelines.notebooks import run_notebooks
-from pipelines.runs.manifest import STAGES, Run, format_table, study_stages
+from pipelines.runs.manifest import STAGES, Run, check_run_name, format_table, study_stages
 from pipelines.runs.runner import print_start, run_stages
 from pipelines.sweep import run_sweep
 from pipelines.train.train import dry_run, planned_shard_sets, shard_sets_of
@@ -121,6 +121,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _status(args: argparse.Namespace) -> int:
+    check_run_name(args.run)
     if args.preset:
         cfg = load_config(args.preset, args.overrides)
     else:

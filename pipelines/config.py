@@ -17,11 +17,12 @@ import copy
 import hashlib
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from pipelines.errors import StudyError
 from pipelines.llmc.shapes import parse_descriptor
@@ -125,7 +126,15 @@ class BackendConfig(Section):
     threads: int = Field(0, ge=0)  # CPU threads for torch; 0: torch's default
     # openai
     base_url: str = "http://127.0.0.1:8000/v1"
-    api_key_env: str | None = "OPENAI_API_KEY"  # NAME of the environment variable holding the key
+    api_key_env: str | None = None  # NAME of the environment variable holding the key; None: no key
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _a_variable_name(cls, v: str | None) -> str | None:
+        if v is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", v):
+            raise ValueError("must be the NAME of an environment variable that holds the key (e.g. OPENAI_API_KEY), "
+                             "not the key itself; the value is not repeated here")
+        return v
     concurrency: int = Field(8, ge=1)  # requests in flight
     max_retries: int = Field(5, ge=0)  # on 429, 5xx, timeouts and refused connections
     timeout_s: float = Field(600.0, gt=0)
@@ -671,6 +680,9 @@ def _model_at(loc: tuple) -> type[BaseModel] | None:
     return model
 
 
+SECRET_KEYS = frozenset({"api_key_env"})
+
+
 def _describe(errors: list[dict], origin: str) -> str:
     lines = []
     for err in errors:
@@ -682,6 +694,8 @@ def _describe(errors: list[dict], origin: str) -> str:
             lines.append(f"{origin}: unknown key `{key}`; allowed here: {allowed}")
         elif not loc or isinstance(err.get("input"), dict):  # a check across keys: the message says which
             lines.append(f"{origin}: {key + ': ' if key else ''}{err['msg'].removeprefix('Value error, ')}")
+        elif loc[-1] in SECRET_KEYS:  # never echo what may be a secret
+            lines.append(f"{origin}: `{key}`: {err['msg'].removeprefix('Value error, ')}")
         else:
             lines.append(f"{origin}: `{key}` = {err.get('input')!r}: {err['msg']}")
     return "\n".join(lines)
@@ -737,7 +751,9 @@ def load_config(preset: str = "smoke", overrides: list[str] | tuple[str, ...] = 
     try:
         return StudyConfig.model_validate(data)
     except ValidationError as e:
-        raise StudyError(_describe(e.errors(), "--set " + " ".join(overrides))) from None
+        shown = [o.split("=", 1)[0] + "=..." if o.split("=", 1)[0].rsplit(".", 1)[-1] in SECRET_KEYS else o
+                 for o in overrides]  # never echo what may be a secret
+        raise StudyError(_describe(e.errors(), "--set " + " ".join(shown))) from None
 
 
 def dump_yaml(cfg: StudyConfig) -> str:

@@ -1,7 +1,9 @@
-"""Files that are never seen half-written: atomic JSON writes, and the sha256 that manifests record."""
+"""Files that are never seen half-written (atomic JSON writes), the sha256 that manifests record, and
+the lock that keeps one writer per run and stage."""
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import os
@@ -26,3 +28,35 @@ def file_sha256(path: Path) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
+
+
+class Lock:
+    """An exclusive lock on `path` (created if needed) held for a `with` block; a second process
+    stops at once with an error naming the holder's pid. The kernel drops it when its holder dies,
+    so a killed run never leaves a stale lock."""
+
+    def __init__(self, path: Path, what: str):
+        self.path, self.what = Path(path), what
+
+    def __enter__(self) -> "Lock":
+        from pipelines.errors import StudyError
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.f = open(self.path, "a+")
+        try:
+            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.f.seek(0)
+            holder = self.f.read().strip() or "?"
+            self.f.close()
+            raise StudyError(f"another process (pid {holder}) is writing {self.what}; wait for it or stop it, "
+                             f"then rerun (lock: {self.path})") from None
+        self.f.seek(0)
+        self.f.truncate()
+        self.f.write(str(os.getpid()))
+        self.f.flush()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        fcntl.flock(self.f, fcntl.LOCK_UN)
+        self.f.close()

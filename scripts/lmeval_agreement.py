@@ -85,7 +85,7 @@ def main() -> int:
     print(f"per-item agreement: prompts {totals['prompt_equal']}/{n}, acc {totals['acc_equal']}/{n}, "
           f"acc_norm {totals['acc_norm_equal']}/{n}; max |log-likelihood difference| {totals['max_abs_ll_diff']:.2e}")
     print(f"time (wall): ours {t_ours.wall:.1f}s, lm-eval (batch size {args.batch_size}) {t_theirs.wall:.1f}s "
-          f"(benchmarks/evaluate.py measures speed properly)")
+          f"(benchmarks/bench_evaluate.py measures speed properly)")
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(report, indent=2) + "\n")

@@ -21,6 +21,7 @@ import pytest
 
 from pipelines.config import BackendConfig, GenerateConfig, SamplingConfig
 from pipelines.errors import StudyError
+from pipelines.files import Lock
 from pipelines.llm.backends import BackendError, Completion, OpenAIBackend, make_backend
 from pipelines.runs.manifest import Run
 from pipelines.runs.runner import run_stages
@@ -168,9 +169,11 @@ def test_openai_request_body_parsing_and_key_from_env(server_factory, monkeypatc
     assert body["top_p"] == 0.95 and body["stop"] == ["END"] and body["seed"] == 11
     assert body["messages"] == [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "hello there"}]
     assert all(h.get("Authorization") == "Bearer sk-secret-123" for h in srv.headers)
-    monkeypatch.delenv("STUDY_TEST_KEY")
-    _openai(srv.url, api_key_env="STUDY_TEST_KEY").generate(["x"], sampling)
+    _openai(srv.url).generate(["x"], sampling)  # no api_key_env: no key sent
     assert "Authorization" not in srv.headers[-1]
+    monkeypatch.delenv("STUDY_TEST_KEY")
+    with pytest.raises(StudyError, match=r"names \$STUDY_TEST_KEY, which is not set"):
+        _openai(srv.url, api_key_env="STUDY_TEST_KEY")
     # a reply without a usage block: tokens estimated from the characters
     c = OpenAIBackend.parse({"choices": [{"message": {"content": "a" * 40}, "finish_reason": "stop"}]})
     assert c.completion_tokens == 10
@@ -439,8 +442,8 @@ def test_a_second_writer_is_refused(ci_config):
     run_stages(cfg, "lock", ["ingest", "prompts"])
     d = Run(cfg, "lock").dir("generate")
     d.mkdir(parents=True)
-    with generate.Lock(d):
-        with pytest.raises(StudyError, match="another process is generating"):
+    with Lock(d / ".lock", "held by this test"):
+        with pytest.raises(StudyError, match=r"another process \(pid \d+\) is writing into"):
             Run(cfg, "lock").execute("generate", fn=lambda ctx: generate.run(ctx, backend_factory=lambda c, s: EchoBackend()))
 
 
@@ -476,3 +479,49 @@ def test_notebook_is_thin_clean_and_runs(tmp_path, web_sample, server_factory):
     shown = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                     for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code" for o in c.outputs)
     assert "documents_per_audience_style" in shown and "evenness" in shown
+
+
+def test_a_key_given_instead_of_a_variable_name_is_refused_without_echoing_it(tmp_path):
+    from pipelines.config import load_config
+
+    with pytest.raises(StudyError) as e:
+        load_config("ci", [f"results_dir={tmp_path}", "generate.backend.api_key_env=sk-live-abc123"])
+    assert "NAME of an environment variable" in str(e.value) and "sk-live-abc123" not in str(e.value)
+    assert not list(tmp_path.iterdir())  # nothing written
+
+
+def test_a_redirect_is_reported_and_the_key_never_reaches_another_address(monkeypatch):
+    import http.server
+    import threading
+
+    seen = []
+
+    class Other(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):
+            seen.append(dict(self.headers))
+            self.send_response(200)
+            self.end_headers()
+
+        def log_message(self, *a):
+            pass
+
+    class Redirect(Other):
+        def do_POST(self):
+            self.send_response(307)
+            self.send_header("Location", f"http://127.0.0.1:{other.server_port}/v1/chat/completions")
+            self.end_headers()
+
+    other = http.server.HTTPServer(("127.0.0.1", 0), Other)
+    first = http.server.HTTPServer(("127.0.0.1", 0), Redirect)
+    for s in (other, first):
+        threading.Thread(target=s.serve_forever, daemon=True).start()
+    try:
+        monkeypatch.setenv("STUDY_TEST_KEY", "sk-secret-123")
+        b = _openai(f"http://127.0.0.1:{first.server_port}/v1", api_key_env="STUDY_TEST_KEY", max_retries=0)
+        with pytest.raises(StudyError, match=r"HTTP 307 redirects to .*not followed"):
+            b.generate(["hello"], SamplingConfig(max_new_tokens=4))
+        assert seen == []  # the other address got no request, so never the key
+    finally:
+        for s in (other, first):
+            s.shutdown()
+            s.server_close()

@@ -140,3 +140,25 @@ def test_unreachable_hub_names_the_local_option(tmp_path, monkeypatch):
 def test_missing_input_is_a_clear_error(tmp_path):
     with pytest.raises(StudyError, match="no input files"):
         _ingest(tmp_path, tmp_path / "nothing.jsonl")
+
+
+def test_a_corrupt_parquet_file_is_counted_and_the_good_files_kept(tmp_path):
+    rows = [{"id": f"p{i}", "text": f"parquet page {i}"} for i in range(5)]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "a.parquet")
+    (tmp_path / "b.parquet").write_bytes(b"PAR1 this is not parquet at all PAR1")
+    run = _ingest(tmp_path, tmp_path, "ingest.val_fraction=0")
+    m = run.read_manifest("ingest")
+    assert m["counts"]["dropped"] == {"unreadable_file": 1}
+    assert [d["id"] for d in _docs(run)] == [f"p{i}" for i in range(5)]
+    removed = json.loads((run.dir("ingest") / "removed" / "unreadable_file.jsonl").read_text())
+    assert removed["file"].endswith("b.parquet")
+
+
+def test_no_validation_page_is_a_recorded_warning(tmp_path, capsys):
+    path = tmp_path / "few.jsonl"
+    path.write_text("".join(json.dumps({"id": f"d{i}", "text": f"a short page {i}"}) + "\n" for i in range(3)))
+    ids = [f"d{i}" for i in range(3)]
+    assert not any(in_val(i, 1337, 0.01) for i in ids)  # none of these ids falls in a 1% split
+    run = _ingest(tmp_path, path, "ingest.val_fraction=0.01")
+    assert "WARNING: no validation document" in capsys.readouterr().out
+    assert run.read_manifest("ingest")["warnings"][0].startswith("no validation document")

@@ -125,3 +125,66 @@ def test_status_command_prints_a_table(ci_config, capsys):
                  "--set", f"ingest.path={cfg.ingest.path}", "--set", "ingest.max_documents=5"]) == 0
     assert "stale" in capsys.readouterr().out
     assert main(["status", "nope", "--results-dir", cfg.results_dir]) == 2
+
+
+@pytest.mark.parametrize("name", ["..", ".", "../x", "a/b", "/tmp/x", ".hidden", "", "a b", "x\n"])
+def test_a_run_name_is_a_plain_folder_name(ci_config, tmp_path, name, capsys):
+    outside = tmp_path / "victim"
+    (outside / "ingest").mkdir(parents=True)
+    (outside / "ingest" / "important.txt").write_text("x")
+    with pytest.raises(StudyError, match="run name"):
+        Run(ci_config(), name)
+    argv = ["ingest", "--preset", "ci", "--run", name, "--set", f"results_dir={tmp_path / 'results'}"]
+    assert main(argv if name != "/tmp/x" else [*argv[:4], str(outside), *argv[5:]]) == 2
+    assert "run name" in capsys.readouterr().err
+    assert (outside / "ingest" / "important.txt").read_text() == "x"  # nothing outside the results folder
+    assert not (tmp_path / "results").exists() or not any((tmp_path / "results").iterdir())
+
+
+def test_a_stage_never_deletes_outside_its_run(ci_config, tmp_path):
+    run = Run(ci_config(), "r")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    with pytest.raises(StudyError, match="not inside this run's folder"):
+        run._remove(elsewhere)
+    assert elsewhere.exists()
+
+
+def test_one_writer_per_run_and_stage(ci_config, capsys):
+    cfg = ci_config()
+    run = Run(cfg, "r")
+    calls = []
+    with run.lock("ingest"):  # another process's `study ingest` on this run, still running
+        with pytest.raises(StudyError, match=r"another process \(pid \d+\) is writing stage `ingest` of run `r`"):
+            run.execute("ingest", fn=lambda ctx: calls.append(1) or {})
+    assert calls == [] and not run.manifest_path("ingest").exists()
+    run.execute("ingest")  # the lock is gone with its holder
+    assert run.state("ingest").status == "done"
+
+
+def test_a_killed_writer_leaves_no_lock(ci_config, tmp_path):
+    cfg = ci_config()
+    run = Run(cfg, "r")
+    code = ("import os, sys; from pipelines.files import Lock\n"
+            f"Lock({str(run.root / '.locks' / 'ingest.lock')!r}, 'x').__enter__(); os._exit(9)")
+    assert subprocess.run([sys.executable, "-c", code]).returncode == 9
+    with run.lock("ingest"):  # the kernel released the dead process's lock
+        pass
+
+
+@pytest.mark.parametrize("code, words", [(28, "No space left on device"), (30, "Read-only file system")])
+def test_a_full_or_read_only_disk_is_reported_with_the_path_and_how_to_resume(ci_config, code, words):
+    import errno as errno_
+
+    run = Run(ci_config(), "r")
+    path = run.dir("ingest") / "train" / "train_00000.jsonl.gz"
+
+    def fail(ctx):
+        raise OSError(code, words, str(path))
+
+    assert code in (errno_.ENOSPC, errno_.EROFS)
+    with pytest.raises(StudyError) as e:
+        run.execute("ingest", fn=fail)
+    msg = str(e.value)
+    assert words in msg and str(path) in msg and "incomplete" in msg and "rerun the same command" in msg
+    assert run.state("ingest").status in ("incomplete", "missing")

@@ -132,3 +132,13 @@ def test_corrupt_shards_are_rejected_with_clear_messages(tmp_path):
     short.write_bytes(b"\0" * 100)
     with pytest.raises(StudyError, match="shorter than the llm.c header"):
         read_shard(short)
+
+
+def test_a_file_shorter_than_the_header_is_a_clear_error_in_both_readers(tmp_path):
+    from pipelines.train.data import shard_ntok
+
+    bad = tmp_path / "web_train_000000.bin"
+    bad.write_bytes(b"\x01\x02\x03\x04\x05\x06\x07")  # 7 bytes: not even a multiple of 4
+    for read in (lambda: validate_shard(bad), lambda: shard_ntok(str(bad), 1)):
+        with pytest.raises(StudyError, match="shorter than the llm.c header.*`study mix` or `study tokenize`"):
+            read()

@@ -36,9 +36,9 @@ from tqdm.auto import tqdm
 from pipelines.config import BackendConfig
 from pipelines.data.documents import ShardedWriter, read_documents
 from pipelines.errors import StudyError
+from pipelines.files import Lock
 from pipelines.llm.backends import Backend, make_backend
 from pipelines.llm.parts import (
-    Lock,
     PartWriter,
     completion_record,
     keep_parts_if_same,
@@ -320,7 +320,7 @@ def run(ctx: StageContext, backend_factory: Callable[..., Backend] = make_backen
     cfg = ctx.config.annotate
     template = load_template(cfg.prompt_path)
     ctx.dir.mkdir(parents=True, exist_ok=True)
-    with Lock(ctx.dir):
+    with Lock(ctx.dir / ".lock", f"into {ctx.dir}"):
         # a part folder of an annotator no longer in the config is stale: remove it
         keep = {annotator_name(k, b) for k, b in enumerate(cfg.annotators)}
         for d in (ctx.dir / "parts").glob("*"):

@@ -196,14 +196,16 @@ def _read_jsonl(path: Path) -> list[dict]:
     opener = gzip.open if path.suffix == ".gz" else open
     rows: list[dict] = []
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for line in f:
-                if not line.strip():
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, 1):
+                if not raw.strip():
                     continue
                 try:
-                    rows.append(json.loads(line))
+                    rows.append(json.loads(raw.decode("utf-8")))
+                except UnicodeDecodeError as e:
+                    rows.append({"__bad__": f"{path.name} line {lineno}: not UTF-8 ({e.reason} at byte {e.start})"})
                 except ValueError as e:
-                    rows.append({"__bad__": f"invalid JSON: {e}"})
+                    rows.append({"__bad__": f"{path.name} line {lineno}: invalid JSON: {e}"})
     except (OSError, EOFError) as e:
         raise StudyError(f"{path}: cannot read ({e}); is it a complete .jsonl(.gz) file?") from None
     return rows
@@ -258,7 +260,8 @@ def load_benchmark(benchmark: str, data_dir: str | Path | None = None, limit: in
     keep_subjects = set(subjects) if subjects else None
     for i, row in enumerate(rows):
         if isinstance(row, dict) and "__bad__" in row:
-            bad.append({"row": i, "reason": "invalid_json", "detail": row["__bad__"]})
+            reason = "undecodable" if "not UTF-8" in row["__bad__"] else "invalid_json"
+            bad.append({"row": i, "reason": reason, "detail": row["__bad__"]})
             continue
         try:
             item = make_item(benchmark, row, i)

@@ -88,8 +88,11 @@ def read_records(path: Path, drops: DropLog) -> Iterator[dict]:
     if path.name.endswith(".parquet"):
         import pyarrow.parquet as pq
 
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-            yield from batch.to_pylist()
+        try:  # a corrupt or truncated file: its readable batches are kept, the file is counted
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
+                yield from batch.to_pylist()
+        except (OSError, ValueError) as e:  # pyarrow's ArrowInvalid is a ValueError
+            drops.drop("unreadable_file", {"file": str(path), "error": f"{type(e).__name__}: {e}"})
         return
     try:
         with _open_binary(path) as f:
@@ -143,7 +146,12 @@ class ShardedWriter:
     def write(self, doc: dict) -> None:
         if self._f is None:
             self._open()
-        self._f.write(json.dumps(doc, ensure_ascii=False))
+        line = json.dumps(doc, ensure_ascii=False)
+        try:
+            line.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates (an LLM answer with "\ud800"): kept as JSON escapes
+            line = json.dumps(doc, ensure_ascii=True)
+        self._f.write(line)
         self._f.write("\n")
         self._n += 1
         self._chars += len(doc["text"])

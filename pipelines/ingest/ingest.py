@@ -49,6 +49,12 @@ def run(ctx: StageContext) -> dict:
         raise StudyError(f"[ingest] no valid documents in the input; drops: {dict(drops.counts)}")
     print(f"[ingest] {docs['train']:,} train + {docs['val']:,} val documents, "
           f"{sum(chars.values()):,} chars; dropped: {dict(drops.counts) or 'none'}")
+    warnings = []
+    if cfg.val_fraction > 0 and docs["val"] == 0:
+        warnings.append(f"no validation document: {docs['train']:,} pages at val_fraction {cfg.val_fraction} left "
+                        f"none held out; `mix` and training need some: raise ingest.val_fraction or max_documents")
+    for w in warnings:
+        print(f"[ingest] WARNING: {w}")
     return {
         "outputs": [{"split": s, "path": f"{s}/{x['path']}", "documents": x["documents"], "chars": x["chars"]}
                     for s in ("val", "train") for x in shards[s]],
@@ -63,4 +69,5 @@ def run(ctx: StageContext) -> dict:
             "dropped": dict(sorted(drops.counts.items())),
         },
         "removed_examples": {r: f"removed/{r}.jsonl" for r in sorted(drops.counts) if r != "excluded_source"},
+        "warnings": warnings,
     }

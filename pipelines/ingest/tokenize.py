@@ -66,6 +66,10 @@ def run(ctx: StageContext) -> dict:
     docs = {s: sum(x["documents"] for x in shards if x["split"] == s) for s in ("train", "val")}
     print(f"[tokenize] {tok['train']:,} train + {tok['val']:,} val tokens in {len(shards)} shard(s), "
           f"{(tok['train'] + tok['val']) / max(wall, 1e-9):,.0f} tok/s")
+    oversized = [s for s in shards if s["tokens"] > cfg.shard_tokens]  # one document longer than a shard
+    for s in oversized:
+        print(f"[tokenize] note: {s['path']} holds one document of {s['tokens']:,} tokens, more than "
+              f"tokenize.shard_tokens={cfg.shard_tokens:,} (documents are never split across shards)")
     return {
         "outputs": shards,
         "counts": {
@@ -76,6 +80,7 @@ def run(ctx: StageContext) -> dict:
             "train_documents": docs["train"],
             "val_documents": docs["val"],
             "shards": len(shards),
+            "oversized_shards": len(oversized),
         },
         # llm.c's -i / -j take these glob patterns (relative to this stage's folder)
         "patterns": {"train": f"{cfg.name}_train_*.bin", "val": f"{cfg.name}_val_*.bin"},

@@ -265,6 +265,14 @@ FATAL_STATUS = {401: "the server refused the API key", 403: "the API key may not
                 404: "no such endpoint or model"}
 
 
+class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is reported, never followed: following it would send the API key to another address."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):
+        raise BackendError(f"{req.full_url}: HTTP {code} redirects to {newurl}; not followed, so the API key is never "
+                           f"sent to another address. Set backend.base_url to the address that serves the API.")
+
+
 class OpenAIBackend(Backend):
     """POST {base_url}/chat/completions, one request per prompt, `concurrency` in flight."""
 
@@ -278,13 +286,17 @@ class OpenAIBackend(Backend):
         self.model_name = cfg.model
         self.url = cfg.base_url.rstrip("/") + "/chat/completions"
         self._headers = {"Content-Type": "application/json", "Accept": "application/json"}
-        key = os.environ.get(cfg.api_key_env) if cfg.api_key_env else None
-        if key:  # held in memory for the requests only: never logged, never written
+        if cfg.api_key_env:  # the key is held in memory for the requests only: never logged, never written
+            key = os.environ.get(cfg.api_key_env)
+            if not key:
+                raise StudyError(f"backend.api_key_env names ${cfg.api_key_env}, which is not set: export it, or set "
+                                 f"api_key_env: null for a server that needs no key")
             self._headers["Authorization"] = f"Bearer {key}"
         host = urllib.parse.urlsplit(cfg.base_url).hostname or ""
         # a server on this machine is never reached through an http_proxy from the environment
         local = host in ("127.0.0.1", "localhost", "::1")
-        self._opener = urllib.request.build_opener(*([urllib.request.ProxyHandler({})] if local else []))
+        handlers = [_RefuseRedirects(), *([urllib.request.ProxyHandler({})] if local else [])]
+        self._opener = urllib.request.build_opener(*handlers)
 
     def request_body(self, prompt: Prompt, sampling: SamplingConfig, seed: int | None) -> dict:
         body: dict[str, Any] = {

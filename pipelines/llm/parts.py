@@ -6,22 +6,20 @@
                                   and the request is made again.
   state.json                      the key the answers depend on (keep_parts_if_same): when it changes,
                                   the old parts are discarded
-  .lock                           one writer per folder (Lock)
+  .lock                           one writer per folder (pipelines.files.Lock)
 """
 
 from __future__ import annotations
 
 import datetime as dt
-import fcntl
 import json
 import os
 import shutil
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any
+from typing import IO
 
 from pipelines.config import config_hash
-from pipelines.errors import StudyError
 from pipelines.files import write_json_atomic
 from pipelines.llm.backends import Completion
 
@@ -101,31 +99,6 @@ def _fsync_dir(d: Path) -> None:
     finally:
         os.close(fd)
 
-
-
-class Lock:
-    """One writer per generate folder: a second `study generate` on the same run stops at once."""
-
-    def __init__(self, d: Path):
-        self.path = d / ".lock"
-        self.f = open(self.path, "a+")
-
-    def __enter__(self) -> "Lock":
-        try:
-            fcntl.flock(self.f, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.f.seek(0)
-            raise StudyError(f"another process is generating into {self.path.parent} (pid {self.f.read().strip() or '?'}); "
-                             f"wait for it or stop it, then rerun") from None
-        self.f.seek(0)
-        self.f.truncate()
-        self.f.write(str(os.getpid()))
-        self.f.flush()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        fcntl.flock(self.f, fcntl.LOCK_UN)
-        self.f.close()
 
 
 

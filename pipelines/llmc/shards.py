@@ -48,7 +48,8 @@ def read_header(path: Path) -> np.ndarray:
     except OSError as e:
         raise StudyError(f"{path}: cannot read llm.c shard: {e}") from None
     if len(raw) < HEADER_BYTES:
-        raise StudyError(f"{path}: {len(raw)} bytes is shorter than the llm.c header ({HEADER_BYTES} bytes)")
+        raise StudyError(f"{path}: {len(raw)} bytes is shorter than the llm.c header ({HEADER_BYTES} bytes): truncated "
+                         f"or not an llm.c file; rerun the stage that wrote it (`study mix` or `study tokenize`) with --force")
     return np.frombuffer(raw, dtype="<i4")
 
 

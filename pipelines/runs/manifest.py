@@ -13,11 +13,13 @@ timings, package versions, git commit, status. A stage is
 from __future__ import annotations
 
 import datetime as dt
+import errno
 import importlib
 import importlib.metadata
 import json
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -30,7 +32,7 @@ from typing import Any, Callable
 from pipelines.config import PROJECT_ROOT, StudyConfig, config_hash, dump_yaml
 from pipelines.data.embedded import describe_benchmarks, describe_pages
 from pipelines.errors import StudyError
-from pipelines.files import file_sha256, write_json_atomic  # noqa: F401 - callers import them from here too
+from pipelines.files import Lock, file_sha256, write_json_atomic  # noqa: F401 - callers import them from here too
 
 
 @dataclass(frozen=True)
@@ -184,10 +186,21 @@ class StageContext:
         return self.run.config
 
 
+FILESYSTEM_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM}  # told plainly, not as tracebacks
+RUN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")  # a plain folder name: no separators, not . or ..
+
+
+def check_run_name(name: str) -> str:
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        raise StudyError(f"run name {name!r}: use letters, digits and . _ - only, starting with a letter or "
+                         f"digit (the run is the folder <results_dir>/<run>/; paths are not run names)")
+    return name
+
+
 class Run:
     def __init__(self, config: StudyConfig, name: str | None = None):
         self.config = config
-        self.name = name or config.preset
+        self.name = check_run_name(config.preset if name is None else name)
         self.root = Path(config.results_dir) / self.name
 
     def dir(self, stage: str) -> Path:
@@ -270,13 +283,42 @@ class Run:
         tmp.write_text(dump_yaml(self.config))
         os.replace(tmp, self.root / "config.yaml")
 
+    def lock(self, stage: str) -> Lock:
+        """One writer per run and stage: results/<run>/.locks/<stage>.lock (outside the stage folder,
+        which a rerun empties)."""
+        return Lock(self.root / ".locks" / f"{stage}.lock", f"stage `{stage}` of run `{self.name}`")
+
+    def _remove(self, d: Path) -> None:
+        """Delete a stage folder of this run, never anything outside results_dir/<run>/ (a shared stage
+        is a symlink: only the link goes)."""
+        if d.is_symlink():
+            d.unlink()
+            return
+        if self.root.resolve() not in d.resolve().parents:
+            raise StudyError(f"refusing to delete {d}: it is not inside this run's folder {self.root}")
+        shutil.rmtree(d)
+
     def execute(self, stage: str, fn: Callable[[StageContext], dict] | None = None, force: bool = False,
                 log: Callable[[str], None] = print) -> dict:
         """Run `fn` for `stage` unless it is done; write its manifest last. Returns the manifest.
 
         A non-resumable stage starts from an empty folder; a resumable one keeps what is there
-        (its function must skip work already written).
+        (its function must skip work already written). A second process on the same run and stage
+        stops at once (Run.lock).
         """
+        try:
+            with self.lock(stage):
+                return self._execute(stage, fn, force, log)
+        except OSError as e:
+            if e.errno not in FILESYSTEM_ERRORS:
+                raise
+            resumes = "continues where it stopped" if STAGES[stage].resumable else "runs the stage again"
+            raise StudyError(f"[{stage}] {e.strerror}: {e.filename or self.dir(stage)}. The stage is left incomplete "
+                             f"(no manifest; what it wrote stays in {self.dir(stage)}); free space or make the "
+                             f"results folder writable, then rerun the same command: it {resumes}") from None
+
+    def _execute(self, stage: str, fn: Callable[[StageContext], dict] | None, force: bool,
+                 log: Callable[[str], None]) -> dict:
         st = self.state(stage)
         if st.status == "done" and not force:
             log(f"[{stage}] done, config {st.manifest['config_hash']}: skipped "
@@ -284,14 +326,14 @@ class Run:
             return st.manifest
         d = self.dir(stage)
         if d.is_symlink():  # a stage shared from another run that no longer fits: drop the link only
-            d.unlink()
+            self._remove(d)
         elif st.status != "done":
             donor = self.find_donor(stage)
             if donor is not None:
                 self.save_config()
                 d.parent.mkdir(parents=True, exist_ok=True)
                 if d.exists():
-                    shutil.rmtree(d)
+                    self._remove(d)
                 d.symlink_to(os.path.relpath(donor.dir(stage), d.parent), target_is_directory=True)
                 log(f"[{stage}] done in run `{donor.name}` with the same config and inputs: shared (symlink)")
                 return self.read_manifest(stage)
@@ -314,7 +356,7 @@ class Run:
         # the manifest goes first, so a kill from here on never leaves a complete-looking stage
         self.manifest_path(stage).unlink(missing_ok=True)
         if not spec.resumable and d.exists():
-            shutil.rmtree(d)
+            self._remove(d)
         d.mkdir(parents=True, exist_ok=True)
         if st.status != "missing":
             log(f"[{stage}] {st.status}{': ' + st.reason if st.reason else ''}; running")

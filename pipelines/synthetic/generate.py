@@ -31,9 +31,9 @@ from tqdm.auto import tqdm
 from pipelines.config import GenerateConfig
 from pipelines.data.documents import ShardedWriter, read_documents
 from pipelines.errors import StudyError
+from pipelines.files import Lock
 from pipelines.llm.backends import Backend, Completion, make_backend, prompt_seed
 from pipelines.llm.parts import (
-    Lock,
     PartWriter,
     completion_record,
     keep_parts_if_same,
@@ -112,6 +112,10 @@ def postprocess(row: dict, cfg: GenerateConfig) -> tuple[str, dict, str | None]:
     info: dict[str, Any] = {"stripped_opener": "", "trimmed": False}
     if row.get("finish_reason") == "error":
         return raw, {**info, "error": row.get("error")}, "backend_error"
+    try:
+        raw.encode("utf-8")
+    except UnicodeEncodeError:  # a lone surrogate from a server's JSON ("\ud800"): no valid text to train on
+        return raw, info, "undecodable"
     text = raw
     if cfg.strip_openers:
         text, info["stripped_opener"] = strip_openers(text)
@@ -325,7 +329,7 @@ def finalize(ctx: StageContext) -> dict:
 
 def run(ctx: StageContext, backend_factory=make_backend) -> dict:
     ctx.dir.mkdir(parents=True, exist_ok=True)
-    with Lock(ctx.dir):
+    with Lock(ctx.dir / ".lock", f"into {ctx.dir}"):
         gen = generate_missing(ctx, backend_factory)
         result = finalize(ctx)
     c = result["counts"]

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.errors import StudyError
-from pipelines.llmc.shards import HEADER_BYTES, MAGIC, VERSION
+from pipelines.llmc.shards import HEADER_BYTES, MAGIC, VERSION, read_header
 
 
 class MT19937:
@@ -78,10 +78,10 @@ MT_STATE_BYTES = 2520
 def shard_ntok(path: str, min_tokens: int) -> int:
     """llm.c's dataloader_load_shard_ checks, with messages that say what is wrong."""
     p = Path(path)
-    with open(p, "rb") as f:
-        header = np.frombuffer(f.read(HEADER_BYTES), dtype="<i4")
-    if len(header) < 3 or header[0] != MAGIC:
-        raise StudyError(f"{p}: bad magic in the data file: not an llm.c token shard (re-run `study tokenize`)")
+    header = read_header(p)  # a file shorter than the header: a clear error, not numpy's
+    if header[0] != MAGIC:
+        raise StudyError(f"{p}: bad magic in the data file: not an llm.c token shard (rerun the stage that "
+                         f"wrote it, `study mix` or `study tokenize`, with --force)")
     if header[1] != VERSION:
         raise StudyError(f"{p}: bad version {header[1]} in data file (expected {VERSION})")
     ntok = int(header[2])
