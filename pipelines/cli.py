@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--preset", default=None, help="compare against this preset instead of the run's last config")
     st.add_argument("--set", dest="overrides", action="append", default=[])
     st.add_argument("--results-dir", default=None, help="where runs live (default: the config's results_dir)")
+    st.add_argument("--verify", action="store_true",
+                    help="also check every output a manifest lists (present; llm.c shards and checkpoints whole)")
     sub.add_parser("assets", help="fetch offline assets (GPT-2 BPE ranks) into their caches")
     return ap
 
@@ -135,8 +137,9 @@ def _status(args: argparse.Namespace) -> int:
         cfg = cfg.model_copy(update={"results_dir": args.results_dir})
     run = Run(cfg, args.run)
     print(f"run {run.name} ({run.root}), preset {cfg.preset}")
-    print(format_table(run.status_rows()))
-    return 0
+    rows = run.status_rows(verify=args.verify)
+    print(format_table(rows))
+    return 1 if any(r["status"] == "damaged" for r in rows) else 0
 
 
 if __name__ == "__main__":

@@ -321,6 +321,9 @@ class DedupConfig(Section):
     ngrams: int = Field(5, ge=1)
     buckets: int = Field(14, ge=1)
     hashes_per_bucket: int = Field(8, ge=1)
+    # MinHash signs the first this many characters of a document: bounds the memory a single huge
+    # page takes (one 10 MB page took 4 GB in datatrove's signature step); longer pages are counted
+    sign_chars: int = Field(200_000, ge=1000)
 
 
 class DecontamConfig(Section):

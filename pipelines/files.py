@@ -10,6 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from pipelines.errors import StudyError
+
 
 def write_json_atomic(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -39,8 +41,6 @@ class Lock:
         self.path, self.what = Path(path), what
 
     def __enter__(self) -> "Lock":
-        from pipelines.errors import StudyError
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.f = open(self.path, "a+")
         try:

@@ -188,3 +188,23 @@ def test_a_full_or_read_only_disk_is_reported_with_the_path_and_how_to_resume(ci
     msg = str(e.value)
     assert words in msg and str(path) in msg and "incomplete" in msg and "rerun the same command" in msg
     assert run.state("ingest").status in ("incomplete", "missing")
+
+
+def test_status_verify_finds_a_deleted_checkpoint_and_a_cut_shard(tmp_path, capsys):
+    from pipelines.config import load_config
+
+    cfg = load_config("ci", [f"results_dir={tmp_path / 'results'}", "mix.dedup.near=false"])
+    run_stages(cfg, "v", ["ingest", "mix", "train"])
+    args = ["status", "v", "--results-dir", str(tmp_path / "results"), "--verify"]
+    assert main(args) == 0
+    run = Run(cfg, "v")
+    train = run.read_manifest("train")["outputs"][0]["path"]
+    (run.dir("train") / train).unlink()
+    shard = run.dir("mix") / run.read_manifest("mix")["outputs"][-1]["path"]
+    shard.write_bytes(shard.read_bytes()[:-100])
+    assert main(["status", "v", "--results-dir", str(tmp_path / "results")]) == 0  # manifests alone say done
+    capsys.readouterr()
+    assert main(args) == 1
+    out = capsys.readouterr().out
+    assert f"{train} is missing" in out and "truncated or corrupt" in out
+    assert [line.split()[1] for line in out.splitlines() if line.startswith(("mix ", "train "))] == ["damaged"] * 2

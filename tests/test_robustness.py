@@ -36,3 +36,19 @@ def test_a_benchmark_line_that_is_not_utf8_is_a_counted_bad_item_naming_the_file
     assert [it.id for it in b.items] == ["q1", "q3"]
     (bad,) = b.bad
     assert bad["reason"] == "undecodable" and "arc_easy_test.jsonl.gz line 2" in bad["detail"]
+
+
+def test_minhash_signs_a_bounded_prefix_of_a_huge_page(tmp_path):
+    import random
+
+    from pipelines.mix.dedup import minhash_duplicates
+
+    rng = random.Random(0)
+    words = [f"w{rng.randrange(5000)}" for _ in range(400_000)]  # ~2.4 MB of text
+    page = " ".join(words)
+    near = page[:50_000] + " CHANGED " + page[50_000:]
+    other = " ".join(f"x{rng.randrange(5000)}" for _ in range(2_000))
+    gone = minhash_duplicates([("page", page), ("near", near), ("other", other)], tmp_path, sign_chars=20_000)
+    assert gone == {"near"}  # the copy is found on the prefix; the first one and the unrelated page stay
+    with gzip.open(tmp_path / "corpus" / "00000.jsonl.gz", "rt") as f:
+        assert max(len(json.loads(line)["text"]) for line in f) == 20_000  # what datatrove was given to sign

@@ -189,3 +189,54 @@ def test_hellaswag_eval_file_in_llmc_format(tmp_path):
     assert examples[0].label == int(first["label"])
     assert examples[0].endings == [enc.encode_ordinary(" " + e) for e in first["endings"]]
     assert all(len(e.context) + max(map(len, e.endings)) < 64 for e in examples)
+
+
+@pytest.mark.parametrize("damage", ["state_half", "state_tail", "model_cut"])
+def test_a_damaged_last_checkpoint_falls_back_to_the_one_before(shards, tmp_path, damage, capsys):
+    out = tmp_path / "run"
+    train(parse_llmc_args(flags(shards, out, "-x", "8")))  # checkpoints at 4 and 8
+    target = out / ("model_00000008.bin" if damage == "model_cut" else "state_00000008_00000.bin")
+    raw = target.read_bytes()
+    target.write_bytes(raw[: len(raw) // 2] if damage == "state_half" else raw[:-100])
+    capsys.readouterr()
+    result = train(parse_llmc_args(flags(shards, out, "-x", "10")))  # -y 1
+    out_text = capsys.readouterr().out
+    assert "checkpoint 8 is damaged" in out_text and "resuming from the one before it" in out_text
+    assert result["steps"] == 10
+    log = (out / "main.log").read_text()
+    assert log.count("s:5 trl:") == 2 and log.count("s:9 trl:") == 1  # steps 4..7 redone from checkpoint 4
+
+
+def test_no_whole_checkpoint_names_the_done_files(shards, tmp_path):
+    out = tmp_path / "run"
+    train(parse_llmc_args(flags(shards, out, "-x", "4")))
+    (out / "state_00000004_00000.bin").write_bytes(b"\0" * 10)
+    with pytest.raises(StudyError, match="no whole checkpoint.*delete the DONE_\\* files"):
+        train(parse_llmc_args(flags(shards, out, "-x", "6")))
+
+
+def test_the_state_file_carries_train_gpt2cus_rng_as_it_would_have_advanced(shards, tmp_path):
+    out = tmp_path / "run"
+    train(parse_llmc_args(flags(shards, out, "-x", "8")))  # -d 64 / (-b 2 * -t 16): 2 micro-steps per step
+
+    def xorshift(state: int) -> int:  # llmc/sampler.h random_u32's state update, written out again
+        state ^= state >> 12
+        state ^= (state << 25) % 2**64
+        state ^= state >> 27
+        return state
+
+    state, draws = 13371337, []
+    for _ in range(8):
+        for _ in range(2 + 16):  # encoder_backward once per micro-step, then one seed per parameter tensor
+            state = xorshift(state)
+            draws.append(state)
+    words = np.fromfile(out / "state_00000008_00000.bin", "<u8", 16)  # header as 64-bit words
+    assert (int(words[10]), int(words[11])) == (draws[-1], draws[-17])  # int32 words 20-21 and 22-23
+    # a resumed run carries it on: the same words as one that never stopped
+    train(parse_llmc_args(flags(shards, tmp_path / "a", "-x", "10", "-n", "4")))
+    cut = tmp_path / "b"
+    train(parse_llmc_args(flags(shards, cut, "-x", "4", "-n", "4")))
+    train(parse_llmc_args(flags(shards, cut, "-x", "10", "-n", "4")))
+    a = np.fromfile(tmp_path / "a" / "state_00000010_00000.bin", "<u8", 12)[10:12]
+    b = np.fromfile(cut / "state_00000010_00000.bin", "<u8", 12)[10:12]
+    assert a.tolist() == b.tolist()

@@ -1,7 +1,8 @@
 """Exact and near-duplicate removal over the union of a study's sources.
 
 Exact: sha1 of the lowercased, whitespace-collapsed text; the first occurrence is kept.
-Near:  datatrove's MinHash stages (signature -> buckets -> cluster -> filter; 5-grams, 14 buckets x
+Near:  datatrove's MinHash stages over the first `mix.dedup.sign_chars` characters of each document
+       (signature -> buckets -> cluster -> filter; 5-grams, 14 buckets x
        8 hashes by default; sha1 shingle hashes, as xxhash>=4 rejects the str datatrove passes) run by
        `LocalPipelineExecutor` on a JSONL copy of the corpus. In each
        cluster datatrove keeps the first document in input order, so the caller orders the corpus by
@@ -38,8 +39,9 @@ def exact_duplicates(items: Iterable[tuple[str, str]]) -> dict[str, str]:
 
 
 def minhash_duplicates(items: list[tuple[str, str]], workdir: Path, ngrams: int = 5, buckets: int = 14,
-                       hashes_per_bucket: int = 8, workers: int = 1) -> set[str]:
-    """(key, text) in priority order -> keys that datatrove's MinHash dedup removes."""
+                       hashes_per_bucket: int = 8, workers: int = 1, sign_chars: int | None = None) -> set[str]:
+    """(key, text) in priority order -> keys that datatrove's MinHash dedup removes. Each document is
+    signed on its first `sign_chars` characters (None: all), which bounds the memory one page takes."""
     from datatrove.executor import LocalPipelineExecutor
     from datatrove.pipeline.dedup.minhash import (
         MinhashConfig,
@@ -59,7 +61,7 @@ def minhash_duplicates(items: list[tuple[str, str]], workdir: Path, ngrams: int 
     corpus.mkdir(parents=True, exist_ok=True)
     with gzip.open(corpus / "00000.jsonl.gz", "wt", encoding="utf-8") as f:
         for key, text in items:
-            f.write(json.dumps({"id": key, "text": text}, ensure_ascii=False) + "\n")
+            f.write(json.dumps({"id": key, "text": text[:sign_chars]}, ensure_ascii=False) + "\n")
     cfg = MinhashConfig(hash_config=HashConfig(precision=64, hash_fc="sha1"), n_grams=ngrams,
                         num_buckets=buckets, hashes_per_bucket=hashes_per_bucket)
     sigs, bucket_dir, clusters, removed = (str(workdir / d) for d in ("signatures", "buckets", "remove_ids", "removed"))

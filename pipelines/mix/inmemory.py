@@ -105,6 +105,7 @@ def run(ctx: StageContext) -> dict:
 
     # 2. dedup: exact, then near; validation pages are kept whatever they match
     removed: dict[str, tuple[str, dict]] = {}  # key -> (reason, details)
+    signed_in_part = 0
     if cfg.dedup.exact:
         for dup, first in exact_duplicates((k, texts[k]) for k in order).items():
             if dup not in val_set:
@@ -113,7 +114,12 @@ def run(ctx: StageContext) -> dict:
     if cfg.dedup.near:
         alive = [k for k in order if k not in removed]
         near = minhash_duplicates([(k, texts[k]) for k in alive], ctx.dir / "minhash", cfg.dedup.ngrams,
-                                  cfg.dedup.buckets, cfg.dedup.hashes_per_bucket, workers=1)
+                                  cfg.dedup.buckets, cfg.dedup.hashes_per_bucket, workers=1,
+                                  sign_chars=cfg.dedup.sign_chars)
+        signed_in_part = sum(len(texts[k]) > cfg.dedup.sign_chars for k in alive)
+        if signed_in_part:
+            print(f"[mix] near-dedup: {signed_in_part:,} document(s) longer than mix.dedup.sign_chars="
+                  f"{cfg.dedup.sign_chars:,} signed on their first {cfg.dedup.sign_chars:,} characters")
         for k in near:
             if k not in val_set:
                 removed[k] = ("near_duplicate", {})
@@ -196,7 +202,9 @@ def run(ctx: StageContext) -> dict:
         for name in used
     }
     val = {"pattern": f"val/{cfg.val_name}_val_*.bin", "tokens": val_tokens, "documents": len(val_keys)}
-    return stage_result(cfg, val_writer.shards, val, mixes, sources_table, too_short, dict(drops.counts))
+    near = {"sign_chars": cfg.dedup.sign_chars, "documents_signed_in_part": signed_in_part} if cfg.dedup.near else None
+    return stage_result(cfg, val_writer.shards, val, mixes, sources_table, too_short, dict(drops.counts),
+                        near_dedup=near)
 
 
 def _empty(d: Path) -> None:

@@ -33,6 +33,8 @@ from pipelines.config import PROJECT_ROOT, StudyConfig, config_hash, dump_yaml
 from pipelines.data.embedded import describe_benchmarks, describe_pages
 from pipelines.errors import StudyError
 from pipelines.files import Lock, file_sha256, write_json_atomic  # noqa: F401 - callers import them from here too
+from pipelines.llmc.shards import validate_shard
+from pipelines.model import read_checkpoint_header
 
 
 @dataclass(frozen=True)
@@ -395,10 +397,41 @@ class Run:
         write_json_atomic(self.manifest_path(stage), manifest)
         return manifest
 
-    def status_rows(self) -> list[dict]:
+    def verify(self, stage: str) -> list[str]:
+        """What is wrong with the outputs a done stage's manifest lists: missing files, and llm.c files
+        (token shards, checkpoints) whose header or size is wrong. Empty: all there and whole."""
+        m = self.read_manifest(stage) or {}
+        d = self.dir(stage)
+        problems = []
+        for out in m.get("outputs", []) if isinstance(m.get("outputs"), list) else []:
+            rels = [out[k] for k in ("path", "log", "dir") if isinstance(out.get(k), str)]
+            rels += [p for p in out.get("paths", []) if isinstance(p, str)]
+            rels += [p for p in (out.get("items") or {}).values() if isinstance(p, str)]
+            for rel in rels:
+                p = d / rel
+                if not p.exists():
+                    problems.append(f"{rel} is missing")
+                    continue
+                try:
+                    if p.suffix == ".bin" and p.name.startswith("model_"):
+                        read_checkpoint_header(p)
+                    elif p.suffix == ".bin" and "tokens" in out:
+                        ntok = validate_shard(p, check_tokens=False)
+                        if ntok != out["tokens"]:
+                            problems.append(f"{rel}: {ntok:,} tokens, the manifest says {out['tokens']:,}")
+                except StudyError as e:
+                    problems.append(str(e).replace(str(p), rel, 1))
+        return problems
+
+    def status_rows(self, verify: bool = False) -> list[dict]:
         rows = []
         for stage in STAGES:
             st = self.state(stage)
+            if verify and st.status == "done":
+                problems = self.verify(stage)
+                if problems:
+                    st = StageState(stage, "damaged", "; ".join(problems[:3]) + (" ..." if len(problems) > 3 else ""),
+                                    st.manifest)
             m = st.manifest or {}
             counts = m.get("counts", {})
             rows.append({

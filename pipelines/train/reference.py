@@ -38,7 +38,7 @@ from pipelines.errors import StudyError
 from pipelines.llmc.evalfile import LLMC_RELATIVE_PATH, read_eval_file
 from pipelines.llmc.shapes import DECAYED
 from pipelines.llmc.tokenizer import _valid, cached_bpe_path, gpt2
-from pipelines.model import GPT2, build_model, load_checkpoint, write_checkpoint
+from pipelines.model import GPT2, build_model, load_checkpoint, read_checkpoint_header, write_checkpoint
 from pipelines.train.data import MT19937, MT_STATE_BYTES, DataLoader
 from pipelines.train.flags import LlmcArgs, parse_llmc_args
 from pipelines.train.optim import (
@@ -80,14 +80,6 @@ class Logger:
         self._write(f"s:{step} eval:{acc:.4f}")
 
 
-def find_max_step(out: Path | None) -> int:
-    """The highest N of the DONE_N files in `out`, -1 if none (llm.c's find_max_step)."""
-    if out is None or not out.is_dir():
-        return -1
-    steps = [int(p.name[5:]) for p in out.glob("DONE_*") if p.name[5:].isdigit()]
-    return max(steps, default=-1)
-
-
 def _write_atomic(path: Path, chunks: list[bytes]) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
@@ -96,11 +88,33 @@ def _write_atomic(path: Path, chunks: list[bytes]) -> None:
     os.replace(tmp, path)
 
 
-def save_state(path: Path, step: int, opt: AdamW, loader: DataLoader, master: bool) -> None:
+class LlmcRng:
+    """train_gpt2cu's stochastic-rounding RNG (xorshift, seeded 13371337 + rank), advanced exactly as
+    it advances it: one draw per micro-step's backward (encoder_backward) and, for an update that is
+    not skipped, one per parameter tensor (16), with the state before them kept as `last_update`.
+    The torch backend rounds nothing stochastically; it keeps this count so that train_gpt2cu, resuming
+    from our state file (words 20-23), rounds as if it had run the whole time."""
+
+    def __init__(self, rank: int = 0):
+        self.state, self.last_update = 13371337 + rank, 0
+
+    def draw(self, n: int = 1) -> None:
+        for _ in range(n):
+            _, self.state = random_u32(self.state)
+
+    def step(self, micro_steps: int, updated: bool) -> None:
+        self.draw(micro_steps)
+        if updated:
+            self.last_update = self.state
+            self.draw(16)  # NUM_PARAMETER_TENSORS
+
+
+def save_state(path: Path, step: int, opt: AdamW, loader: DataLoader, master: bool, rng: LlmcRng) -> None:
     """llm.c's save_state layout for one process: header, m, v, [master weights], loader state."""
     h = np.zeros(256, dtype="<i4")
     h[:6] = (STATE_MAGIC, 1, 1, 0, int(master), int(loader.shuffle))
     h[10] = step
+    h[20:24] = np.array([rng.state, rng.last_update], dtype="<u8").view("<i4")
     h[30:34] = np.array([loader.shard_idx, loader.sample_idx], dtype="<u8").view("<i4")
     flat = lambda ts: torch.cat([t.reshape(-1) for t in ts]).numpy().astype("<f4").tobytes()  # noqa: E731
     chunks = [h.tobytes(), flat(opt.m), flat(opt.v)]
@@ -115,8 +129,57 @@ def save_state(path: Path, step: int, opt: AdamW, loader: DataLoader, master: bo
     _write_atomic(path, chunks)
 
 
-def load_state(path: Path, opt: AdamW, loader: DataLoader) -> int:
-    """Restore AdamW, (master) weights and the train loader from a state file; returns its step."""
+def state_problem(path: Path, num_parameters: int) -> str | None:
+    """Why a state file cannot be whole (None: its size is exactly what its header announces)."""
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        return f"cannot read {path.name}: {e.strerror}"
+    if len(raw) < 1024:
+        return f"{path.name} is {len(raw)} bytes, shorter than its 1024-byte header"
+    h = np.frombuffer(raw[:1024], dtype="<i4")
+    if h[0] != STATE_MAGIC:
+        return f"{path.name} is not an llm.c state file (magic {h[0]})"
+    expected = 1024 + 4 * num_parameters * (3 if h[4] else 2)
+    if h[5]:  # shuffle state: shard order, sample order, Mersenne Twister
+        for _ in range(2):
+            if len(raw) < expected + 8:
+                return f"{path.name} is truncated ({len(raw):,} bytes)"
+            count = int(np.frombuffer(raw, "<u8", 1, expected)[0])
+            expected += 8 + 4 * count
+        expected += MT_STATE_BYTES
+    if len(raw) != expected:
+        return f"{path.name} is {len(raw):,} bytes, its header announces {expected:,}: truncated or corrupt"
+    return None
+
+
+def resume_step(out: Path) -> int:
+    """The newest checkpoint whose model and state files are whole (llm.c's find_max_step, plus the
+    check): a damaged one is reported and the one before it used; -1 when there is none."""
+    steps = sorted((int(p.name[5:]) for p in out.glob("DONE_*") if p.name[5:].isdigit()), reverse=True)
+    for step in steps:
+        model = out / f"model_{step:08d}.bin"
+        try:
+            shape, _ = read_checkpoint_header(model)
+            problem = state_problem(out / f"state_{step:08d}_00000.bin", shape.num_parameters)
+        except StudyError as e:
+            problem = str(e)
+        if problem is None:
+            return step
+        print(f"checkpoint {step} is damaged ({problem}); resuming from the one before it. "
+              f"(Its DONE_{step:08d} stays; delete it, and the checkpoint's files, to silence this.)", flush=True)
+    if steps:
+        raise StudyError(f"no whole checkpoint in {out} (DONE files for steps {steps}); delete the DONE_* files "
+                         f"there to train from the start")
+    return -1
+
+
+def load_state(path: Path, opt: AdamW, loader: DataLoader, rng: LlmcRng) -> int:
+    """Restore AdamW, (master) weights, the train loader and the RNG from a state file; returns its step."""
+    n = sum(p.numel() for p in opt.params)
+    problem = state_problem(path, n)
+    if problem is not None:
+        raise StudyError(f"{path.parent}: {problem}")
     raw = path.read_bytes()
     h = np.frombuffer(raw[:1024], dtype="<i4")
     if h[0] != STATE_MAGIC or h[1] != 1:
@@ -126,7 +189,6 @@ def load_state(path: Path, opt: AdamW, loader: DataLoader) -> int:
     master, shuffle = bool(h[4]), bool(h[5])
     if shuffle != loader.shuffle:
         raise StudyError(f"{path}: loader shuffle={shuffle} in the state, {loader.shuffle} now (-a changed?)")
-    n = sum(p.numel() for p in opt.params)
     pos = 1024
 
     def floats(count: int) -> torch.Tensor:
@@ -157,17 +219,18 @@ def load_state(path: Path, opt: AdamW, loader: DataLoader) -> int:
         loader.intra = np.frombuffer(raw, "<i4", nsamples, pos + 8).tolist()
         pos += 8 + 4 * nsamples
         loader.rng = MT19937.from_bytes(raw[pos : pos + MT_STATE_BYTES])
+    rng.state, rng.last_update = (int(x) for x in h[20:24].view("<u8"))
     shard_idx, sample_idx = (int(x) for x in h[30:34].view("<u8"))
     loader.resume(shard_idx, sample_idx)
     return int(h[10])
 
 
 def write_llmc_checkpoint(out: Path, step: int, model: GPT2, opt: AdamW, loader: DataLoader, dtype: str,
-                          master: bool) -> None:
+                          master: bool, rng: LlmcRng) -> None:
     """model_%08d.bin, state_%08d_00000.bin, then the empty DONE_%08d (the checkpoint is complete)."""
     print(f"Writing checkpoint at step {step}", flush=True)
     write_checkpoint(model, out / f"model_{step:08d}.bin", dtype=dtype)
-    save_state(out / f"state_{step:08d}_00000.bin", step, opt, loader, master)
+    save_state(out / f"state_{step:08d}_00000.bin", step, opt, loader, master, rng)
     (out / f"DONE_{step:08d}").touch()
 
 
@@ -215,13 +278,18 @@ def hellaswag_correct(model: GPT2, examples, B: int) -> int:
     return correct
 
 
-def _xorshift_f32(state: int) -> tuple[float, int]:
-    """llm.c's random_f32 (llmc/sampler.h): a float in [0, 1) and the next xorshift state."""
+def random_u32(state: int) -> tuple[int, int]:
+    """llm.c's random_u32 (llmc/sampler.h, xorshift*): a 32-bit draw and the next 64-bit state."""
     m = (1 << 64) - 1
     state ^= state >> 12
     state = (state ^ (state << 25)) & m
     state ^= state >> 27
-    u32 = ((state * 0x2545F4914F6CDD1D) & m) >> 32
+    return ((state * 0x2545F4914F6CDD1D) & m) >> 32, state
+
+
+def _xorshift_f32(state: int) -> tuple[float, int]:
+    """llm.c's random_f32 (llmc/sampler.h): a float in [0, 1) and the next xorshift state."""
+    u32, state = random_u32(state)
     return (u32 >> 8) / 16777216.0, state
 
 
@@ -298,10 +366,10 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
     train_pattern = args.val_data_pattern if overfit else args.train_data_pattern
 
     # resume from the highest DONE checkpoint when -y 1
-    resume_step = find_max_step(out) if args.resume == 1 else -1
-    resuming = resume_step != -1
+    resume_at = resume_step(out) if args.resume == 1 else -1
+    resuming = resume_at != -1
     if resuming:
-        model = load_checkpoint(out / f"model_{resume_step:08d}.bin")
+        model = load_checkpoint(out / f"model_{resume_at:08d}.bin")
     else:
         load = args.load_filename
         model = build_model(str(wd / load) if load.endswith(".bin") else load, seed=seed)
@@ -348,8 +416,9 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
     opt = AdamW([p for _, _, p in named], [n in DECAYED for n, _, _ in named], args.weight_decay)
     master = dtype == "bf16" and args.use_master_weights == 1  # bf16 model file: keep exact fp32 weights
     step = 0
+    rng = LlmcRng()
     if resuming:
-        step = load_state(out / f"state_{resume_step:08d}_00000.bin", opt, train_loader)
+        step = load_state(out / f"state_{resume_at:08d}_00000.bin", opt, train_loader, rng)
 
     det_loss, det_grad = OutlierDetector(), OutlierDetector()
     flops_per_step = shape.flops_per_token(T) * total_batch
@@ -378,7 +447,7 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
             model.train()
         if (args.checkpoint_every > 0 and out is not None and not resuming
                 and ((step > 0 and step % args.checkpoint_every == 0) or last)):
-            write_llmc_checkpoint(out, step, model, opt, train_loader, dtype, master)
+            write_llmc_checkpoint(out, step, model, opt, train_loader, dtype, master, rng)
             old = step - args.checkpoints_keep * args.checkpoint_every
             if args.checkpoints_keep > 0 and old > 0 and (args.major_checkpoint_every == 0
                                                           or old % args.major_checkpoint_every):
@@ -404,6 +473,7 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
             return ""
 
         loss, norm, reason = train_step(model, opt, batches, lr, step + 1, skip)
+        rng.step(grad_accum, updated=not reason)
         if reason:
             print(reason)
         dt = time.perf_counter() - t0
