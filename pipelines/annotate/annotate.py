@@ -34,7 +34,7 @@ from typing import IO, Any, Callable, Iterator
 from tqdm.auto import tqdm
 
 from pipelines.config import BackendConfig
-from pipelines.data.documents import ShardedWriter, read_documents
+from pipelines.data.documents import ShardedWriter, batched, read_documents
 from pipelines.errors import StudyError
 from pipelines.files import Lock
 from pipelines.llm.backends import Backend, make_backend
@@ -161,17 +161,6 @@ def prompt_key(doc_id: str, prompt: str) -> str:
     return f"{doc_id}#{hashlib.sha256(prompt.encode('utf-8', 'surrogatepass')).hexdigest()[:16]}"
 
 
-def _batches(items: Iterator[tuple[str, str]], size: int) -> Iterator[list[tuple[str, str]]]:
-    batch: list[tuple[str, str]] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 # ---------------------------------------------------------------------------------------------
 # annotation (resumable, one annotator at a time)
 
@@ -212,7 +201,7 @@ def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, temp
     t0 = last_log = time.perf_counter()
     try:
         with tqdm(total=total, initial=have, desc=f"annotate {k}", unit="page", disable=None) as bar:
-            for batch in _batches(todo, backend_cfg.batch_size):
+            for batch in batched(todo, backend_cfg.batch_size):
                 comps = backend.generate([p for _, p in batch], cfg.sampling)
                 writer.write([completion_record(pk, c, backend.model_name)
                               for (pk, _), c in zip(batch, comps, strict=True)])

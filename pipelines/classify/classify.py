@@ -34,7 +34,7 @@ import math
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
@@ -573,12 +573,3 @@ def read_metrics(run_dir: str | Path) -> dict:
     return json.loads((Path(run_dir) / "classify" / "metrics.json").read_text())
 
 
-def iter_batches(items: Iterable, size: int) -> Iterator[list]:
-    batch: list = []
-    for x in items:
-        batch.append(x)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch

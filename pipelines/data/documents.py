@@ -12,11 +12,12 @@ import json
 import os
 from collections import Counter
 from pathlib import Path
-from typing import IO, Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator, TypeVar
 
 from pipelines.data.embedded import EMBEDDED, WEB_PAGES
 from pipelines.errors import StudyError
 
+T = TypeVar("T")
 SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".json.gz", ".parquet")
 EXAMPLE_CHARS = 2000  # text kept per example in removed/ (the reason and full length are kept too)
 
@@ -177,3 +178,15 @@ def read_documents(paths: Iterable[Path]) -> Iterator[dict]:
         with _open_binary(path) as f:
             for raw in f:
                 yield json.loads(raw)
+
+
+def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Lists of `size` items in order, the last one shorter (itertools.batched from Python 3.12)."""
+    batch: list[T] = []
+    for x in items:
+        batch.append(x)
+        if len(batch) >= size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

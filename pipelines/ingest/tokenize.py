@@ -11,27 +11,15 @@ from __future__ import annotations
 
 import time
 from pathlib import Path
-from typing import Iterator
 
 from tqdm.auto import tqdm
 
-from pipelines.data.documents import read_documents
+from pipelines.data.documents import batched, read_documents
 from pipelines.llmc.shards import ShardWriter
 from pipelines.llmc.tokenizer import encode_stream
 from pipelines.runs.manifest import StageContext
 
 CHARS_PER_TOKEN = 4.2  # only for the progress bar's estimate of the total
-
-
-def _batches(paths: list[Path], size: int) -> Iterator[list[str]]:
-    batch: list[str] = []
-    for doc in read_documents(paths):
-        batch.append(doc["text"])
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 def tokenize_files(paths_by_split: dict[str, list[Path]], out_dir: Path, name: str, shard_tokens: int,
@@ -42,7 +30,7 @@ def tokenize_files(paths_by_split: dict[str, list[Path]], out_dir: Path, name: s
     with tqdm(total=est, desc="tokenize", unit="tok", unit_scale=True, disable=None) as bar:
         for split, paths in paths_by_split.items():
             writer = ShardWriter(out_dir, name, split, shard_tokens)
-            for tokens, lengths in encode_stream(_batches(paths, batch_documents), workers):
+            for tokens, lengths in encode_stream(batched((d["text"] for d in read_documents(paths)), batch_documents), workers):
                 writer.add(tokens, lengths)
                 bar.update(len(tokens))
             writer.flush()

@@ -59,7 +59,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipelines.config import MixConfig, config_hash
-from pipelines.data.documents import DropLog, expand_paths
+from pipelines.data.documents import DropLog, batched, expand_paths
 from pipelines.data.pages import external_documents
 from pipelines.errors import StudyError
 from pipelines.llmc.shards import ShardWriter
@@ -618,23 +618,17 @@ def _write_val(ctx: StageContext, workers: int) -> tuple[set[str], set[int], dic
     keys: set[str] = set()
     hashes: set[int] = set()
 
-    def batches() -> Iterator[list[str]]:
-        batch: list[str] = []
+    def texts() -> Iterator[str]:
         for doc in stage_documents(ctx.run, "ingest", "val"):
             keys.add(f"{doc['source']}\t{doc['id']}")
             hashes.add(text_hash(doc["text"]))
-            batch.append(doc["text"])
-            if len(batch) >= 64:
-                yield batch
-                batch = []
-        if batch:
-            yield batch
+            yield doc["text"]
 
     d = mkdir(ctx.dir / "val")
     for p in d.glob(f"{cfg.val_name}_val_*.bin"):
         p.unlink()
     writer = ShardWriter(d, cfg.val_name, "val", cfg.shard_tokens)
-    for arr, lengths in encode_stream(batches(), workers):
+    for arr, lengths in encode_stream(batched(texts(), 64), workers):
         writer.add(arr, lengths)
     writer.flush()
     tokens = sum(s["tokens"] for s in writer.shards)

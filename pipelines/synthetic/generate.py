@@ -29,7 +29,7 @@ from typing import IO, Any, Iterator
 from tqdm.auto import tqdm
 
 from pipelines.config import GenerateConfig
-from pipelines.data.documents import ShardedWriter, read_documents
+from pipelines.data.documents import ShardedWriter, batched, read_documents
 from pipelines.errors import StudyError
 from pipelines.files import Lock
 from pipelines.llm.backends import Backend, Completion, make_backend, prompt_seed
@@ -160,19 +160,6 @@ def _prompts(ctx: StageContext) -> Iterator[dict]:
     yield from read_documents(ctx.run.dir("prompts") / o["path"] for o in m["outputs"])
 
 
-def _batches(prompts: Iterator[dict], done: dict, size: int) -> Iterator[list[dict]]:
-    batch: list[dict] = []
-    for p in prompts:
-        if p["id"] in done:
-            continue
-        batch.append(p)
-        if len(batch) >= size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
 def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
     """Complete every prompt without a saved completion. -> throughput of this invocation."""
     cfg = ctx.config.generate
@@ -200,7 +187,7 @@ def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
     t0 = last_log = time.perf_counter()
     try:
         with tqdm(total=total, initial=have, desc="generate", unit="doc", disable=None, dynamic_ncols=True) as bar:
-            for batch in _batches(_prompts(ctx), done, cfg.backend.batch_size):
+            for batch in batched((p for p in _prompts(ctx) if p["id"] not in done), cfg.backend.batch_size):
                 seeds = [prompt_seed(ctx.config.seed, p["id"]) for p in batch]
                 comps: list[Completion] = backend.generate([p["text"] for p in batch], cfg.sampling, seeds)
                 writer.write([completion_record(p["id"], c, backend.model_name)
