@@ -22,8 +22,8 @@ from pipelines.errors import StudyError
 from pipelines.figures.figures import export, make
 from pipelines.llmc.tokenizer import ensure_gpt2_bpe
 from pipelines.notebooks import run_notebooks
-from pipelines.runs.manifest import STAGES, Run, check_run_name, format_table, study_stages
-from pipelines.runs.runner import print_start, run_stages
+from pipelines.runs.manifest import STAGES, Run, check_run_name, study_stages
+from pipelines.runs.runner import format_table, print_start, run_stages
 from pipelines.sweep import run_sweep
 from pipelines.train.train import dry_run, planned_shard_sets, shard_sets_of
 

@@ -8,6 +8,9 @@ timings, package versions, git commit, status. A stage is
 - stale:      a manifest exists but the config or an upstream stage changed;
 - incomplete: outputs without a manifest (killed, or running now);
 - missing:    nothing there.
+
+A little over 400 lines as one thing: the registry, the states and `execute` decide together when a
+stage runs, and what it may delete.
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ from pathlib import Path
 from typing import Any, Callable
 
 from pipelines.config import PROJECT_ROOT, StudyConfig, config_hash, dump_yaml
-from pipelines.data.embedded import describe_benchmarks, describe_pages
 from pipelines.errors import StudyError
 from pipelines.files import Lock, file_sha256, write_json_atomic  # noqa: F401 - callers import them from here too
 from pipelines.llmc.shards import validate_shard
 from pipelines.model import read_checkpoint_header
+from pipelines.runs.provenance import data_line, data_read
 
 
 @dataclass(frozen=True)
@@ -93,36 +96,6 @@ STAGES: dict[str, StageSpec] = {
     "figures": StageSpec("pipelines.figures.figures:run", (), ("ingest", "generate", "classify", "filter", "mix", "train",
                                                      "evaluate"), command="study figures", reads_what_ran=True),
 }
-
-
-def data_read(config: StudyConfig, stage: str) -> dict[str, dict]:
-    """The data sets a stage reads from outside the run (embedded, hub or a local path), for its
-    manifest and its first log line; stages it reads inside the run are its `inputs`."""
-    out: dict[str, dict] = {}
-    if stage == "ingest":
-        c = config.ingest
-        out["pages"] = describe_pages(c.path, c.dataset, c.dataset_config, c.split)
-    elif stage == "classify" and not config.classifier.label_source.stage:
-        s = config.classifier.label_source
-        out["labels"] = describe_pages(s.path, s.dataset, s.dataset_config, s.split)
-    elif stage == "mix":
-        for name in config.mix.used_sources:
-            s = config.mix.sources[name]
-            if not s.stage:
-                out[f"source {name}"] = describe_pages(s.path, s.dataset, s.dataset_config, s.split)
-        if config.mix.decontaminate.enabled:
-            out["benchmarks"] = describe_benchmarks(config.mix.decontaminate.eval_dir)
-    elif stage == "train" and config.train.hellaswag:
-        out["hellaswag"] = describe_benchmarks(config.train.hellaswag_path)
-    elif stage == "evaluate":
-        out["benchmarks"] = describe_benchmarks(config.evaluate.data_dir)
-    return out
-
-
-def _data_line(desc: dict) -> str:
-    if desc["kind"] == "hub":
-        return "hub " + "/".join(str(desc[k]) for k in ("dataset", "config") if desc.get(k)) if desc.get("dataset") else "hub"
-    return f"{desc['kind']} {desc['path']}"
 
 
 def study_stages(config: StudyConfig) -> list[str]:
@@ -364,7 +337,7 @@ class Run:
             log(f"[{stage}] {st.status}{': ' + st.reason if st.reason else ''}; running")
         data = data_read(self.config, stage)
         for what, desc in data.items():
-            log(f"[{stage}] {what}: {_data_line(desc)}")
+            log(f"[{stage}] {what}: {data_line(desc)}")
         started = dt.datetime.now(dt.timezone.utc)
         t0 = time.perf_counter()
         result = fn(StageContext(self, stage, d, inputs))
@@ -446,21 +419,3 @@ class Run:
         return rows
 
 
-def format_table(rows: list[dict]) -> str:
-    if not rows:
-        return ""
-    cols = list(rows[0])
-
-    def cell(v: Any) -> str:
-        if v is None:
-            return "-"
-        if isinstance(v, float):
-            return f"{v:,.1f}"
-        if isinstance(v, int):
-            return f"{v:,}"
-        return str(v)
-
-    cells = [[cell(r[c]) for c in cols] for r in rows]
-    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
-    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
-    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])

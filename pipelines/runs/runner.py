@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pipelines.config import StudyConfig
-from pipelines.runs.manifest import Run, format_table, study_stages
+from pipelines.runs.manifest import Run, study_stages
 
 
 def print_start(cfg: StudyConfig, run: Run) -> None:
@@ -26,3 +28,23 @@ def run_stages(cfg: StudyConfig, run_name: str | None, stages: list[str], force:
         out[stage] = run.execute(stage, force=force)
     print(format_table(run.status_rows()))
     return out
+
+
+def format_table(rows: list[dict]) -> str:
+    if not rows:
+        return ""
+    cols = list(rows[0])
+
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return f"{v:,.1f}"
+        if isinstance(v, int):
+            return f"{v:,}"
+        return str(v)
+
+    cells = [[cell(r[c]) for c in cols] for r in rows]
+    widths = [max(len(c), *(len(row[i]) for row in cells)) for i, c in enumerate(cols)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths)).rstrip()  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths]), *(line(r) for r in cells)])
