@@ -6,6 +6,7 @@ STAMP := $(VENV)/.installed
 PRESET ?= smoke
 WEB ?=
 RUN ?= smoke
+LAB_ARGS ?=
 SMOKE_ARGS := --preset $(PRESET) --run $(RUN) $(if $(WEB),--set ingest.path=$(WEB))
 
 .PHONY: setup smoke test lab benchmarks clean-venv
@@ -23,10 +24,11 @@ test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/python -m pytest -q
 
-# JupyterLab on the same notebooks, with this environment's kernel
+# JupyterLab at the project root (notebooks/ and the executed records in results/), this environment's
+# kernel; extra arguments: make lab LAB_ARGS=--allow-root
 lab: $(STAMP)
 	$(VENV)/bin/python -m pip install -q -e ".[notebooks]"
-	cd notebooks && $(abspath $(VENV))/bin/jupyter lab
+	$(VENV)/bin/jupyter lab $(LAB_ARGS)
 
 # each prints ours next to a reference, measured in the same run
 benchmarks: $(STAMP)

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -75,6 +76,14 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
+        return _main(args)
+    except BrokenPipeError:  # `study status RUN | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+def _main(args: argparse.Namespace) -> int:
+    try:
         if args.command == "assets":
             print(f"GPT-2 BPE: {ensure_gpt2_bpe()}")
             return 0
@@ -93,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "run" and not args.direct:
             run = Run(cfg, args.run)
             print_start(cfg, run)
+            run.save_config()  # what the notebooks attach to (notebooks.setup)
             for r in run_notebooks(cfg, run.name, args.overrides, preset=args.preset):
                 print(f"[run] {r['notebook']}: {r['seconds']} s")
             print(format_table(run.status_rows()))
@@ -132,7 +142,8 @@ def _status(args: argparse.Namespace) -> int:
         if not saved.exists():
             raise StudyError(f"no run at {results / args.run} (no config.yaml); runs: "
                              f"{', '.join(sorted(p.name for p in results.glob('*') if p.is_dir())) or 'none'}")
-        cfg = load_config(str(saved), args.overrides)
+        # the run is where it was found: a copied or renamed run folder reports on itself
+        cfg = load_config(str(saved), [*args.overrides, f"results_dir={results}"])
     if args.results_dir:
         cfg = cfg.model_copy(update={"results_dir": args.results_dir})
     run = Run(cfg, args.run)

@@ -208,3 +208,19 @@ def test_status_verify_finds_a_deleted_checkpoint_and_a_cut_shard(tmp_path, caps
     out = capsys.readouterr().out
     assert f"{train} is missing" in out and "truncated or corrupt" in out
     assert [line.split()[1] for line in out.splitlines() if line.startswith(("mix ", "train "))] == ["damaged"] * 2
+
+
+def test_status_names_changed_keys_unused_stages_and_survives_a_closed_pipe(ci_config, tmp_path):
+    cfg = ci_config("stages=[ingest, tokenize]")
+    run_stages(cfg, "r", ["ingest"])
+    run = Run(ci_config("stages=[ingest, tokenize]", "ingest.max_documents=50", "ingest.val_fraction=0.2"), "r")
+    st = run.state("ingest")
+    assert st.status == "stale" and "ingest.max_documents" in st.reason and "ingest.val_fraction" in st.reason
+    rows = {r["stage"]: r["status"] for r in run.status_rows()}
+    assert rows["tokenize"] == "missing" and rows["mix"] == "not used"
+    # stdout is a pipe whose reader has gone (`study status r | head -1` once head has exited)
+    code = ("import os, sys; from pipelines.cli import main\n"
+            "r, w = os.pipe(); os.close(r); os.dup2(w, 1)\n"
+            f"sys.exit(main(['status', 'r', '--results-dir', {str(cfg.results_dir)!r}]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert p.returncode == 0 and "BrokenPipe" not in p.stderr and "Traceback" not in p.stderr

@@ -119,10 +119,12 @@ def test_the_ci_preset_writes_the_recorded_bytes(ci_run):
 
 def test_a_rerun_executes_nothing_already_complete(ci_run, capsys):
     root, args = ci_run
-    before = {p: p.stat().st_mtime_ns for p in root.glob("*/manifest.json")}
+    before = {p: p.stat().st_mtime_ns for p in [*root.glob("*/manifest.json"), *root.glob("notebooks/*.ipynb")]}
     capsys.readouterr()
     assert main(args) == 0
-    assert {p: p.stat().st_mtime_ns for p in root.glob("*/manifest.json")} == before
+    after = {p: p.stat().st_mtime_ns for p in [*root.glob("*/manifest.json"), *root.glob("notebooks/*.ipynb")]}
+    assert after == before  # no stage reran, and each notebook's record of the run that made it is kept
+    assert capsys.readouterr().out.count("the record of the run that made them is kept") == len(NOTEBOOKS)
 
 
 def test_a_failing_notebook_names_itself_and_its_cell(tmp_path, ci_config):
@@ -171,3 +173,32 @@ def test_two_point_sweep_shares_upstream_stages(tmp_path, web_sample):
     table = pd.read_csv(record["table"])  # both points' evaluation rows, with their grid value
     assert set(table["run"]) == {a.name, b.name} and set(table["train.lr"]) == {0.006, 0.003}
     assert (Path(record["table"]).parent / "comparison.png").exists()
+
+
+def test_a_notebook_opened_on_a_finished_run_attaches_to_its_config(ci_run, capsys):
+    """Run All with the notebook's defaults on an existing run changes no stage (its saved config wins)."""
+    from pipelines.notebooks import setup
+
+    root, _ = ci_run
+    run = Run(load_config(str(root / "config.yaml"), [f"results_dir={root.parent}"]), "nb")
+    before = {s: run.state(s).status for s in STAGES}
+    cfg, run_dir = setup("nb", "smoke", str(root.parent), [])  # the committed defaults: another preset
+    assert "attached to run `nb`'s saved config" in capsys.readouterr().out
+    assert cfg.preset == "ci" and run_dir == root
+    assert {s: Run(cfg, "nb").state(s).status for s in STAGES} == before
+    cfg2, _ = setup("nb", "ci", str(root.parent), ["evaluate.limit=5"])  # overrides: on purpose
+    assert cfg2.evaluate.limit == 5 and "evaluate.limit" in capsys.readouterr().out
+
+
+def test_a_copied_and_renamed_run_reports_the_same_status(ci_run, tmp_path, capsys):
+    import shutil
+
+    root, _ = ci_run
+    copy = tmp_path / "elsewhere" / "results"
+    shutil.copytree(root, copy / "nb-copy", symlinks=True)
+    assert main(["status", "nb", "--results-dir", str(root.parent)]) == 0
+    original = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[3:]]
+    assert main(["status", "nb-copy", "--results-dir", str(copy)]) == 0
+    copied = [line.split()[:2] for line in capsys.readouterr().out.splitlines()[3:]]
+    assert copied == original
+    assert [stage for stage, status in copied if status != "done"] == ["tokenize"]  # no notebook runs it

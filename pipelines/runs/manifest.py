@@ -172,6 +172,16 @@ def check_run_name(name: str) -> str:
     return name
 
 
+def changed_keys(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys whose values differ between two resolved configs (nested dicts)."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for k in dict.fromkeys([*old, *new]):
+            out += changed_keys(old.get(k), new.get(k), f"{prefix}{k}.")
+        return out
+    return [] if old == new else [prefix.rstrip(".")]
+
+
 class Run:
     def __init__(self, config: StudyConfig, name: str | None = None):
         self.config = config
@@ -224,7 +234,9 @@ class Run:
             return StageState(stage, "incomplete" if has_files else "missing",
                               "outputs without a complete manifest (killed or running)" if has_files else "")
         if m.get("config_hash") != self.stage_hash(stage):
-            return StageState(stage, "stale", "config changed", m)
+            keys = changed_keys(m.get("config") or {}, self.stage_config(stage))
+            more = f" ({', '.join(keys[:4])}{' ...' if len(keys) > 4 else ''})" if keys else ""
+            return StageState(stage, "stale", f"config changed{more}", m)
         for dep in self.inputs(stage):
             dep_state = self.state(dep)
             if dep_state.status != "done":
@@ -400,6 +412,8 @@ class Run:
         rows = []
         for stage in STAGES:
             st = self.state(stage)
+            if self.config.stages is not None and stage not in self.config.stages and st.status == "missing":
+                st = StageState(stage, "not used", "not among this study's `stages`")
             if verify and st.status == "done":
                 problems = self.verify(stage)
                 if problems:
