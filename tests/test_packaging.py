@@ -41,3 +41,14 @@ def test_cli_entry_point_and_clear_errors():
     bad = subprocess.run([*study, "ingest", "--preset", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2
     assert "unknown preset 'nope'" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_openmp_threads_wait_passively_unless_the_user_says_otherwise():
+    import subprocess
+    import sys
+
+    code = "import pipelines.cli, os; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in __import__("os").environ.items() if k != "OMP_WAIT_POLICY"}
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "PASSIVE"
+    env["OMP_WAIT_POLICY"] = "ACTIVE"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "ACTIVE"
