@@ -223,12 +223,27 @@ class AnnotateConfig(Section):
     extract_chars: int = Field(1000, ge=100)  # FineWeb-Edu: the first ~1000 characters
     prompt_path: str | None = None  # a text file with an {extract} placeholder; None: the built-in prompt
     shard_documents: int = Field(10_000, ge=1)
+    # parse: the score written on the answer's last `Educational score: N` line (FineWeb-Edu);
+    # distribution: no answer is generated, the assistant turn starts with `score_prefix` and the next-token
+    #   probabilities of the digits 0..5 give the expected score (the label) and the argmax, one forward pass;
+    # both: the answer is generated and parsed, then the digits' probabilities are read at its score line
+    #   (or after it, when it has none): every page gets the expected score as its label, the parsed one is kept
+    scoring: Literal["parse", "distribution", "both"] = "parse"
+    score_prefix: str = "Educational score:"  # where the digits are read (distribution / both)
 
     @model_validator(mode="after")
     def _some_annotator(self) -> "AnnotateConfig":
         if not self.annotators:
             raise ValueError("annotate.annotators needs at least one backend config")
         return self
+
+    def hashed_dict(self) -> dict:
+        """With scoring: parse the scoring fields are left out, so configs from before them keep their hash."""
+        out = super().hashed_dict()
+        if out.get("scoring") == "parse":
+            out.pop("scoring", None)
+            out.pop("score_prefix", None)
+        return out
 
 
 class LabelField(Section):

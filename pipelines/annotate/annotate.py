@@ -17,6 +17,16 @@ Output, in results/<run>/annotate/:
 
 The manifest's `outputs` list only labels/ (what the classifier trains on); counts hold the parse
 failure rate overall and per annotator, and the label distribution.
+
+Scoring from the distribution (annotate.scoring: distribution | both): the assistant turn is made to
+start with `score_prefix` ("Educational score:"; with `both`, after the model's own justification, cut
+at its last score line) and the next-token probabilities of " 0" ... " 5" are read (transformers:
+logits; vLLM and OpenAI-compatible servers: top_logprobs). Normalised over the six digits they give
+the expected score (the page's label: every page that can be scored gets one, whatever the model
+writes) and the argmax. Saved like the answers, in
+  scores/<k>-<model>/part-*.jsonl   {"prompt_id": "<doc id>#<sha of prompt + prefix>", "probs": [p0..p5]}
+and reported per annotator with the parse-failure rate and, for `both`, the agreement of argmax and
+expected score with the parsed score.
 """
 
 from __future__ import annotations
@@ -49,6 +59,7 @@ from pipelines.runs.manifest import StageContext
 
 MAX_SCORE = 5
 LOG_EVERY_S = 30.0
+DIGITS = tuple(f" {d}" for d in range(MAX_SCORE + 1))  # the candidates read at the score position
 
 # Our wording of FineWeb-Edu's additive prompt: the same five criteria and closing line. The page
 # comes first and the instructions last, which small instruct models follow far better.
@@ -122,6 +133,63 @@ def int_score(score: float) -> int:
     return int(min(max(math.floor(score + 0.5), 0), MAX_SCORE))
 
 
+def score_prefix(answer: str | None, prefix: str) -> str:
+    """Where the digits are read: with no answer (distribution) the prefix alone; after an answer (both),
+    the answer up to its last score line, or all of it, then the prefix on a line of its own."""
+    if answer is None:
+        return prefix
+    matches = list(_SCORE_LINE.finditer(answer))
+    head = answer[: matches[-1].start()].rstrip(" \t*#") if matches else answer.rstrip()
+    if head and not head.endswith("\n"):
+        head += "\n"
+    return head + prefix
+
+
+@dataclass(frozen=True)
+class DigitScore:
+    expected: float  # sum of d * p(d), p normalised over the digits 0..5
+    argmax: int
+    mass: float  # how much of the next-token probability the six digits hold
+    probs: tuple[float, ...]  # normalised, 0..5
+
+
+def digit_score(probs: list[float] | None) -> DigitScore | None:
+    """Expected score and argmax from the six digits' probabilities (None: the digits have no mass)."""
+    if not probs or len(probs) != MAX_SCORE + 1:
+        return None
+    mass = float(sum(probs))
+    if not mass > 0 or not math.isfinite(mass):
+        return None
+    p = [x / mass for x in probs]
+    return DigitScore(sum(d * x for d, x in enumerate(p)), max(range(len(p)), key=lambda d: (p[d], -d)), mass,
+                      tuple(round(x, 6) for x in p))
+
+
+def spearman(xs: list[float], ys: list[float]) -> float | None:
+    """Spearman's rank correlation (average ranks for ties); None with < 3 pairs or a constant side."""
+    if len(xs) != len(ys) or len(xs) < 3:
+        return None
+
+    def ranks(v: list[float]) -> list[float]:
+        order = sorted(range(len(v)), key=lambda i: v[i])
+        r = [0.0] * len(v)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and v[order[j + 1]] == v[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                r[order[k]] = (i + j) / 2
+            i = j + 1
+        return r
+
+    rx, ry = ranks(xs), ranks(ys)
+    mx, my = sum(rx) / len(rx), sum(ry) / len(ry)
+    sxy = sum((a - mx) * (b - my) for a, b in zip(rx, ry))
+    sxx, syy = sum((a - mx) ** 2 for a in rx), sum((b - my) ** 2 for b in ry)
+    return round(sxy / math.sqrt(sxx * syy), 4) if sxx > 0 and syy > 0 else None
+
+
 def load_template(path: str | None) -> str:
     if path is None:
         return PROMPT_TEMPLATE
@@ -165,8 +233,29 @@ def prompt_key(doc_id: str, prompt: str) -> str:
 # annotation (resumable, one annotator at a time)
 
 
+class LazyBackend:
+    """One annotator's backend, loaded on first use and shared by answering and scoring."""
+
+    def __init__(self, factory: Callable[..., Backend], cfg: BackendConfig, seed: int):
+        self.factory, self.cfg, self.seed = factory, cfg, seed
+        self.backend: Backend | None = None
+        self.load_s: float | None = None
+
+    def get(self) -> Backend:
+        if self.backend is None:
+            t = time.perf_counter()
+            self.backend = self.factory(self.cfg, self.seed)
+            self.load_s = round(time.perf_counter() - t, 2)
+        return self.backend
+
+    def close(self) -> None:
+        if self.backend is not None:
+            self.backend.close()
+            self.backend = None
+
+
 def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, template: str,
-                     backend_factory: Callable[..., Backend] = make_backend) -> dict:
+                     backend_factory: Callable[..., Backend] | LazyBackend = make_backend) -> dict:
     """Answer every page that annotator k has no complete saved answer for. -> stats of this call."""
     cfg = ctx.config.annotate
     name = annotator_name(k, backend_cfg)
@@ -174,6 +263,8 @@ def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, temp
     key = {"backend": backend_cfg.hashed_dict(), "sampling": cfg.sampling.hashed_dict(), "seed": ctx.config.seed}
     keep_parts_if_same(parts_dir, parts_dir / "state.json", key, f"[annotate] {name}: model or sampling")
     done, scan = scan_parts(parts_dir)
+    lazy = backend_factory if isinstance(backend_factory, LazyBackend) else \
+        LazyBackend(backend_factory, backend_cfg, ctx.config.seed)
 
     def prompts() -> Iterator[tuple[str, str]]:  # (key, prompt); streamed, so any number of pages fits
         for d in pages(ctx):
@@ -194,9 +285,8 @@ def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, temp
         return stats
     print(f"[annotate] {name}: {total - have:,} of {total:,} pages to go ({have:,} resumed), "
           f"max_new_tokens={cfg.sampling.max_new_tokens}, temperature={cfg.sampling.temperature}")
-    t_load = time.perf_counter()
-    backend = backend_factory(backend_cfg, ctx.config.seed)
-    stats["model_load_s"] = round(time.perf_counter() - t_load, 2)
+    backend = lazy.get()
+    stats["model_load_s"] = lazy.load_s
     writer = PartWriter(parts_dir)
     t0 = last_log = time.perf_counter()
     try:
@@ -213,8 +303,66 @@ def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, temp
                     print(f"[annotate] {name}: {have + stats['answered_now']:,}/{total:,} pages", flush=True)
     finally:
         writer.close()
-        backend.close()
+        if lazy is not backend_factory:
+            lazy.close()
         stats["wall_s_now"] = round(time.perf_counter() - t0, 3)
+    return stats
+
+
+def score_items(ctx: StageContext, k: int, backend_cfg: BackendConfig, template: str,
+                handles: dict[Path, IO[bytes]], answers: dict | None = None) -> Iterator[tuple[dict, str, str, str]]:
+    """(page, prompt, prefix, key) for each page, where annotator k's digits are read. With scoring
+    `both` the prefix holds the page's saved answer, so it needs the answers first."""
+    cfg = ctx.config.annotate
+    if cfg.scoring == "both" and answers is None:
+        answers = scan_parts(ctx.dir / "parts" / annotator_name(k, backend_cfg))[0]
+    for d in pages(ctx):
+        p = render_prompt(d["text"], cfg.extract_chars, template)
+        answer = None
+        if cfg.scoring == "both":
+            where = answers.get(prompt_key(d["id"], p)) if answers else None
+            if where is None:
+                raise StudyError(f"[annotate] page {d['id']} has no saved answer to score after: rerun to finish")
+            answer = read_row(handles, where).get("text") or ""
+        prefix = score_prefix(answer, cfg.score_prefix)
+        yield d, p, prefix, prompt_key(d["id"], p + "\x00" + prefix)
+
+
+def score_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, template: str, lazy: LazyBackend) -> dict:
+    """Read the digits' probabilities for every page annotator k has none saved for. -> stats of this call."""
+    name = annotator_name(k, backend_cfg)
+    scores_dir = ctx.dir / "scores" / name
+    key = {"backend": backend_cfg.hashed_dict(), "candidates": list(DIGITS)}
+    keep_parts_if_same(scores_dir, scores_dir / "state.json", key, f"[annotate] {name}: scoring model")
+    done, scan = scan_parts(scores_dir)
+    handles: dict[Path, IO[bytes]] = {}
+    stats: dict[str, Any] = {"scored_before": 0, "scored_now": 0, "score_wall_s_now": 0.0,
+                             "score_torn_lines": scan["torn_lines"]}
+    writer: PartWriter | None = None
+    t0 = time.perf_counter()
+    try:
+        todo = []
+        for _, p, prefix, sk in score_items(ctx, k, backend_cfg, template, handles):
+            if sk in done:
+                stats["scored_before"] += 1
+            else:
+                todo.append((sk, p, prefix))
+        if not todo:
+            return stats
+        print(f"[annotate] {name}: reading the digits' probabilities on {len(todo):,} page(s)")
+        backend = lazy.get()
+        writer = PartWriter(scores_dir)
+        for batch in batched(iter(todo), backend_cfg.batch_size):
+            probs = backend.candidate_probs([p for _, p, _ in batch], [x for _, _, x in batch], DIGITS)
+            writer.write([{"prompt_id": sk, "probs": [round(v, 8) for v in pr], "generator": backend.model_name}
+                          for (sk, _, _), pr in zip(batch, probs, strict=True)])
+            stats["scored_now"] += len(batch)
+    finally:
+        for f in handles.values():
+            f.close()
+        if writer is not None:
+            writer.close()
+        stats["score_wall_s_now"] = round(time.perf_counter() - t0, 3)
     return stats
 
 
@@ -222,45 +370,85 @@ def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, temp
 # labels
 
 
+def _agreement(parsed: list[float | None], dist: list[DigitScore | None]) -> dict:
+    pairs = [(p, d) for p, d in zip(parsed, dist) if p is not None and d is not None]
+    return {
+        "pages": len(pairs),
+        "argmax_equals_parsed": round(sum(d.argmax == int_score(p) for p, d in pairs) / len(pairs), 4) if pairs else None,
+        "mean_abs_diff_expected_parsed": round(sum(abs(d.expected - p) for p, d in pairs) / len(pairs), 4) if pairs else None,
+        "spearman_expected_parsed": spearman([d.expected for _, d in pairs], [p for p, _ in pairs]),
+    }
+
+
 def finalize(ctx: StageContext, template: str) -> dict:
-    """Saved answers -> labels/ (scored pages) and unparsed/, in page order. -> manifest fields."""
+    """Saved answers (and digit probabilities) -> labels/ (scored pages) and unparsed/, in page order.
+    -> manifest fields."""
     cfg = ctx.config.annotate
+    mode = cfg.scoring
     for sub in ("labels", "unparsed"):
         shutil.rmtree(ctx.dir / sub, ignore_errors=True)
     names = [annotator_name(k, b) for k, b in enumerate(cfg.annotators)]
-    indexes = [scan_parts(ctx.dir / "parts" / n)[0] for n in names]
+    indexes = [scan_parts(ctx.dir / "parts" / n)[0] if mode != "distribution" else {} for n in names]
+    score_indexes = [scan_parts(ctx.dir / "scores" / n)[0] if mode != "parse" else {} for n in names]
     labelled = ShardedWriter(ctx.dir / "labels", "annotated", cfg.shard_documents)
     unparsed = ShardedWriter(ctx.dir / "unparsed", "unparsed", cfg.shard_documents)
     handles: dict[Path, IO[bytes]] = {}
     per_annotator = [Counter() for _ in names]  # parsed / failed / clipped / finish reasons
     annotator_labels = [Counter() for _ in names]  # int score -> pages, per annotator
+    argmaxes = [Counter() for _ in names]
+    parsed_all: list[list[float | None]] = [[] for _ in names]
+    dist_all: list[list[DigitScore | None]] = [[] for _ in names]
     labels: Counter[int] = Counter()
-    n_pages = 0
+    n_pages = n_no_parse = 0
     missing = []
     try:
+        streams = [score_items(ctx, a, b, template, handles, indexes[a]) if mode != "parse" else None
+                   for a, b in enumerate(cfg.annotators)]
         for doc in pages(ctx):
             n_pages += 1
             pk = prompt_key(doc["id"], render_prompt(doc["text"], cfg.extract_chars, template))
-            scores, answers, models, parsed_raw = [], [], [], []
+            scores, answers, models, parsed_raw, parsed_scores, dists = [], [], [], [], [], []
             for a, index in enumerate(indexes):
-                where = index.get(pk)
-                if where is None:
-                    missing.append(doc["id"])
-                    break
-                row = read_row(handles, where)
-                p = parse_score(row.get("text") or "")
                 c = per_annotator[a]
-                c["finish_" + (row.get("finish_reason") or "?")] += 1
-                c["parsed" if p.score is not None else "failed"] += 1
-                c["clipped"] += p.clipped
-                if p.score is not None:
-                    annotator_labels[a][int_score(p.score)] += 1
-                scores.append(p.score)
+                p, row = ParsedScore(None, None, False), {}
+                if mode != "distribution":
+                    where = index.get(pk)
+                    if where is None:
+                        missing.append(doc["id"])
+                        break
+                    row = read_row(handles, where)
+                    p = parse_score(row.get("text") or "")
+                    c["finish_" + (row.get("finish_reason") or "?")] += 1
+                    c["parsed" if p.score is not None else "failed"] += 1
+                    c["clipped"] += p.clipped
+                ds = None
+                if mode != "parse":
+                    _, _, _, sk = next(streams[a])  # type: ignore[call-overload]
+                    where = score_indexes[a].get(sk)
+                    if where is None:
+                        missing.append(doc["id"])
+                        break
+                    srow = read_row(handles, where)
+                    ds = digit_score(srow.get("probs"))
+                    c["scored" if ds is not None else "unscored"] += 1
+                    c["mass"] += ds.mass if ds is not None else 0.0
+                    if ds is not None:
+                        argmaxes[a][ds.argmax] += 1
+                    row = row or {"generator": srow.get("generator")}
+                    parsed_all[a].append(p.score)
+                    dist_all[a].append(ds)
+                label = p.score if mode == "parse" else (ds.expected if ds is not None else None)
+                if label is not None:
+                    annotator_labels[a][int_score(label)] += 1
+                scores.append(label)
                 parsed_raw.append(p.raw)
-                answers.append(row.get("text") or "")
+                parsed_scores.append(p.score)
+                dists.append(ds)
+                answers.append(row.get("text") if mode != "distribution" else None)
                 models.append(row.get("generator"))
             good = [s for s in scores if s is not None]
             score = sum(good) / len(good) if good else None
+            n_no_parse += all(s is None for s in parsed_scores)
             doc["metadata"]["annotation"] = {
                 "score": score,
                 "int_score": int_score(score) if score is not None else None,
@@ -270,6 +458,15 @@ def finalize(ctx: StageContext, template: str) -> dict:
                 "models": models,
                 "extract_chars": cfg.extract_chars,
             }
+            if mode != "parse":
+                doc["metadata"]["annotation"].update({
+                    "scoring": mode,  # `scores` are the expected scores from the digits' probabilities
+                    "parsed_scores": parsed_scores,
+                    "expected_scores": [round(d.expected, 6) if d else None for d in dists],
+                    "argmax_scores": [d.argmax if d else None for d in dists],
+                    "digit_probs": [list(d.probs) if d else None for d in dists],
+                    "digit_mass": [round(d.mass, 6) if d else None for d in dists],
+                })
             if score is None:
                 unparsed.write(doc)
             else:
@@ -283,24 +480,41 @@ def finalize(ctx: StageContext, template: str) -> dict:
     shards, bad_shards = labelled.close(), unparsed.close()
     n_labelled = sum(s["documents"] for s in shards)
     n_failed = n_pages - n_labelled
+    counts: dict[str, Any] = {
+        "documents": n_labelled,
+        "pages": n_pages,
+        "unparsed": n_failed,
+        "parse_failure_rate": round(n_failed / n_pages, 4) if n_pages else None,
+        "label_distribution": {str(s): labels.get(s, 0) for s in range(MAX_SCORE + 1)},
+    }
+    if mode != "parse":  # `unparsed`: pages with no label; parse failures counted apart
+        counts.update({"scoring": mode, "label_from": "expected score of the digits 0..5 at the score position",
+                       "unlabelled_rate": counts["parse_failure_rate"],
+                       "parse_failure_rate": (round(n_no_parse / n_pages, 4) if n_pages else None)
+                       if mode == "both" else None})
+    annotators = []
+    for a, (n, b, c, al) in enumerate(zip(names, cfg.annotators, per_annotator, annotator_labels)):
+        entry = {"name": n, "model": b.model or "bundled SmolLM2-135M-Instruct GGUF", "kind": b.kind,
+                 "parsed": c["parsed"], "failed": c["failed"], "clipped": c["clipped"],
+                 "parse_failure_rate": round(c["failed"] / n_pages, 4) if n_pages and mode != "distribution" else None,
+                 "finish_reasons": {k[len("finish_"):]: v for k, v in sorted(c.items()) if k.startswith("finish_")},
+                 "label_distribution": {str(s): al.get(s, 0) for s in range(MAX_SCORE + 1)}}
+        if mode != "parse":
+            scored = [d for d in dist_all[a] if d is not None]
+            entry["distribution"] = {
+                "scored": c["scored"], "unscored": c["unscored"],
+                "mean_digit_mass": round(c["mass"] / n_pages, 4) if n_pages else None,
+                "mean_expected_score": round(sum(d.expected for d in scored) / len(scored), 4) if scored else None,
+                "argmax_distribution": {str(s): argmaxes[a].get(s, 0) for s in range(MAX_SCORE + 1)},
+            }
+            if mode == "both":
+                entry["agreement"] = _agreement(parsed_all[a], dist_all[a])
+        annotators.append(entry)
     return {
         "outputs": [{"path": f"labels/{s['path']}", "documents": s["documents"], "chars": s["chars"]} for s in shards],
         "unparsed": [{"path": f"unparsed/{s['path']}", "documents": s["documents"]} for s in bad_shards],
-        "counts": {
-            "documents": n_labelled,
-            "pages": n_pages,
-            "unparsed": n_failed,
-            "parse_failure_rate": round(n_failed / n_pages, 4) if n_pages else None,
-            "label_distribution": {str(s): labels.get(s, 0) for s in range(MAX_SCORE + 1)},
-        },
-        "annotators": [
-            {"name": n, "model": b.model or "bundled SmolLM2-135M-Instruct GGUF", "kind": b.kind,
-             "parsed": c["parsed"], "failed": c["failed"], "clipped": c["clipped"],
-             "parse_failure_rate": round(c["failed"] / n_pages, 4) if n_pages else None,
-             "finish_reasons": {k[len("finish_"):]: v for k, v in sorted(c.items()) if k.startswith("finish_")},
-             "label_distribution": {str(s): al.get(s, 0) for s in range(MAX_SCORE + 1)}}
-            for n, b, c, al in zip(names, cfg.annotators, per_annotator, annotator_labels)
-        ],
+        "counts": counts,
+        "annotators": annotators,
         "prompt_sha256": hashlib.sha256(template.encode()).hexdigest(),
     }
 
@@ -312,10 +526,22 @@ def run(ctx: StageContext, backend_factory: Callable[..., Backend] = make_backen
     with Lock(ctx.dir / ".lock", f"into {ctx.dir}"):
         # a part folder of an annotator no longer in the config is stale: remove it
         keep = {annotator_name(k, b) for k, b in enumerate(cfg.annotators)}
-        for d in (ctx.dir / "parts").glob("*"):
-            if d.is_dir() and d.name not in keep:
-                shutil.rmtree(d)
-        throughput = [annotate_missing(ctx, k, b, template, backend_factory) for k, b in enumerate(cfg.annotators)]
+        for sub in ("parts", "scores"):
+            for d in (ctx.dir / sub).glob("*"):
+                if d.is_dir() and d.name not in keep:
+                    shutil.rmtree(d)
+        throughput = []
+        for k, b in enumerate(cfg.annotators):
+            lazy = LazyBackend(backend_factory, b, ctx.config.seed)
+            try:
+                t = (annotate_missing(ctx, k, b, template, lazy) if cfg.scoring != "distribution"
+                     else {"annotator": annotator_name(k, b), "answered_now": 0, "wall_s_now": 0.0})
+                if cfg.scoring != "parse":
+                    t.update(score_missing(ctx, k, b, template, lazy))
+                    t.setdefault("model_load_s", lazy.load_s)
+            finally:
+                lazy.close()
+            throughput.append(t)
         result = finalize(ctx, template)
     for t in throughput:
         t["docs_per_s"] = round(t["answered_now"] / t["wall_s_now"], 3) if t.get("wall_s_now") else None
@@ -323,8 +549,13 @@ def run(ctx: StageContext, backend_factory: Callable[..., Backend] = make_backen
                                         if t.get("wall_s_now") else None)
     result["throughput"] = throughput
     c = result["counts"]
-    print(f"[annotate] {c['documents']:,} of {c['pages']:,} pages scored, parse failure rate "
-          f"{c['parse_failure_rate']:.1%}; labels {c['label_distribution']}")
+    if cfg.scoring == "parse":
+        print(f"[annotate] {c['documents']:,} of {c['pages']:,} pages scored, parse failure rate "
+              f"{c['parse_failure_rate']:.1%}; labels {c['label_distribution']}")
+    else:
+        pf = c["parse_failure_rate"]
+        print(f"[annotate] {c['documents']:,} of {c['pages']:,} pages labelled from the digits' distribution"
+              + (f" (parse failure rate {pf:.1%})" if pf is not None else "") + f"; labels {c['label_distribution']}")
     return result
 
 

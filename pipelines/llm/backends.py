@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import json
+import math
 import os
 import random
 import shutil
@@ -75,6 +76,13 @@ class Backend:
                  seeds: Sequence[int] | None = None) -> list[Completion]:
         raise NotImplementedError
 
+    def candidate_probs(self, prompts: Sequence[Prompt], prefixes: Sequence[str],
+                        candidates: Sequence[str]) -> list[list[float]]:
+        """For each prompt: the probability of each candidate (e.g. " 0" ... " 5") as the next token after
+        the chat with an assistant turn that starts with `prefix` (annotate's distribution scoring).
+        Probabilities of the whole vocabulary, not renormalised over the candidates."""
+        raise BackendError(f"the {self.kind} backend cannot read next-token probabilities")
+
     def close(self) -> None:
         pass
 
@@ -87,6 +95,30 @@ def make_backend(cfg: BackendConfig, seed: int = 0) -> Backend:
     if cfg.kind == "vllm":
         return VLLMBackend(cfg, seed)
     raise StudyError(f"unknown backend kind {cfg.kind!r}")
+
+
+NO_SCORING = ("Distribution scoring (annotate.scoring=distribution|both) needs a server that continues an "
+              "assistant turn (continue_final_message) and returns top_logprobs: vLLM or SGLang. `transformers "
+              "serve` does neither: with it use annotate.scoring=parse, or the transformers / vllm backend.")
+TOP_LOGPROBS = 20  # the most alternatives OpenAI's API and vLLM's default (--max-logprobs) return
+
+
+def match_top_logprobs(top: Sequence[tuple[str, float]], candidates: Sequence[str]) -> list[float]:
+    """Candidate probabilities from one position's top alternatives [(token text, logprob)]: a candidate's
+    text matches a token whatever the whitespace around it (" 3", "3"); a candidate absent: 0."""
+    want = [c.strip() for c in candidates]
+    probs = [0.0] * len(candidates)
+    for token, logprob in top:
+        t = (token or "").strip()
+        if t in want and logprob is not None and math.isfinite(logprob):
+            probs[want.index(t)] += math.exp(logprob)
+    return probs
+
+
+def first_content_position(chosen: Sequence[str]) -> int:
+    """The first generated position whose token is not whitespace only: after a prefix like "score:" a
+    tokenizer that writes the space as its own token (SmolLM2's) puts the digit one position later."""
+    return next((i for i, t in enumerate(chosen) if (t or "").strip()), 0)
 
 
 def _cut_at_stop(text: str, stops: Sequence[str]) -> str:
@@ -253,6 +285,38 @@ class TransformersBackend(Backend):
                 out[i] = Completion(text, reason, int(n_prompt[row]), len(ids))
         return out  # type: ignore[return-value]
 
+    def candidate_probs(self, prompts: Sequence[Prompt], prefixes: Sequence[str],
+                        candidates: Sequence[str]) -> list[list[float]]:
+        """One forward pass per prompt: the context is the longest token prefix that the rendered chat +
+        prefix + every candidate share (so a space the tokenizer keeps apart is context), and each
+        candidate's first token after it is read from the last position's softmax."""
+        torch = self.torch
+        rows = []
+        for prompt, prefix in zip(prompts, prefixes, strict=True):
+            text = self.render(prompt) + prefix
+            seqs = [self.tok(text + c, add_special_tokens=False)["input_ids"] for c in candidates]
+            n = 0
+            while all(len(q) > n for q in seqs) and len({q[n] for q in seqs}) == 1:
+                n += 1
+            rows.append((seqs[0][:n], [q[n] if len(q) > n else None for q in seqs]))
+        out: list[list[float]] = [[] for _ in rows]
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i][0]))
+        pad = self.tok.pad_token_id
+        for start in range(0, len(order), self.cfg.batch_size):
+            idx = order[start : start + self.cfg.batch_size]
+            width = max(len(rows[i][0]) for i in idx)
+            ids = torch.tensor([[pad] * (width - len(rows[i][0])) + rows[i][0] for i in idx], device=self.device)
+            mask = torch.tensor([[0] * (width - len(rows[i][0])) + [1] * len(rows[i][0]) for i in idx],
+                                device=self.device)
+            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding must not shift the positions
+            with torch.inference_mode():
+                logits = self.model(input_ids=ids, attention_mask=mask, position_ids=positions,
+                                    logits_to_keep=1).logits[:, -1, :]  # the lm head on the last position only
+            probs = torch.softmax(logits.float(), dim=-1).tolist()
+            for row, i in enumerate(idx):
+                out[i] = [probs[row][t] if t is not None else 0.0 for t in rows[i][1]]
+        return out
+
     def close(self) -> None:
         del self.model
 
@@ -330,7 +394,8 @@ class OpenAIBackend(Backend):
             tokens = round(len(text) / 4)
         return Completion(text, choice.get("finish_reason") or "stop", int(usage.get("prompt_tokens") or 0), int(tokens))
 
-    def _post(self, body: dict) -> Completion:
+    def _post(self, body: dict, parse: Any = None) -> Any:
+        scoring, parse = parse is not None, parse or self.parse
         data = json.dumps(body).encode()
         last = ""
         for attempt in range(self.cfg.max_retries + 1):
@@ -338,7 +403,7 @@ class OpenAIBackend(Backend):
             try:
                 req = urllib.request.Request(self.url, data=data, headers=self._headers, method="POST")
                 with self._opener.open(req, timeout=self.cfg.timeout_s) as r:
-                    return self.parse(json.loads(r.read()))
+                    return parse(json.loads(r.read()))
             except urllib.error.HTTPError as e:
                 detail = e.read()[:500].decode("utf-8", "replace")
                 if e.code in FATAL_STATUS:
@@ -346,6 +411,9 @@ class OpenAIBackend(Backend):
                         f"{self.url}: HTTP {e.code} ({FATAL_STATUS[e.code]}): {detail}\nCheck generate.backend.model="
                         f"{self.cfg.model!r}, generate.backend.base_url and the key in ${self.cfg.api_key_env}") from None
                 if e.code not in RETRY_STATUS:  # e.g. 400 prompt too long: this prompt fails, the run goes on
+                    if scoring:  # no error completion to keep: the page's scoring fails loudly
+                        raise BackendError(f"{self.url} refused a scoring request: HTTP {e.code}: {detail}\n"
+                                           f"{NO_SCORING}") from None
                     return Completion("", "error", 0, 0, error=f"HTTP {e.code}: {detail}")
                 last = f"HTTP {e.code}: {detail[:200]}"
                 retry_after = e.headers.get("Retry-After") if e.headers else None
@@ -369,6 +437,34 @@ class OpenAIBackend(Backend):
             return []
         with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(bodies))) as pool:
             return list(pool.map(self._post, bodies))
+
+    def score_body(self, prompt: Prompt, prefix: str) -> dict:
+        """Two greedy tokens after the assistant turn's `prefix` (vLLM's and SGLang's continue_final_message),
+        with the top alternatives at each position."""
+        return {"model": self.cfg.model,
+                "messages": [*to_messages(prompt, self.cfg.system_prompt), {"role": "assistant", "content": prefix}],
+                "add_generation_prompt": False, "continue_final_message": True,
+                "temperature": 0.0, "max_tokens": 2, "n": 1, "logprobs": True, "top_logprobs": TOP_LOGPROBS}
+
+    def parse_logprobs(self, payload: Any) -> list[tuple[str, float]]:
+        """The top alternatives at the first non-whitespace generated position of a chat completion."""
+        try:
+            content = (payload["choices"][0].get("logprobs") or {}).get("content") or []
+        except (KeyError, IndexError, TypeError, AttributeError):
+            raise ValueError(f"not a chat completion: {str(payload)[:300]}") from None
+        if not content:
+            raise BackendError(f"{self.url} answered without logprobs.\n{NO_SCORING}")
+        pos = first_content_position([c.get("token") or "" for c in content])
+        return [(t.get("token") or "", t.get("logprob")) for t in content[pos].get("top_logprobs") or []]
+
+    def candidate_probs(self, prompts: Sequence[Prompt], prefixes: Sequence[str],
+                        candidates: Sequence[str]) -> list[list[float]]:
+        bodies = [self.score_body(p, x) for p, x in zip(prompts, prefixes, strict=True)]
+        if not bodies:
+            return []
+        with ThreadPoolExecutor(max_workers=min(self.cfg.concurrency, len(bodies))) as pool:
+            tops = list(pool.map(lambda b: self._post(b, self.parse_logprobs), bodies))
+        return [match_top_logprobs(t, candidates) for t in tops]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -439,4 +535,23 @@ class VLLMBackend(Backend):
             c = o.outputs[0]
             result.append(Completion(c.text, c.finish_reason or "stop",  # stop | length | abort
                                      len(o.prompt_token_ids or []), len(c.token_ids)))
+        return result
+
+    def candidate_probs(self, prompts: Sequence[Prompt], prefixes: Sequence[str],
+                        candidates: Sequence[str]) -> list[list[float]]:
+        if not prompts:
+            return []
+        convs = [[*to_messages(p, self.cfg.system_prompt), {"role": "assistant", "content": x}]
+                 for p, x in zip(prompts, prefixes, strict=True)]
+        params = self._sampling_params(n=1, temperature=0.0, max_tokens=2, logprobs=TOP_LOGPROBS)
+        outputs = self.llm.chat(convs, sampling_params=params, use_tqdm=False, add_generation_prompt=False,
+                                continue_final_message=True)
+        result = []
+        for o in outputs:  # .outputs[0].logprobs: per generated position, {token id: Logprob(logprob, decoded_token)}
+            c = o.outputs[0]
+            positions = c.logprobs or []
+            chosen = [(positions[k].get(t).decoded_token if positions[k].get(t) is not None else "")
+                      for k, t in enumerate(list(c.token_ids)[: len(positions)])]
+            top = positions[first_content_position(chosen)] if positions else {}
+            result.append(match_top_logprobs([(v.decoded_token, v.logprob) for v in top.values()], candidates))
         return result
