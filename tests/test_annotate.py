@@ -12,7 +12,8 @@ import textwrap
 import pytest
 
 from pipelines.annotate import annotate
-from pipelines.annotate.annotate import PROMPT_TEMPLATE, int_score, parse_score, render_prompt
+from pipelines.annotate import prompt as prompt_module
+from pipelines.annotate.prompt import PROMPT_TEMPLATE, int_score, parse_score, render_prompt
 from pipelines.config import PROJECT_ROOT
 from pipelines.data.documents import read_documents
 from pipelines.llm.backends import Backend, Completion
@@ -39,10 +40,10 @@ def test_a_custom_template_needs_the_placeholder(tmp_path):
     bad = tmp_path / "p.txt"
     bad.write_text("Rate this page.")
     with pytest.raises(Exception, match="extract"):
-        annotate.load_template(str(bad))
+        prompt_module.load_template(str(bad))
     good = tmp_path / "q.txt"
     good.write_text("Page: {extract}\nEducational score: <points>")
-    assert render_prompt("abc", 100, annotate.load_template(str(good))) == "Page: abc\nEducational score: <points>"
+    assert render_prompt("abc", 100, prompt_module.load_template(str(good))) == "Page: abc\nEducational score: <points>"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -298,7 +299,7 @@ class Weighed(Scripted):
 
 
 def test_digit_score_spearman_and_the_score_prefix():
-    from pipelines.annotate.annotate import digit_score, score_prefix, spearman
+    from pipelines.annotate.prompt import digit_score, score_prefix, spearman
 
     d = digit_score([0.0, 0.0, 0.1, 0.1, 0.2, 0.0])  # 0.4 of the mass on the digits
     assert d.mass == pytest.approx(0.4) and d.argmax == 4

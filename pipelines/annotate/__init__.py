@@ -1,4 +1,6 @@
 """The `annotate` stage: FineWeb-Edu's additive 5-point educational prompt through one LLM or a jury.
 
-  annotate.py  prompt, score parsing, resumable annotation of ingest's pages, readers for the notebook
+  prompt.py    the prompt, the parsed score line, the digits' distribution -> an expected score
+  annotate.py  resumable annotation of ingest's pages (answers and digit scores in part files), the
+               labels, the manifest, readers for the notebook
 """
