@@ -478,6 +478,12 @@ class TrainConfig(Section):
     export_hf: bool = True  # also write each final model as a Hugging Face folder <mix>/hf/
     mixes: list[str] | None = None  # mixes trained alone, one run each; None: every mix; []: none
     schedules: list[TrainSchedule] = []  # staged runs (train/<schedule>/<stage>/), besides the mixes
+    # each mix trained alone is trained once per seed and model size (train/<mix>[-<model>][-s<seed>]/;
+    # the run with train.model and train.seed keeps train/<mix>/). torch: the seed sets initialisation and
+    # data order; llmc (always initialised with 42): a seed other than train.seed trains on the mix's
+    # documents reshuffled with it (train/seeds/<mix>-s<seed>/). None: [train.seed] / [train.model]
+    seeds: list[int] | None = None
+    models: list[str] | None = None  # model sizes (d2c64, d4c128, d12, ...): the scales of a decision study
 
     @model_validator(mode="after")
     def _schedule_names(self) -> "TrainConfig":
@@ -486,7 +492,31 @@ class TrainConfig(Section):
             raise ValueError(f"schedule names must be unique: {names}")
         if "dev" in names:
             raise ValueError("a schedule may not be named `dev` (llm.c's HellaSwag file lives in train/dev/)")
+        for key in ("seeds", "models"):
+            v = getattr(self, key)
+            if v is not None and (not v or len(set(v)) != len(v)):
+                raise ValueError(f"train.{key} must list distinct values (or be null): {v}")
+        for m in self.models or []:
+            if m.endswith(".bin") or not m[:1].isalnum() or any(not (c.isalnum() or c in "._-") for c in m):
+                raise ValueError(f"train.models: {m!r} is not a model descriptor (d2c64, d4c128, d12, ...); a "
+                                 f"checkpoint to start from is train.model")
         return self
+
+    def hashed_dict(self) -> dict:
+        """Unset seeds / models are left out, so configs from before they existed keep their hash."""
+        out = super().hashed_dict()
+        for key in ("seeds", "models"):
+            if out.get(key) is None:
+                out.pop(key, None)
+        return out
+
+    @property
+    def run_seeds(self) -> list[int]:
+        return list(self.seeds) if self.seeds is not None else [self.seed]
+
+    @property
+    def run_models(self) -> list[str]:
+        return list(self.models) if self.models is not None else [self.model]
 
     @property
     def processes(self) -> int:
@@ -554,6 +584,19 @@ class EvaluateConfig(Section):
     device: str = "auto"  # auto: cuda when available, else cpu
     threads: int = Field(0, ge=0)  # CPU threads for torch; 0: torch's default
     progress: bool = True
+    # decisions (evaluate/decisions.json): each trained run's per-item values are averaged over its last
+    # `average_last` evaluated checkpoints (checkpoints: last evaluates that many); `baseline`: a mix each
+    # other mix is compared with (None: every pair of mixes)
+    average_last: int = Field(1, ge=1)
+    baseline: str | None = None
+
+    def hashed_dict(self) -> dict:
+        """The decision settings at their defaults are left out: configs from before them keep their hash."""
+        out = super().hashed_dict()
+        for key, default in (("average_last", 1), ("baseline", None)):
+            if out.get(key) == default:
+                out.pop(key, None)
+        return out
 
     @property
     def upstream_stages(self) -> tuple[str, ...]:
@@ -611,6 +654,10 @@ class StudyConfig(Section):
             "tokenize.shard_tokens": self.tokenize.shard_tokens,
             "tokenize.workers": self.tokenize.num_workers,
             "train.parameters": self.train.parameters,
+            "train.runs": (f"{len(self.train.mixes if self.train.mixes is not None else self.mix.mixes)} mix(es) x "
+                           f"{len(self.train.run_models)} model size(s) {self.train.run_models} x "
+                           f"{len(self.train.run_seeds)} seed(s) {self.train.run_seeds}"
+                           + (f" + {len(self.train.schedules)} schedule(s)" if self.train.schedules else "")),
             "train.grad_accum_steps": self.train.grad_accum_steps,
             "train.tokens_per_step": self.train.tokens_per_step,
             "train.total_tokens": self.train.total_tokens,

@@ -250,7 +250,26 @@ def test_acc_and_acc_norm_differ_where_answer_lengths_differ():
     assert same["pred"] == same["pred_norm"] == 1  # equal lengths: the two metrics agree
     rows = metric_rows([rec, same], "arc_easy", "cloze", 200, 0.95, 0)
     by = {r["metric"]: r["value"] for r in rows}
-    assert by == {"acc": 0.5, "acc_norm": 1.0}
+    assert {k: by[k] for k in ("acc", "acc_norm")} == {"acc": 0.5, "acc_norm": 1.0}
+    assert set(by) == {"acc", "acc_norm", "bpb", "prob_norm", "margin"}
+
+
+def test_continuous_metrics_by_hand():
+    """bpb: bits per UTF-8 byte of the gold continuation (" " + answer); prob_norm: the gold answer's
+    probability among the choices; margin: gold log-likelihood minus the best wrong one."""
+    item = Item("arc_easy", "x", 0, "q", ["yes", "a much longer answer text"], gold=1)
+    rec = item_record(item, prompt(item), [-6.0, -12.0])
+    assert rec["bpb"] == pytest.approx(12.0 / (np.log(2) * 26))  # " a much longer answer text": 26 bytes
+    assert rec["prob_norm"] == pytest.approx(1 / (1 + np.exp(6.0)))
+    assert rec["margin"] == -6.0 and rec["acc"] == 0  # margin < 0 exactly when the gold answer loses
+    cafe = Item("arc_easy", "y", 1, "q", ["café", "tea", "milk"], gold=0)
+    rec = item_record(cafe, prompt(cafe), [-3.0, -4.0, -5.0])
+    assert rec["bpb"] == pytest.approx(3.0 / (np.log(2) * 6))  # " café": é is two bytes
+    assert rec["prob_norm"] == pytest.approx(np.exp(-3) / (np.exp(-3) + np.exp(-4) + np.exp(-5)))
+    assert rec["margin"] == 1.0 and rec["acc"] == 1
+    rows = {r["metric"]: r for r in metric_rows([rec], "arc_easy", "cloze", 50, 0.95, 0)}
+    assert rows["prob_norm"]["random_baseline"] == pytest.approx(1 / 3)  # a guess: 1/choices
+    assert rows["bpb"]["random_baseline"] is None and rows["margin"]["random_baseline"] is None
 
 
 def test_bootstrap_interval_contains_estimate_and_shrinks_with_n():
@@ -316,16 +335,22 @@ def test_evaluate_stage_end_to_end(tmp_path, eval_dir, capsys):
     table = m["table"]
     assert set(table[0]) == set(TABLE_COLUMNS)
     keys = {(r["benchmark"], r["form"], r["metric"]) for r in table if r["subject"] is None}
-    assert keys == {("arc_easy", "cloze", "acc"), ("arc_easy", "cloze", "acc_norm"),
-                    ("arc_challenge", "cloze", "acc"), ("arc_challenge", "cloze", "acc_norm"),
-                    ("hellaswag", "cloze", "acc"), ("hellaswag", "cloze", "acc_norm"),
-                    ("mmlu", "cloze", "acc"), ("mmlu", "cloze", "acc_norm"), ("mmlu", "letter", "acc")}
+    cloze = ("acc", "acc_norm", "bpb", "prob_norm", "margin")
+    assert keys == {*((b, "cloze", m) for b in ("arc_easy", "arc_challenge", "hellaswag", "mmlu") for m in cloze),
+                    *(("mmlu", "letter", m) for m in ("acc", "bpb", "prob_norm", "margin"))}
     for r in table:
         assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["mix"] == "tiny" and r["step"] == 10
     csv_lines = (run.dir("evaluate") / "table.csv").read_text().splitlines()
     assert csv_lines[0] == ",".join(TABLE_COLUMNS) and len(csv_lines) == len(table) + 1
     items = [json.loads(l) for l in (run.dir("evaluate") / "tiny/step_00000010/items_hellaswag_cloze.jsonl").open()]
     assert [r["row"] for r in items] == [0, 1, 2, 3] and all(len(r["lls"]) == 4 for r in items)
+    assert m["decisions"] is None and not (run.dir("evaluate") / "decisions.json").exists()  # nothing trained
+    summary = (run.dir("evaluate") / "summary.csv").read_text().splitlines()
+    assert summary[0].split(",")[:4] == ["mix", "scale", "step", "tokens"] and len(summary) == 1 + len(keys)
+    # items saved before a metric existed: reused, the metric computed from their log-likelihoods
+    path = run.dir("evaluate") / "tiny/step_00000010/items_arc_easy_cloze.jsonl"
+    path.write_text("".join(json.dumps({k: v for k, v in r.items() if k != "bpb"}) + "\n"
+                            for r in map(json.loads, path.open())))
 
     # a second reference: the stage reruns, the unchanged target is reused from its per-item files
     again = load_config("ci", [*base, f"evaluate.models=[{{name: tiny, path: {ckpt}}}, {{name: tiny2, path: {ckpt}}}]"])
@@ -336,6 +361,64 @@ def test_evaluate_stage_end_to_end(tmp_path, eval_dir, capsys):
     assert m2["speed"]["tiny@10"]["reused"] and not m2["speed"]["tiny2@10"]["reused"]
     same = [r for r in m2["table"] if r["mix"] == "tiny"]
     assert [r["value"] for r in same] == [r["value"] for r in table]
+    assert all("bpb" in json.loads(line) for line in path.open())  # rewritten with today's metrics
+
+
+def test_evaluate_stage_decides_between_trained_mixes_over_seeds_and_sizes(tmp_path, eval_dir):
+    """A train stage with two mixes x two model sizes x two seeds (untrained llm.c checkpoints of their own
+    seeds, two checkpoints each): every run is evaluated at its last evaluate.average_last checkpoints,
+    table.csv keeps seed and size, summary.csv averages the seeds, decisions.json has the pairs, the
+    signal-to-noise and the decision accuracy between the sizes."""
+    from pipelines.config import load_config
+    from pipelines.model import build_model, write_checkpoint
+    from pipelines.runs.manifest import Run
+
+    base = [f"results_dir={tmp_path / 'results'}", f"evaluate.data_dir={eval_dir}", "evaluate.limit=6",
+            "evaluate.bootstrap=100", "evaluate.progress=false", "evaluate.average_last=2",
+            "evaluate.benchmarks=[arc_easy, mmlu]", "evaluate.mmlu_forms=[cloze]"]
+    run = Run(load_config("ci", base), "dec")
+    runs = [(mix, model, seed) for model in ("d2c32", "d2c64") for seed in (42, 1) for mix in ("web", "syn")]
+
+    def train(ctx):
+        outputs = []
+        for k, (mix, model, seed) in enumerate(runs):
+            folder = "-".join([mix, *([model] if model != "d2c64" else []), *([f"s{seed}"] if seed != 42 else [])])
+            (ctx.dir / folder).mkdir()
+            for step in (10, 20):
+                write_checkpoint(build_model(model, seed=100 * k + step), ctx.dir / folder / f"model_{step:08d}.bin")
+                (ctx.dir / folder / f"DONE_{step:08d}").write_text("")
+            outputs.append({"mix": mix, "path": f"{folder}/model_00000020.bin", "steps": 20, "tokens": 20 * 256,
+                            "dir": folder, "seed": seed, "scale": model})
+        return {"outputs": outputs}
+
+    for stage in ("ingest", "mix"):
+        run.execute(stage, lambda ctx: {})
+    run.execute("train", train)
+    m = run.execute("evaluate")
+    labels = [o["target"] for o in m["outputs"]]
+    assert len(labels) == 16 and "syn-d2c32-s1@10" in labels and "web@20" in labels
+    rows = [r for r in m["table"] if r["subject"] is None and r["metric"] == "bpb" and r["benchmark"] == "arc_easy"]
+    assert {(r["mix"], r["scale"], r["seed"], r["step"]) for r in rows} == {
+        (mix, model, seed, step) for mix, model, seed in runs for step in (10, 20)}
+    report = json.loads((run.dir("evaluate") / "decisions.json").read_text())
+    assert report["scales"] == ["d2c32", "d2c64"] and report["mixes"] == ["web", "syn"]
+    assert report["seeds"]["d2c64"] == {"web": [42, 1], "syn": [42, 1]}
+    r = next(x for x in report["results"] if x["scale"] == "d2c64" and x["key"] == "arc_easy/cloze/bpb")
+    assert r["mixes"]["web"]["steps"] == [10, 20] and r["seed_noise"] and r["noise"]["df"] == 2
+    per_seed = [np.mean([x["value"] for x in rows if (x["mix"], x["scale"], x["seed"]) == ("web", "d2c64", s)])
+                for s in (42, 1)]
+    assert r["mixes"]["web"]["per_seed"] == pytest.approx(per_seed)  # checkpoints averaged per seed
+    assert r["mixes"]["web"]["value"] == pytest.approx(np.mean(per_seed))
+    assert [(p["a"], p["b"]) for p in r["pairs"]] == [("web", "syn")] and r["pairs"][0]["verdict"] in (
+        "better", "worse", "no detectable difference")
+    assert {a["key"] for a in report["decision_accuracy"]} == {x["key"] for x in report["results"]}
+    assert report["findings"] and m["decisions"] == "decisions.json"
+    import pandas as pd
+
+    summary = pd.read_csv(run.dir("evaluate") / "summary.csv")
+    one = summary[(summary.mix == "web") & (summary.scale == "d2c64") & (summary.benchmark == "arc_easy") &
+                  (summary.metric == "bpb")].iloc[0]
+    assert one.value == pytest.approx(r["mixes"]["web"]["value"]) and one.seeds == 2 and one.checkpoints == 2
 
 
 def test_nothing_to_evaluate_is_a_clear_error(tmp_path):

@@ -14,6 +14,7 @@ from matplotlib.figure import Figure
 
 from pipelines.classify.classify import evaluate as classifier_evaluate
 from pipelines.errors import StudyError
+from pipelines.evaluate.decisions import decide
 from pipelines.evaluate.evaluate import TABLE_COLUMNS
 from pipelines.figures import figures as paper
 from pipelines.figures import plots as F
@@ -57,6 +58,27 @@ def eval_table(steps=(20, 40, 60), tokens_per_step=2048, best="web-edu") -> pd.D
     add("SmolLM2-135M-Instruct", None, 2_000_000_000_000, True, 0.4)
     df = pd.DataFrame(rows, columns=TABLE_COLUMNS)
     return df
+
+
+def decisions_report(seeds: int = 3) -> dict:
+    """evaluate/decisions.json of a study of 3 mixes x 2 model sizes x `seeds` seeds (the real decide() on
+    synthetic per-item values): `synthetic` has clearly more bits per byte than `web` and `web-edu`, which
+    are the same mix; accuracy differs nowhere."""
+    rng = np.random.default_rng(5)
+    n = 100
+    hard = {b: rng.normal(3.0, 0.4, n) for b in ("arc_easy", "mmlu")}
+    runs = []
+    for scale, gain in (("d2c64", 0.0), ("d4c128", 0.3)):
+        for mix, worse in (("web", 0.0), ("web-edu", 0.0), ("synthetic", 0.5)):
+            for s in range(seeds):
+                u = rng.normal(0, 0.02)
+                values = {f"{b}_cloze": {"bpb": (hard[b] - gain + worse + u + rng.normal(0, 0.05, n))[None],
+                                         "acc": (rng.random(n) < 0.3).astype(float)[None]} for b in hard}
+                runs.append({"mix": mix, "scale": scale, "seed": [42, 1, 2][s], "steps": [60], "tokens": 60 * 2048,
+                             "values": values})
+    tasks = {f"{b}_cloze": {"benchmark": b, "form": "cloze", "groups": np.array(["anatomy", "law"] * 50) if b == "mmlu"
+                            else None, "random_baseline": {"acc": 0.25}} for b in hard}
+    return json.loads(json.dumps(decide(runs, tasks, ["d2c64", "d4c128"], 0.95, 400, seed=1)))
 
 
 def write_eval_csv(path, df):
@@ -166,12 +188,16 @@ def _figures(tmp_path, logs):
         "synthetic_audience_style": lambda: F.synthetic_audience_style(PER_CELL),
         "length_distributions": lambda: F.length_distributions(lengths()),
         "decontamination_removals": lambda: F.decontamination_removals(removals_table(mix)),
+        "decision_matrix": lambda: F.decision_matrix(decisions_report()),
+        "signal_noise": lambda: F.signal_noise(decisions_report()),
     }
 
 
 FIGURES = ["benchmark_comparison", "benchmarks_vs_tokens", "training_curves", "classifier_confusion", "classifier_f1",
            "score_histograms", "mix_composition", "synthetic_audience_style", "length_distributions",
-           "decontamination_removals"]
+           "decontamination_removals", "decision_matrix", "signal_noise"]
+TABLES = ["main_results", "metric_scores", "decisions", "signal_noise", "classifier_metrics", "mix_composition",
+          "data_sources"]
 
 
 @pytest.mark.parametrize("name", FIGURES)
@@ -282,27 +308,106 @@ def test_latex_escape_every_special_character():
     assert balanced(out)
 
 
-def test_main_results_best_per_column_in_bold_references_not_ranked(tmp_path):
+def _best_report(significant: dict[str, bool]) -> dict:
+    """A decisions.json whose best mix (web-edu) is, per benchmark, significantly better than the runner-up
+    or not."""
+    return {"scales": ["d4c128"], "results": [
+        {"scale": "d4c128", "benchmark": b, "form": "cloze", "metric": "acc_norm",
+         "best": {"mix": "web-edu", "runner_up": "web", "significant": sig}} for b, sig in significant.items()]}
+
+
+def test_main_results_bold_only_where_the_best_is_significantly_better(tmp_path):
     table = write_eval_csv(tmp_path / "t.csv", eval_table(best="web-edu"))
-    t = T.main_results(table)
-    assert balanced(t.latex)
+    t = T.main_results(table)  # no decision report: nothing was tested, nothing is bold
+    assert balanced(t.latex) and r"\textbf{" not in t.latex and "No mix is bold" in t.caption
     for env in ("table", "tabular"):
         assert t.latex.count(rf"\begin{{{env}}}") == t.latex.count(rf"\end{{{env}}}") == 1
     assert all(r in t.latex for r in (r"\toprule", r"\midrule", r"\bottomrule"))
+    report = _best_report({"arc_easy": True, "arc_challenge": False, "hellaswag": True, "mmlu": False})
+    t = T.main_results(table, decisions=report)
     rows = [line for line in t.latex.splitlines() if line.endswith(r"\\")][1:]  # after the header
     by_mix = {r.split(" & ")[0]: r for r in rows}
     assert set(by_mix) == {*(m.replace("_", r"\_") for m in MIXES), "SmolLM2-135M-Instruct (ref.)"}
-    # web-edu is best on every benchmark and the average: bold there, nowhere else among the mixes
-    assert by_mix["web-edu"].count(r"\textbf{") == 5
+    cells = by_mix["web-edu"].split(" & ")
+    assert [c.startswith(r"\textbf{") for c in cells] == [False, False, True, False, True, False, False]  # Avg.: untested
     assert all(r"\textbf{" not in by_mix[m] for m in MIXES if m != "web-edu")
-    # the reference model scores higher but is not ranked
-    assert r"\textbf{" not in by_mix["SmolLM2-135M-Instruct (ref.)"]
+    assert r"\textbf{" not in by_mix["SmolLM2-135M-Instruct (ref.)"]  # references are never ranked
+    assert t.data.loc[t.data.mix == "web-edu", "arc_easy_significantly_best"].item()
+    no = T.main_results(table, decisions=_best_report({b: False for b in BENCH}))
+    assert r"\textbf{" not in no.latex and "none is significantly better" in no.caption
     # mean ± CI half-width, in percent
     web = table[(table.mix == "web") & (table.step == 60) & (table.benchmark == "hellaswag") &
                 (table.metric == "acc_norm")].iloc[0]
     cell = f"{100 * web.value:.1f} \\ensuremath{{\\pm}} {100 * (web.ci_high - web.ci_low) / 2:.1f}"
     assert cell in by_mix["web"]
     assert t.data.loc[t.data.mix == "web", "hellaswag"].iloc[0] == pytest.approx(100 * web.value)
+
+
+def test_seeds_and_model_sizes_in_the_figures_and_the_main_table(tmp_path):
+    """A table.csv with two model sizes and three seeds per mix: one bar per mix and size (seeds averaged),
+    one line per mix and size over the checkpoints, one row per mix and size in the main table."""
+    base = eval_table(steps=(20, 40))
+    parts = []
+    for scale in ("d2c64", "d4c128"):
+        for seed in (42, 1, 2):
+            t = base[~base["reference"]].copy()
+            t["scale"], t["seed"] = scale, seed
+            t["value"] = t["value"] + 0.01 * seed + (0.05 if scale == "d4c128" else 0)
+            parts.append(t)
+    table = write_eval_csv(tmp_path / "t.csv", pd.concat(parts + [base[base["reference"]]], ignore_index=True))
+    fig = F.benchmark_comparison(table)
+    ax = fig.axes[0]
+    assert len(ax.patches) == 2 * len(MIXES) + 1
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "web · d2c64" in labels and "web · d4c128" in labels
+    web = table[(table.mix == "web") & (table.scale == "d4c128") & (table.step == 40) & table.subject.isna() &
+                (table.benchmark == "arc_easy") & (table.metric == "acc_norm")]
+    heights = sorted(p.get_height() for p in ax.patches)
+    assert 100 * web.value.mean() == pytest.approx(heights[[round(h, 6) for h in heights].index(
+        round(100 * web.value.mean(), 6))])  # the seeds' mean
+    fig = F.benchmarks_vs_tokens(table)
+    two = [line for line in fig.axes[0].get_lines() if line.get_marker() == "o"]
+    assert len(two) == 2 * len(MIXES)  # a line per mix and model size, seeds averaged
+    t = T.main_results(table)
+    assert {"web · d2c64", "web · d4c128"} <= set(t.display["Mix"]) and "3 training seeds" in t.caption
+
+
+def test_decision_figures_and_tables_show_the_report():
+    report = decisions_report()
+    fig = F.decision_matrix(report)
+    results = F.decision_results(report)  # the largest model size, highest signal-to-noise first
+    assert len([ax for ax in fig.axes if ax.get_label() != "<colorbar>"]) == len(results) == 4
+    assert results[0]["metric"] == "bpb" and fig.axes[0].get_title().startswith(results[0]["label"].replace("_", " "))
+    pair = next(p for p in results[0]["pairs"] if (p["a"], p["b"]) == ("web", "synthetic"))
+    assert pair["verdict"] == "better"  # synthetic: more bits per byte (lower is better)
+    texts = {t.get_text() for t in fig.axes[0].texts}
+    # row web, column synthetic: web is better, so the cell is positive: minus the difference in bits per byte
+    assert f"{-pair['diff']:+.2f}\n[{-pair['ci_high']:+.2f}, {-pair['ci_low']:+.2f}]" in texts
+    bold = [t for t in fig.axes[0].texts if t.get_fontweight() == "bold"]
+    assert len(bold) == 4  # web and web-edu against synthetic, both directions; web vs web-edu is not detected
+    d = T.decisions_table(report)
+    assert balanced(d.latex) and d.display.columns.tolist()[:2] == ["Metric", "SNR"]
+    arc = next(p for r in results if r["key"] == "arc_easy/cloze/bpb" for p in r["pairs"]
+               if (p["a"], p["b"]) == ("web", "synthetic"))
+    row = d.display.set_index("Metric").loc["ARC-Easy bpb ↓"]
+    assert row["web − synthetic"] == f"{arc['diff']:+.3f} [{arc['ci_low']:+.3f}, {arc['ci_high']:+.3f}]"
+    bpb_line = next(line for line in d.latex.splitlines() if line.startswith("ARC-Easy bpb"))
+    assert bpb_line.count(r"\textbf{") == 2  # two detected pairs; web vs web-edu is plain
+    assert set(d.data["verdict"]) <= {"better", "worse", "no detectable difference"}
+    assert len(d.data) == 2 * 4 * 3  # every scale, metric and pair in the CSV
+    scores = T.metric_scores(report)  # every metric, continuous ones too, of every mix
+    assert balanced(scores.latex) and scores.display.columns.tolist() == ["Metric", "web", "web-edu", "synthetic"]
+    v = next(r for r in results if r["key"] == "arc_easy/cloze/bpb")["mixes"]["synthetic"]
+    assert scores.display.set_index("Metric").loc["ARC-Easy bpb ↓", "synthetic"] == (
+        f"{v['value']:.3f} ± {(v['ci_high'] - v['ci_low']) / 2:.3f}")
+    assert r"\textbf{" not in scores.latex  # web and web-edu tie for best: nobody is significantly best
+    sn = T.signal_noise_table(report)
+    assert balanced(sn.latex) and "Dec. acc. d2c64" in sn.display.columns
+    text = T.results_paragraph(report)
+    assert "web vs web-edu: no detectable difference" in text and text.count("\n\n") >= 3
+    assert r"\textbf" not in text and balanced(text)
+    fig = F.signal_noise(report)
+    assert "decision accuracy" in fig.axes[1].get_title()
 
 
 def test_mix_table_of_a_streaming_mix_without_epochs():
@@ -392,6 +497,7 @@ def _train(ctx):
 
 def _evaluate(ctx):
     write_eval_csv(ctx.dir / "table.csv", eval_table())
+    (ctx.dir / "decisions.json").write_text(json.dumps(decisions_report()))
     return {}
 
 
@@ -421,13 +527,15 @@ def test_study_figures_writes_everything_and_exports_into_paper(tmp_path, ci_con
                "--set", f"ingest.path={run.config.ingest.path}"])
     assert rc == 0
     m = run.read_manifest("figures")
-    assert m["missing"] == [] and m["counts"] == {"figures": len(FIGURES), "tables": 4, "missing": 0}
+    assert m["missing"] == [] and m["counts"] == {"figures": len(FIGURES), "tables": len(TABLES), "texts": 1,
+                                                  "missing": 0}
     out = run.dir("figures")
     for name in FIGURES:
         assert (out / f"{name}.pdf").exists() and (out / f"{name}.png").exists()
         assert (paper_dir / "figures" / f"{name}.pdf").exists()
-    for name in ("main_results", "classifier_metrics", "mix_composition", "data_sources"):
+    for name in TABLES:
         assert (paper_dir / "tables" / f"{name}.tex").exists() and (paper_dir / "tables" / f"{name}.csv").exists()
+    assert "no detectable difference" in (paper_dir / "tables" / "results_text.tex").read_text()
     assert not (paper_dir / "figures" / "old_figure.pdf").exists()  # another run's figure is gone
     assert (paper_dir / "figures" / ".gitkeep").exists()
     macros = (paper_dir / "tables" / "study.tex").read_text()

@@ -187,3 +187,33 @@ def test_study_train_with_llmc_backend(llmc, tmp_path, web_sample):
     assert len((stage / "web" / "argv.log").read_text().splitlines()) == 1
     assert flag_dict((stage / "web" / "argv.log").read_text().split())["-l"] == "0.001"
     shutil.rmtree(tmp_path / "results")
+
+
+def test_llmc_seeds_train_on_reshuffled_documents(llmc, tmp_path, web_sample):
+    """train_gpt2cu always initialises with 42: another seed trains on the mix's documents reshuffled with
+    it, written once into train/seeds/<mix>-s<seed>/ and reused."""
+    from pipelines.llmc.shards import read_shard, split_documents
+
+    common = ["--preset", "ci", "--run", "fake", "--set", f"results_dir={tmp_path / 'results'}",
+              "--set", f"ingest.path={web_sample}"]
+    train_set = ["--set", "train.backend=llmc", "--set", f"train.model={llmc['init']}", "--set", "train.dtype=bf16",
+                 "--set", "train.export_hf=false", "--set", "train.seeds=[42, 7]"]
+    assert study(["ingest", *common]) == 0 and study(["mix", *common]) == 0
+    assert study(["train", *common, *train_set]) == 0
+    stage = tmp_path / "results" / "fake" / "train"
+    base = flag_dict(json.loads((stage / "web" / "launch.json").read_text())["flags"])
+    seeded = json.loads((stage / "web-s7" / "launch.json").read_text())
+    assert base["-i"] == "../mix/web/web_train_*.bin"
+    assert flag_dict(seeded["flags"])["-i"] == "seeds/web-s7/web_train_*.bin" and seeded["data_seed"] == 7
+    assert flag_dict((stage / "web-s7" / "argv.log").read_text().split())["-i"] == "seeds/web-s7/web_train_*.bin"
+    original = split_documents(read_shard(tmp_path / "results" / "fake" / "mix" / "web" / "web_train_000000.bin"))
+    shuffled = split_documents(read_shard(stage / "seeds" / "web-s7" / "web_train_000000.bin"))
+    key = [d.tobytes() for d in original]
+    assert sorted(key) == sorted(d.tobytes() for d in shuffled)  # the same documents ...
+    assert key != [d.tobytes() for d in shuffled]  # ... in another order
+    manifest = json.loads((stage / "manifest.json").read_text())
+    assert manifest["reshuffled"] == [{"mix": "web", "seed": 7, "dir": "seeds/web-s7", "tokens": sum(len(d) + 1 for d in original)}]
+    stamp = (stage / "seeds" / "web-s7" / "web_train_000000.bin").stat().st_mtime_ns
+    assert study(["train", *common, *train_set, "--set", "train.lr=0.001", "--force"]) == 0
+    assert (stage / "seeds" / "web-s7" / "web_train_000000.bin").stat().st_mtime_ns == stamp  # written once
+    shutil.rmtree(tmp_path / "results")

@@ -240,3 +240,64 @@ def test_the_state_file_carries_train_gpt2cus_rng_as_it_would_have_advanced(shar
     a = np.fromfile(tmp_path / "a" / "state_00000010_00000.bin", "<u8", 12)[10:12]
     b = np.fromfile(cut / "state_00000010_00000.bin", "<u8", 12)[10:12]
     assert a.tolist() == b.tolist()
+
+
+# ---------------------------------------------------------------------------------------------
+# seeds and model sizes (train.seeds, train.models)
+
+
+def test_seeds_train_in_their_own_folders_and_the_first_is_the_single_seed_run(ci_run, tmp_path):
+    """train.seeds=[42, 3] on the ci preset (in a run sharing ci's ingest and mix): train/web/ is the run
+    with train.seed (byte for byte the single-seed run's checkpoint), train/web-s3/ the same mix with
+    seed 3: another initialisation and data order."""
+    from pipelines.files import file_sha256
+
+    root = ci_run["root"].parent
+    args = [a for a in ci_run["args"] if a != "ci"] + ["--run", "seeds", "--set", "share_with=[ci]",
+                                                       "--set", "train.seeds=[42, 3]"]
+    args = ["--preset", "ci", *args[args.index("--set"):]]
+    for stage in ("ingest", "mix", "train"):
+        assert study([stage, *args]) == 0
+    train = root / "seeds" / "train"
+    assert (root / "seeds" / "mix").is_symlink()  # upstream stages are not redone for seeds
+    assert file_sha256(train / "web" / "model_00000016.bin") == file_sha256(
+        ci_run["root"] / "train" / "web" / "model_00000016.bin")
+    other = json.loads((train / "web-s3" / "launch.json").read_text())
+    assert other["seed"] == 3 and "--seed" in other["command"] and other["command"][other["command"].index("--seed") + 1] == "3"
+    assert file_sha256(train / "web-s3" / "model_00000016.bin") != file_sha256(train / "web" / "model_00000016.bin")
+    # the initial models differ (another init), and so do the batches (another shuffle)
+    log0, log3 = read_log(train / "web"), read_log(train / "web-s3")
+    assert log0["val_loss"].iloc[0] != log3["val_loss"].iloc[0]
+    m = json.loads((train / "manifest.json").read_text())
+    assert [(o["mix"], o["dir"], o["seed"], o["scale"]) for o in m["outputs"]] == [
+        ("web", "web", 42, "d2c64"), ("web", "web-s3", 3, "d2c64")]
+    assert set(m["runs"]) == {"web", "web-s3"} and m["runs"]["web-s3"]["seed"] == 3
+
+
+def test_plan_of_seeds_and_model_sizes(tmp_path, web_sample):
+    """One run per mix, model size and seed; the folder of train.model and train.seed is the mix's own;
+    llm.c keeps seed 42 and varies the data; two runs can never share a folder."""
+    from pipelines.config import load_config
+    from pipelines.train.train import ShardSet, job_flags, plan, run_folder
+
+    def sets(*names):
+        return [ShardSet(n, tmp_path / n / f"{n}_train_*.bin", tmp_path / "val" / "v_val_*.bin", 100_000) for n in names]
+
+    cfg = load_config("ci", ["train.seeds=[42, 1]", "train.models=[d2c32, d2c64]"])
+    jobs = [js[0] for js in plan(cfg, sets("web", "edu"))]
+    assert [(j.out, j.run, j.seed, j.scale, j.cfg.seed, j.cfg.model) for j in jobs] == [
+        ("web-d2c32", "web", 42, "d2c32", 42, "d2c32"), ("edu-d2c32", "edu", 42, "d2c32", 42, "d2c32"),
+        ("web-d2c32-s1", "web", 1, "d2c32", 1, "d2c32"), ("edu-d2c32-s1", "edu", 1, "d2c32", 1, "d2c32"),
+        ("web", "web", 42, "d2c64", 42, "d2c64"), ("edu", "edu", 42, "d2c64", 42, "d2c64"),
+        ("web-s1", "web", 1, "d2c64", 1, "d2c64"), ("edu-s1", "edu", 1, "d2c64", 1, "d2c64")]
+    assert all(j.data_seed is None for j in jobs)  # torch: the seed is the trainer's own
+    assert run_folder(cfg.train, "web", "d2c64", 42) == "web"
+    llmc = load_config("ci", ["train.backend=llmc", "train.model=d12", "train.seeds=[42, 7]", "train.hellaswag=false"])
+    jobs = [js[0] for js in plan(llmc, sets("web"))]
+    assert [(j.out, j.cfg.seed, j.data_seed) for j in jobs] == [("web", 42, None), ("web-s7", 42, 7)]
+    flags = dict(zip(*[iter(job_flags(jobs[1], tmp_path / "train"))] * 2))
+    assert flags["-i"] == "seeds/web-s7/web_train_*.bin" and flags["-e"] == "d12"
+    with pytest.raises(StudyError, match="distinct"):
+        load_config("ci", ["train.seeds=[1, 1]"])
+    with pytest.raises(StudyError, match="not a model descriptor"):
+        load_config("ci", ["train.models=[x/model.bin]"])

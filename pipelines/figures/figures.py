@@ -2,6 +2,7 @@
 
   results/<run>/figures/<name>.pdf, <name>.png      figures (pipelines/figures/plots.py)
   results/<run>/figures/tables/<name>.tex, .csv     tables (pipelines/figures/tables.py)
+  results/<run>/figures/tables/results_text.tex     the Results paragraph, from evaluate/decisions.json
   results/<run>/figures/tables/study.tex            \\renewcommand macros: run, preset, commit, mixes
 
 As a stage (last in STAGES, inputs: every stage it reads) it behaves like the others: `study run`
@@ -40,7 +41,7 @@ MAX_LENGTH_DOCUMENTS = 5000  # per source, for the length distributions
 @dataclass(frozen=True)
 class Output:
     name: str  # file stem
-    kind: str  # figure | table
+    kind: str  # figure | table | text (LaTeX text for the paper, tables/<name>.tex)
     needs: tuple[str, ...]  # stages it reads
     build: Callable[[Run], object]  # -> matplotlib Figure or tables.Table
 
@@ -70,6 +71,34 @@ def eval_table(run: Run):
     return t
 
 
+def eval_summary(run: Run):
+    """evaluate/summary.csv (each mix and model size: seeds and checkpoints averaged, CI over items and seeds;
+    the reference models), or table.csv when the evaluate stage wrote none."""
+    import pandas as pd
+
+    path = run.dir("evaluate") / "summary.csv"
+    if not path.exists():
+        return eval_table(run)
+    t = pd.read_csv(path)
+    return t if not t.empty else eval_table(run)
+
+
+def read_decisions(run: Run) -> dict:
+    """evaluate/decisions.json (the evaluate stage writes it when it evaluated trained mixes)."""
+    path = run.dir("evaluate") / "decisions.json"
+    if not path.exists():
+        raise StudyError(f"{path} is missing: the evaluate stage evaluated no trained mix to decide between "
+                         f"(evaluate.trained, or rerun `study evaluate --force`)")
+    return json.loads(path.read_text())
+
+
+def decisions_or_none(run: Run) -> dict | None:
+    try:
+        return read_decisions(run)
+    except StudyError:
+        return None
+
+
 def stage_boundaries(run: Run) -> dict[str, list[float]]:
     """{schedule: training tokens where it switches to its next stage} from the train manifest
     (`stage_boundaries`); {} when the run has no staged schedule."""
@@ -81,14 +110,21 @@ def stage_boundaries(run: Run) -> dict[str, list[float]]:
 
 
 def train_logs(run: Run) -> dict:
-    """{mix or schedule: trainlog.read_log(...)} of each run the train stage lists (a schedule's
-    stages end to end)."""
+    """{run folder (a mix, at another model size or seed <mix>-<model>-s<seed>) or schedule:
+    trainlog.read_log(...)} of each run the train stage lists (a schedule's stages end to end)."""
     m = run.read_manifest("train") or {}
-    mixes = [o["mix"] for o in m.get("outputs", [])]
-    logs = {mix: read_log(run.dir("train") / mix) for mix in mixes}
+    folders = [o.get("dir", o["mix"]) for o in m.get("outputs", [])]
+    logs = {f: read_log(run.dir("train") / f) for f in folders}
     if not any(len(df) for df in logs.values()):
         raise StudyError(f"no main.log rows under {run.dir('train')}: rerun `study train --force`")
     return logs
+
+
+def run_colors(run: Run) -> dict[str, str]:
+    """colors(), and each run folder of the train stage in its mix's colour."""
+    c = colors(run)
+    m = run.read_manifest("train") or {}
+    return {**c, **{o["dir"]: c[o["mix"]] for o in m.get("outputs", []) if o.get("dir") and o["mix"] in c}}
 
 
 def classifier_metrics(run: Run) -> dict:
@@ -154,11 +190,11 @@ def _filter_hist(run: Run):
 
 OUTPUTS: list[Output] = [
     Output("benchmark_comparison", "figure", ("evaluate",),
-           lambda r: F.benchmark_comparison(eval_table(r), colors=colors(r))),
+           lambda r: F.benchmark_comparison(eval_summary(r), colors=colors(r))),
     Output("benchmarks_vs_tokens", "figure", ("evaluate",),
            lambda r: F.benchmarks_vs_tokens(eval_table(r), stage_boundaries(r), colors=colors(r))),
     Output("training_curves", "figure", ("train",),
-           lambda r: F.training_curves(train_logs(r), stage_boundaries(r), colors(r))),
+           lambda r: F.training_curves(train_logs(r), stage_boundaries(r), run_colors(r))),
     Output("classifier_confusion", "figure", ("classify",), lambda r: F.classifier_confusion(classifier_metrics(r))),
     Output("classifier_f1", "figure", ("classify",), lambda r: F.classifier_f1(classifier_metrics(r))),
     Output("score_histograms", "figure", ("filter",), _filter_hist),
@@ -167,7 +203,14 @@ OUTPUTS: list[Output] = [
            lambda r: F.synthetic_audience_style(r.read_manifest("generate")["counts"]["per_cell"])),
     Output("length_distributions", "figure", ("ingest", "generate"), _lengths_figure),
     Output("decontamination_removals", "figure", ("mix",), lambda r: F.decontamination_removals(_removals(r))),
-    Output("main_results", "table", ("evaluate",), lambda r: T.main_results(eval_table(r), level=r.config.evaluate.ci)),
+    Output("decision_matrix", "figure", ("evaluate",), lambda r: F.decision_matrix(read_decisions(r))),
+    Output("signal_noise", "figure", ("evaluate",), lambda r: F.signal_noise(read_decisions(r))),
+    Output("main_results", "table", ("evaluate",),
+           lambda r: T.main_results(eval_summary(r), level=r.config.evaluate.ci, decisions=decisions_or_none(r))),
+    Output("metric_scores", "table", ("evaluate",), lambda r: T.metric_scores(read_decisions(r))),
+    Output("decisions", "table", ("evaluate",), lambda r: T.decisions_table(read_decisions(r))),
+    Output("signal_noise", "table", ("evaluate",), lambda r: T.signal_noise_table(read_decisions(r))),
+    Output("results_text", "text", ("evaluate",), lambda r: T.results_paragraph(read_decisions(r))),
     Output("classifier_metrics", "table", ("classify",), lambda r: T.classifier_metrics(classifier_metrics(r))),
     Output("mix_composition", "table", ("mix",), lambda r: T.mix_composition(_mix(r))),
     Output("data_sources", "table", ("mix",), lambda r: T.data_sources(_removals(r))),
@@ -200,6 +243,7 @@ def check_inputs(run: Run, out: Output) -> tuple[list[str], list[str]]:
 class Rendered:
     figures: dict  # name -> matplotlib Figure
     tables: dict  # name -> tables.Table
+    texts: dict  # name -> LaTeX text
     missing: list[str]  # one message per output left out
     left_out: dict  # name -> short reason (for the paper)
     notes: list[str]
@@ -208,7 +252,7 @@ class Rendered:
 
 def render(run: Run, only: list[str] | None = None, log=print) -> Rendered:
     """Build every output whose inputs exist (all, or those named in `only`), in memory."""
-    res = Rendered({}, {}, [], {}, [], {})
+    res = Rendered({}, {}, {}, [], {}, [], {})
     for out in OUTPUTS:
         if only and out.name not in only:
             continue
@@ -231,7 +275,7 @@ def render(run: Run, only: list[str] | None = None, log=print) -> Rendered:
             res.left_out[out.name] = "its inputs could not be read"
             log(f"[figures] skipped {out.kind} {out.name}: {e}")
             continue
-        (res.figures if out.kind == "figure" else res.tables)[out.name] = obj
+        {"figure": res.figures, "table": res.tables, "text": res.texts}[out.kind][out.name] = obj
         for stage in out.needs:
             res.read.setdefault(stage, {"status": run.state(stage).status,
                                         "sha256": file_sha256(run.manifest_path(stage))})
@@ -248,7 +292,9 @@ def macros(run: Run, res: Rendered) -> str:
         "studypreset": esc(cfg.preset),
         "studycommit": esc((git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")),
         "studymixes": esc(", ".join(m.name for m in cfg.mix.mixes)),
-        "studymodel": esc(f"{cfg.train.model} ({cfg.train.backend} backend)"),
+        "studymodel": esc(f"{', '.join(cfg.train.run_models)} ({cfg.train.backend} backend"
+                          + (f", seeds {', '.join(map(str, cfg.train.run_seeds))})" if len(cfg.train.run_seeds) > 1
+                             else ")")),
         "studymissing": esc("; ".join(f"{k} ({v})" for k, v in res.left_out.items())) if res.left_out else "none",
     }
     return "".join(f"\\renewcommand{{\\{k}}}{{{v}}}\n" for k, v in facts.items())
@@ -264,6 +310,9 @@ def write(res: Rendered, run: Run, out_dir: Path) -> list[dict]:
         paths = table.write(out_dir / "tables")
         outputs.append({"name": name, "kind": "table", "paths": [p.relative_to(out_dir).as_posix() for p in paths]})
     (out_dir / "tables").mkdir(parents=True, exist_ok=True)
+    for name, text in res.texts.items():
+        (out_dir / "tables" / f"{name}.tex").write_text(text)
+        outputs.append({"name": name, "kind": "text", "paths": [f"tables/{name}.tex"]})
     (out_dir / "tables" / "study.tex").write_text(macros(run, res))
     return outputs
 
@@ -278,7 +327,8 @@ def draw(run: Run, out_dir: Path, log=print) -> dict:
     log(f"[figures] {len(res.figures)} figure(s), {len(res.tables)} table(s) -> {out_dir}"
         + (f"; {len(res.missing)} left out (see above)" if res.missing else ""))
     return {"outputs": outputs, "missing": res.missing, "notes": res.notes, "read": res.read,
-            "counts": {"figures": len(res.figures), "tables": len(res.tables), "missing": len(res.missing)}}
+            "counts": {"figures": len(res.figures), "tables": len(res.tables), "texts": len(res.texts),
+                       "missing": len(res.missing)}}
 
 
 def run(ctx: StageContext) -> dict:

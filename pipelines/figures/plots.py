@@ -4,8 +4,11 @@ Every function takes plain tables (pandas DataFrames or the dicts of a stage's m
 matplotlib Figure and writes nothing; `save()` writes it. pipelines/figures/figures.py reads a run's stages
 and calls these; a notebook can call them on its own tables.
 
-  benchmark_comparison     evaluate/table.csv: one panel per benchmark, one bar per mix, 95% CI, random line
+  benchmark_comparison     evaluate/summary.csv (or table.csv): one panel per benchmark, one bar per mix (and
+                           model size), 95% CI over items and seeds, random line
   benchmarks_vs_tokens     evaluate/table.csv over checkpoints: score against training tokens per mix
+  decision_matrix          evaluate/decisions.json: per metric, the paired difference of every two mixes, CI
+  signal_noise             evaluate/decisions.json: signal-to-noise per metric, decision accuracy across scales
   training_curves          train/<mix>/main.log (trainlog.read_log): validation loss (and llm.c HellaSwag)
   classifier_confusion     classify/metrics.json: confusion matrix per classifier kind
   classifier_f1            classify/metrics.json: per-class F1 per kind, binary F1 at the threshold
@@ -106,11 +109,61 @@ def summary_rows(table, metric: str = "acc_norm", form: str = "cloze"):
     return pd.concat(parts, ignore_index=True) if parts else t.iloc[0:0]
 
 
-def final_rows(rows):
-    """Each mix's last checkpoint (largest step); reference models (no step) as they are."""
+def series(rows):
+    """rows with a `_label` column: the mix, and its model size when the trained runs have several
+    (`web · d2c64`), and `_scale_rank` (0: the largest size; for shading)."""
     rows = rows.copy()
+    ref = _is_ref(rows)
+    scales = rows["scale"] if "scale" in rows else None
+    sizes = [] if scales is None else list(dict.fromkeys(scales[~ref].dropna().astype(str)))
+    if len(sizes) > 1:
+        order = sorted(sizes, key=_scale_size)
+        rank = {s: len(order) - 1 - i for i, s in enumerate(order)}
+        rows["_label"] = [m if r or pd_isna(s) else f"{m} · {s}" for m, s, r in zip(rows["mix"], scales, ref)]
+        rows["_scale_rank"] = [0 if r or pd_isna(s) else rank[str(s)] for s, r in zip(scales, ref)]
+    else:
+        rows["_label"] = rows["mix"]
+        rows["_scale_rank"] = 0
+    return rows
+
+
+def pd_isna(x) -> bool:
+    return x is None or (isinstance(x, float) and np.isnan(x))
+
+
+def _scale_size(name: str) -> tuple:
+    """d<L>c<C> / d<L>: sort key by layers x channels (unknown names last, in their order)."""
+    import re
+
+    m = re.fullmatch(r"d(\d+)(?:c(\d+))?", str(name))
+    if not m:
+        return (1, 0)
+    layers, channels = int(m.group(1)), int(m.group(2) or 64 * int(m.group(1)))
+    return (0, layers * channels * channels)
+
+
+def collapse_seeds(rows):
+    """One row per series, step, benchmark, form and metric: runs that differ only by seed averaged
+    (value and CI bounds), with `_lo`/`_hi` the smallest and largest seed's value (the seed spread)."""
+    rows = series(rows)
+    keys = ["_label", "step", "benchmark", "form", "metric"]
+    rows["_step_key"] = rows["step"].fillna(-1)
+    g = rows.groupby([k if k != "step" else "_step_key" for k in keys], sort=False, dropna=False)
+    first = g.first().reset_index()
+    means = g[["value", "ci_low", "ci_high"]].mean().reset_index(drop=True)
+    for c in ("value", "ci_low", "ci_high"):
+        first[c] = means[c].to_numpy()
+    first["_lo"] = g["value"].min().to_numpy()
+    first["_hi"] = g["value"].max().to_numpy()
+    first["_seeds"] = g["value"].size().to_numpy()
+    return first.drop(columns="_step_key")
+
+
+def final_rows(rows):
+    """Each mix's (and model size's) last checkpoint (largest step); reference models (no step) as they are."""
+    rows = series(rows)
     rows["_step"] = rows["step"].fillna(-1)
-    last = rows.groupby("mix")["_step"].transform("max")
+    last = rows.groupby("_label")["_step"].transform("max")
     return rows[rows["_step"] == last].drop(columns="_step")
 
 
@@ -123,26 +176,29 @@ def _is_ref(rows) -> "np.ndarray":
 def benchmark_comparison(table, metric: str = "acc_norm", form: str = "cloze",
                          benchmarks: Sequence[str] = tuple(BENCHMARKS), colors: Mapping[str, str] | None = None,
                          title: str | None = None):
-    """One panel per benchmark, one bar per mix (its last checkpoint) with its CI as error bars, and the
-    random baseline as a dashed line. Reference models are grey and hatched, after the mixes."""
-    rows = final_rows(summary_rows(table, metric, form))
+    """One panel per benchmark, one bar per mix (its last checkpoint; with several model sizes, one per
+    mix and size, the smaller ones lighter) with its CI as error bars, and the random baseline as a dashed
+    line. Reference models are grey and hatched, after the mixes. `table`: evaluate's summary.csv (seeds
+    and checkpoints averaged, CI over items and seeds) or table.csv (seeds averaged here)."""
+    rows = collapse_seeds(final_rows(summary_rows(table, metric, form)))
     rows = rows.assign(_ref=_is_ref(rows))
-    order = list(dict.fromkeys([*rows.loc[~rows["_ref"], "mix"], *rows.loc[rows["_ref"], "mix"]]))
-    colors = mix_colors([m for m in order if not rows.loc[rows["mix"] == m, "_ref"].any()], colors)
+    order = list(dict.fromkeys([*rows.loc[~rows["_ref"], "_label"], *rows.loc[rows["_ref"], "_label"]]))
+    colors = mix_colors(list(dict.fromkeys(rows.loc[~rows["_ref"], "mix"])), colors)
     present = [b for b in benchmarks if (rows["benchmark"] == b).any()]
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(2.3 * max(len(present), 1) + 0.4, 3.0), layout="constrained")
         axes = np.atleast_1d(fig.subplots(1, max(len(present), 1), sharey=True))
         handles = {}
         for ax, b in zip(axes, present):
-            rb = rows[rows["benchmark"] == b].set_index("mix")
+            rb = rows[rows["benchmark"] == b].set_index("_label")
             for x, m in enumerate(order):
                 if m not in rb.index:
                     continue
                 r = rb.loc[m]
                 v, lo, hi = 100 * r["value"], 100 * r["ci_low"], 100 * r["ci_high"]
                 ref = bool(r["_ref"])
-                bar = ax.bar(x, v, width=0.75, color=REFERENCE_COLOR if ref else colors[m],
+                bar = ax.bar(x, v, width=0.75, color=REFERENCE_COLOR if ref else colors[r["mix"]],
+                             alpha=1.0 if ref else 1.0 / (1 + 0.8 * r["_scale_rank"]),
                              hatch="//" if ref else None, edgecolor="white" if ref else None, linewidth=0,
                              yerr=[[max(v - lo, 0)], [max(hi - v, 0)]], capsize=3,
                              error_kw={"elinewidth": 0.9, "ecolor": "#333333"})
@@ -162,14 +218,15 @@ def benchmark_comparison(table, metric: str = "acc_norm", form: str = "cloze",
 def benchmarks_vs_tokens(table, boundaries: Boundaries = (), metric: str = "acc_norm", form: str = "cloze",
                          benchmarks: Sequence[str] = tuple(BENCHMARKS), colors: Mapping[str, str] | None = None,
                          title: str | None = None):
-    """Score against training tokens, one line per mix over its evaluated checkpoints (CI as a band);
-    reference models as horizontal lines; random baseline dotted; optional stage boundaries (tokens)."""
-    rows = summary_rows(table, metric, form)
+    """Score against training tokens, one line per mix (and model size) over its evaluated checkpoints
+    (CI as a band; with several seeds the line is their mean and the band their range); reference models
+    as horizontal lines; random baseline dotted; optional stage boundaries (tokens)."""
+    rows = collapse_seeds(summary_rows(table, metric, form))
     rows = rows.assign(_ref=_is_ref(rows))
     trained = rows[~rows["_ref"]]
     use_tokens = len(trained) > 0 and trained["tokens"].notna().all()
     xcol = "tokens" if use_tokens else "step"
-    colors = mix_colors(trained["mix"], colors)
+    colors = mix_colors(list(dict.fromkeys(trained["mix"])), colors)
     present = [b for b in benchmarks if (rows["benchmark"] == b).any()]
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(2.3 * max(len(present), 1) + 0.4, 3.0), layout="constrained")
@@ -177,17 +234,20 @@ def benchmarks_vs_tokens(table, boundaries: Boundaries = (), metric: str = "acc_
         handles = {}
         for ax, b in zip(axes, present):
             rb = rows[rows["benchmark"] == b]
-            for m, g in rb[~rb["_ref"]].groupby("mix", sort=False):
+            for m, g in rb[~rb["_ref"]].groupby("_label", sort=False):
                 g = g.sort_values(xcol)
+                color = colors[g["mix"].iloc[0]]
                 x = g[xcol].to_numpy(dtype=float)
                 v = 100 * g["value"].to_numpy(dtype=float)
-                lo, hi = 100 * g["ci_low"].to_numpy(dtype=float), 100 * g["ci_high"].to_numpy(dtype=float)
-                line, = ax.plot(x, v, "o-", ms=3.5, lw=1.3, color=colors[m])
+                seeds = g["_seeds"].max() > 1
+                lo = 100 * g["_lo" if seeds else "ci_low"].to_numpy(dtype=float)
+                hi = 100 * g["_hi" if seeds else "ci_high"].to_numpy(dtype=float)
+                line, = ax.plot(x, v, marker="o", ms=3.5, lw=1.3, color=color, ls="-" if g["_scale_rank"].iloc[0] == 0 else "--")
                 if len(g) > 1:
-                    ax.fill_between(x, lo, hi, color=colors[m], alpha=0.15, lw=0)
-                else:  # one checkpoint: its CI as an error bar
+                    ax.fill_between(x, lo, hi, color=color, alpha=0.15, lw=0)
+                else:  # one checkpoint: its CI (or seed range) as an error bar
                     ax.errorbar(x, v, yerr=[np.maximum(v - lo, 0), np.maximum(hi - v, 0)], fmt="none", capsize=2.5,
-                                elinewidth=0.9, color=colors[m])
+                                elinewidth=0.9, color=color)
                 handles.setdefault(m, line)
             for i, (m, g) in enumerate(rb[rb["_ref"]].groupby("mix", sort=False)):
                 line = ax.axhline(100 * g["value"].iloc[-1], color=REFERENCE_COLOR, ls=("-." if i % 2 else "--"),
@@ -208,6 +268,143 @@ def benchmarks_vs_tokens(table, boundaries: Boundaries = (), metric: str = "acc_
             ax.yaxis.set_major_formatter(PercentFormatter(decimals=0))
         _finish_benchmark_panels(fig, axes, handles, rows, metric, form, present,
                                  title or "Benchmark score over training (evaluated checkpoints; 95% bootstrap CI)")
+    return fig
+
+
+def _fmt(value: float, percent: bool, signed: bool = True, digits: int = 3) -> str:
+    """A metric value for a figure or table: accuracy-like metrics in percentage points (1 decimal), the
+    others with `digits` decimals."""
+    if value is None or not np.isfinite(value):
+        return "n/a"
+    if percent:
+        return f"{100 * value:+.1f}" if signed else f"{100 * value:.1f}"
+    return f"{value:+.{digits}f}" if signed else f"{value:.{digits}f}"
+
+
+def decision_results(decisions: Mapping, scale: str | None = None) -> list[dict]:
+    """The results of one scale (default: the largest) of a decisions.json, by signal-to-noise (highest
+    first, unknown last)."""
+    scales = decisions.get("scales") or []
+    scale = scale if scale is not None else (scales[-1] if scales else None)
+    rs = [r for r in decisions.get("results", []) if r["scale"] == scale]
+    return sorted(rs, key=lambda r: -r["snr"] if r.get("snr") is not None else np.inf)
+
+
+def decision_matrix(decisions: Mapping, scale: str | None = None, title: str | None = None):
+    """One panel per metric (benchmark, form, metric; highest signal-to-noise first) at one scale (default:
+    the largest): cell (row, column) = row mix minus column mix, signed so that positive means the row mix
+    is better (bpb: lower), with its 95% CI below; colour: the difference over half the CI's width (beyond
+    +-1 the CI excludes 0); bold text: a detected difference. decisions: evaluate/decisions.json."""
+    results = decision_results(decisions, scale)
+    mixes = list(decisions.get("mixes") or [])
+    n = max(len(results), 1)
+    cols = min(5, n)
+    rows_ = int(np.ceil(n / cols))
+    size = 0.55 * max(len(mixes), 2)
+    metrics = decisions.get("metrics") or {}
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(cols * (size + 0.9) + 0.8, rows_ * (size + 0.75) + 0.7), layout="constrained")
+        axes = np.atleast_1d(fig.subplots(rows_, cols, squeeze=False).ravel())
+        im = None
+        for ax, r in zip(axes, results):
+            sign = 1.0 if r["higher_is_better"] else -1.0
+            percent = bool(metrics.get(r["metric"], {}).get("percent"))
+            k = len(mixes)
+            z = np.full((k, k), np.nan)
+            text = [["" for _ in range(k)] for _ in range(k)]
+            bold = np.zeros((k, k), dtype=bool)
+            for p in r["pairs"]:
+                i, j = mixes.index(p["a"]), mixes.index(p["b"])
+                half = max((p["ci_high"] - p["ci_low"]) / 2, 1e-12)
+                for (a, b, s) in ((i, j, sign), (j, i, -sign)):
+                    d, lo, hi = s * p["diff"], s * p["ci_low"], s * p["ci_high"]
+                    lo, hi = min(lo, hi), max(lo, hi)
+                    z[a, b] = np.clip(d / half, -2, 2)
+                    text[a][b] = f"{_fmt(d, percent, digits=2)}\n[{_fmt(lo, percent, digits=2)}, {_fmt(hi, percent, digits=2)}]"
+                    bold[a, b] = p["verdict"] != "no detectable difference"
+            im = ax.imshow(z, cmap="PuOr", vmin=-2, vmax=2)
+            ax.set_xlabel("column mix", fontsize=6)
+            for a in range(k):
+                for b in range(k):
+                    if text[a][b]:
+                        ax.text(b, a, text[a][b], ha="center", va="center", fontsize=4.6,
+                                fontweight="bold" if bold[a, b] else "normal",
+                                color="white" if abs(z[a, b]) > 1.4 else "#222222")
+            ax.set_xticks(range(k), mixes, fontsize=6, rotation=30, ha="right")
+            ax.set_yticks(range(k), mixes, fontsize=6)
+            snr = f"SNR {r['snr']:.1f}" if r.get("snr") is not None else "SNR n/a"
+            unit = " (pt)" if percent else ""
+            ax.set_title(f"{_pretty(r['label'])}{unit}\n{snr}", fontsize=7)
+            for sp in ax.spines.values():
+                sp.set_visible(False)
+        for ax in axes[max(len(results), 1):]:
+            fig.delaxes(ax)
+        for ax in axes[:max(len(results), 1):cols]:
+            ax.set_ylabel("row mix")
+        if not results:
+            axes[0].text(0.5, 0.5, "no decision results", ha="center", va="center", transform=axes[0].transAxes)
+            axes[0].set_title("decisions")
+        if im is not None:
+            fig.colorbar(im, ax=list(axes[:len(results)]), shrink=0.6,
+                         label="difference / CI half-width (|x| > 1: detected)")
+        sc = scale if scale is not None else (decisions.get("scales") or ["?"])[-1]
+        seeds = sorted({len(v) for v in (decisions.get("seeds") or {}).get(sc, {}).values()})
+        fig.suptitle(title or f"Paired differences, row mix minus column mix (positive: row better), model {sc}, "
+                              f"{'/'.join(map(str, seeds))} seed(s) per mix; 95% CI over items and seeds")
+    return fig
+
+
+def signal_noise(decisions: Mapping, title: str | None = None):
+    """Left: signal-to-noise of every metric (spread of the mix means over the seed-to-seed sd), one bar per
+    model size, metrics by the largest size's SNR; a filled marker where the metric separates at least one
+    pair of mixes. Right: decision accuracy of each smaller size against the largest (share of mix pairs
+    in the same order; 0.5: a coin) with its 95% CI, when the study has two sizes or more."""
+    scales = list(decisions.get("scales") or [])
+    order = decision_results(decisions)
+    labels = [r["label"] for r in order]
+    keys = [r["key"] for r in order]
+    by = {(r["scale"], r["key"]): r for r in decisions.get("results", [])}
+    acc = decisions.get("decision_accuracy") or []
+    colors = mix_colors(scales[::-1])
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=(7.8, 1.2 + 0.2 * max(len(keys), 4)), layout="constrained")
+        left, right = fig.subplots(1, 2, sharey=True)
+        y = np.arange(len(keys))
+        h = 0.8 / max(len(scales), 1)
+        for i, sc in enumerate(scales[::-1]):
+            vals = np.array([by.get((sc, k), {}).get("snr") or np.nan for k in keys], dtype=float)
+            pos = y + (i - (len(scales) - 1) / 2) * h
+            left.barh(pos, vals, height=h, color=colors[sc], label=f"model {sc}")
+            dec = np.array([bool(by.get((sc, k), {}).get("decisive")) for k in keys])
+            if dec.any():
+                left.plot(vals[dec], pos[dec], "k*", ms=4, label="separates a pair" if i == 0 else None)
+        left.set_yticks(y, [_pretty(x) for x in labels], fontsize=6)
+        left.set_ylabel("metric (benchmark, form, metric), by signal-to-noise")
+        left.invert_yaxis()
+        left.set_xlabel("SNR: spread of mix means / seed sd")
+        left.set_title("signal-to-noise per metric")
+        left.legend(frameon=False, fontsize=7, loc="lower right")
+        if acc:
+            for i, sm in enumerate(s for s in scales[:-1]):
+                rows = {a["key"]: a for a in acc if a["small"] == sm}
+                v = np.array([rows.get(k, {}).get("value") if rows.get(k, {}).get("value") is not None else np.nan
+                              for k in keys], dtype=float)
+                lo = np.array([rows.get(k, {}).get("ci_low") if rows.get(k, {}).get("ci_low") is not None else np.nan
+                               for k in keys], dtype=float)
+                hi = np.array([rows.get(k, {}).get("ci_high") if rows.get(k, {}).get("ci_high") is not None else np.nan
+                               for k in keys], dtype=float)
+                pos = y + (i - (len(scales) - 2) / 2) * 0.25
+                right.errorbar(v, pos, xerr=[np.maximum(v - lo, 0), np.maximum(hi - v, 0)], fmt="o", ms=3.5,
+                               capsize=2, color=colors[sm], label=f"{sm} vs {scales[-1]}")
+            right.axvline(0.5, color="#000000", ls=":", lw=0.9, label="coin flip")
+            right.set_xlim(-0.05, 1.05)
+            right.legend(frameon=False, fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncols=2)
+        else:
+            right.text(0.5, 0.5, "one model size:\nno decision accuracy", ha="center", va="center",
+                       transform=right.transAxes)
+        right.set_xlabel("share of mix pairs ordered as at the largest size")
+        right.set_title("decision accuracy across model sizes")
+        fig.suptitle(title or "Which metrics can decide at this scale?")
     return fig
 
 

@@ -4,10 +4,19 @@ Each builder returns a Table: `display` (the formatted cells, what the LaTeX sho
 it), `data` (the numbers, written as CSV) and `latex`. Cell text is escaped for LaTeX; ±, ≥, × and
 dashes become their LaTeX forms. The paper needs \\usepackage{booktabs}.
 
-  main_results        mix x benchmark: mean ± CI half-width (%), best mix per column in bold
+  main_results        mix x benchmark: mean ± CI half-width (%); bold only where a mix is significantly
+                      better than the runner-up (decisions.json)
+  metric_scores       metric x mix: every metric (continuous ones too) ± CI half-width, from decisions.json
+  decisions           metric x pair of mixes: paired difference [95% CI], detected ones in bold
+  signal_noise        per metric: signal, noise, SNR per model size, pairs decided, decision accuracy
   classifier_metrics  per classifier kind: MSE, accuracy, macro-F1, P/R/F1 at the threshold
   mix_composition     per mix: tokens, documents, and each source's tokens and epochs
   data_sources        per source: documents read, duplicates and contaminated documents removed, kept
+
+results_paragraph (LaTeX text, not a table) turns decisions.json's findings into the paper's Results
+paragraph.
+
+A little over 400 lines as one thing: every LaTeX table shares the escaping and the bolding rule.
 """
 
 from __future__ import annotations
@@ -19,13 +28,23 @@ from typing import Mapping, Sequence
 
 import pandas as pd
 
-from pipelines.figures.plots import BENCHMARKS, _is_ref, final_rows, summary_rows
+from pipelines.figures.plots import (
+    BENCHMARKS,
+    _fmt,
+    _is_ref,
+    collapse_seeds,
+    decision_results,
+    final_rows,
+    pd_isna,
+    summary_rows,
+)
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
             "<": r"\textless{}", ">": r"\textgreater{}", "|": r"\textbar{}",
             "±": r"\ensuremath{\pm}", "≥": r"\ensuremath{\geq}", "≤": r"\ensuremath{\leq}",
-            "×": r"\ensuremath{\times}", "–": "--", "—": "---", "…": r"\ldots{}"}
+            "×": r"\ensuremath{\times}", "–": "--", "—": "---", "…": r"\ldots{}",
+            "−": r"\ensuremath{-}", "↓": r"\ensuremath{\downarrow}", "·": r"\ensuremath{\cdot}"}
 _SPECIAL_RE = re.compile("|".join(re.escape(k) for k in _SPECIAL))
 
 
@@ -105,53 +124,215 @@ def _best(values: pd.DataFrame, eligible: Sequence[bool],
 # the tables
 
 
+def _significant_best(decisions: Mapping | None, scale, benchmark: str, form: str, metric: str) -> str | None:
+    """The mix that decisions.json finds significantly better than the runner-up for this metric at this
+    scale, else None (nothing to bold)."""
+    for r in (decisions or {}).get("results", []):
+        if (str(r["scale"]) == str(scale) or len(decisions.get("scales", [])) == 1) and (
+                r["benchmark"], r["form"], r["metric"]) == (benchmark, form, metric):
+            best = r.get("best") or {}
+            return best.get("mix") if best.get("significant") else None
+    return None
+
+
 def main_results(table: pd.DataFrame, metric: str = "acc_norm", form: str = "cloze", level: float = 0.95,
-                 benchmarks: Sequence[str] = tuple(BENCHMARKS)) -> Table:
-    """Mix x benchmark at each mix's last checkpoint: accuracy (%) ± half the CI width; the best mix
-    per column in bold (reference models listed below a rule, never bold); Avg. = mean over benchmarks."""
-    rows = final_rows(summary_rows(table, metric, form))
+                 benchmarks: Sequence[str] = tuple(BENCHMARKS), decisions: Mapping | None = None) -> Table:
+    """Mix (and model size) x benchmark at the last checkpoint: score (%) ± half the CI width (evaluate's
+    summary.csv: seeds and checkpoints averaged, CI over items and seeds; or table.csv). A mix is bold only
+    where decisions.json finds it significantly better than the runner-up (paired test, `level`), never
+    otherwise; reference models are listed below a rule, never bold; Avg. = mean over benchmarks (not tested,
+    never bold)."""
+    rows = collapse_seeds(final_rows(summary_rows(table, metric, form)))
     rows = rows.assign(_ref=_is_ref(rows))
     present = [b for b in benchmarks if (rows["benchmark"] == b).any()]
-    mixes = list(dict.fromkeys([*rows.loc[~rows["_ref"], "mix"], *rows.loc[rows["_ref"], "mix"]]))
-    data, disp, means = [], [], []
-    for m in mixes:
-        rm = rows[rows["mix"] == m].set_index("benchmark")
+    labels = list(dict.fromkeys([*rows.loc[~rows["_ref"], "_label"], *rows.loc[rows["_ref"], "_label"]]))
+    data, disp, bold_rows = [], [], []
+    for label in labels:
+        rm = rows[rows["_label"] == label].set_index("benchmark")
         ref = bool(rm["_ref"].iloc[0])
+        mix = rm["mix"].iloc[0]
+        scale = rm["scale"].iloc[0] if "scale" in rm else None
         tokens = rm["tokens"].dropna().iloc[0] if rm["tokens"].notna().any() else None
-        d = {"mix": m, "reference": ref, "step": rm["step"].dropna().iloc[0] if rm["step"].notna().any() else None,
-             "tokens": tokens}
-        c = {"Mix": m + (" (ref.)" if ref else ""), "Tokens": human(tokens)}
-        mean = {}
+        summary = "seeds" in rm and rm["seeds"].notna().any()  # summary.csv: CIs over items and seeds
+        seeds = int(rm["seeds"].max()) if summary else int(rm["_seeds"].max())
+        d = {"mix": mix, "scale": None if pd_isna(scale) else scale, "reference": ref, "seeds": seeds,
+             "step": rm["step"].dropna().iloc[0] if rm["step"].notna().any() else None, "tokens": tokens}
+        c = {"Mix": label + (" (ref.)" if ref else ""), "Tokens": human(tokens)}
+        mean, bold = {}, {"Mix": False, "Tokens": False, "Avg.": False}
         for b in present:
+            col = BENCHMARKS.get(b, b)
+            bold[col] = False
             if b in rm.index:
+                m_used = rm.at[b, "metric"]
                 v, lo, hi = (100 * float(rm.at[b, k]) for k in ("value", "ci_low", "ci_high"))
                 d.update({b: v, f"{b}_ci_low": lo, f"{b}_ci_high": hi, f"{b}_n": int(rm.at[b, "n"])})
-                c[BENCHMARKS.get(b, b)] = f"{v:.1f} ± {(hi - lo) / 2:.1f}"
+                c[col] = f"{v:.1f} ± {(hi - lo) / 2:.1f}"
                 mean[b] = v
+                bold[col] = not ref and _significant_best(decisions, scale, b, form, m_used) == mix
+                d[f"{b}_significantly_best"] = bold[col]
             else:
                 d.update({b: None, f"{b}_ci_low": None, f"{b}_ci_high": None, f"{b}_n": None})
-                c[BENCHMARKS.get(b, b)] = "—"
+                c[col] = "—"
         avg = sum(mean.values()) / len(mean) if len(mean) == len(present) and present else None
         d["average"] = avg
         c["Avg."] = f"{avg:.1f}" if avg is not None else "—"
         data.append(d)
         disp.append(c)
-        means.append({"Mix": None, "Tokens": None, **{BENCHMARKS.get(b, b): mean.get(b) for b in present},
-                      "Avg.": avg})
+        bold_rows.append(bold)
     display = pd.DataFrame(disp, columns=["Mix", "Tokens", *(BENCHMARKS.get(b, b) for b in present), "Avg."])
-    values = pd.DataFrame(means, columns=display.columns)
-    eligible = [not d["reference"] for d in data]
-    bold = _best(values, eligible) if sum(eligible) > 1 else None  # a best of one says nothing
-    if bold is not None:
-        bold[["Mix", "Tokens"]] = False
-    n_mixes = sum(eligible)
+    bold = pd.DataFrame(bold_rows, columns=display.columns).fillna(False).astype(bool)
+    n_mixes = sum(not d["reference"] for d in data)
+    seeds = sorted({d["seeds"] for d in data if d["seeds"] and not d["reference"]})
+    several = bool(seeds) and seeds != [1]
+    from_summary = "seeds" in rows and rows["seeds"].notna().any()
     caption = (f"Accuracy (%, {metric}, {form} form; MMLU: macro average over subjects) of each mix's last "
-               f"checkpoint on the evaluated items: mean ± half the width of the {level:.0%} bootstrap CI."
-               + (" Bold: best mix per column." if bold is not None else "")
+               f"checkpoint on the evaluated items"
+               + (f", mean over {'/'.join(map(str, seeds))} training seeds" if several else "")
+               + f": mean ± half the width of the {level:.0%} bootstrap CI"
+               + ((" (over items and seeds)" if from_summary else " (each seed's CI over items, averaged)")
+                  if several else " (over items)") + ". "
+               + ("Bold: a mix significantly better than the runner-up (the paired test of the decision table); "
+                  "elsewhere no mix is." if bold.to_numpy().any() else
+                  "No mix is bold: none is significantly better than the runner-up on any benchmark."
+                  if decisions else "No mix is bold: without a decision report no difference is tested.")
                + (" Reference models below the rule are not ranked." if n_mixes < len(data) else "")
                + " Random chance is 25%.")
     latex = to_latex(display, caption, "tab:main-results", bold, rules_after=[n_mixes - 1] if n_mixes else [])
     return Table("main_results", caption, "tab:main-results", display, pd.DataFrame(data), latex)
+
+
+def _pair_name(p: Mapping) -> str:
+    return f"{p['a']} − {p['b']}"
+
+
+def decisions_table(decisions: Mapping, scale: str | None = None) -> Table:
+    """The decision table at one model size (default: the largest): one row per metric (highest
+    signal-to-noise first), one column per pair of mixes holding the paired difference (first minus
+    second; accuracy-like metrics in percentage points) and its 95% CI; bold where the difference is
+    detected. The CSV has every scale, pair and metric: difference, CI, p-value, verdict."""
+    results = decision_results(decisions, scale)
+    sc = results[0]["scale"] if results else scale
+    metrics = decisions.get("metrics") or {}
+    pairs = list(dict.fromkeys(_pair_name(p) for r in results for p in r["pairs"]))
+    disp, bold = [], []
+    for r in results:
+        percent = bool(metrics.get(r["metric"], {}).get("percent"))
+        c = {"Metric": r["label"] + (" (pt)" if percent else "") + ("" if r["higher_is_better"] else " ↓"),
+             "SNR": f"{r['snr']:.1f}" if r.get("snr") is not None else "—"}
+        b = {"Metric": False, "SNR": False}
+        for p in r["pairs"]:
+            name = _pair_name(p)
+            c[name] = f"{_fmt(p['diff'], percent)} [{_fmt(p['ci_low'], percent)}, {_fmt(p['ci_high'], percent)}]"
+            b[name] = p["verdict"] != "no detectable difference"
+        disp.append(c)
+        bold.append(b)
+    display = pd.DataFrame(disp, columns=["Metric", "SNR", *pairs]).fillna("—")
+    boldf = pd.DataFrame(bold, columns=display.columns).fillna(False).astype(bool)
+    data = pd.DataFrame([{"scale": r["scale"], "benchmark": r["benchmark"], "form": r["form"], "metric": r["metric"],
+                          "a": p["a"], "b": p["b"], "diff": p["diff"], "ci_low": p["ci_low"], "ci_high": p["ci_high"],
+                          "p_value": p["p_value"], "verdict": p["verdict"], "higher_is_better": r["higher_is_better"],
+                          "snr": r.get("snr"), "seed_noise": r.get("seed_noise")}
+                         for r in decisions.get("results", []) for p in r["pairs"]])
+    seeds = sorted({len(v) for v in (decisions.get("seeds") or {}).get(sc, {}).values()})
+    level = (decisions.get("settings") or {}).get("level", 0.95)
+    avg = (decisions.get("settings") or {}).get("average_last", 1)
+    caption = (f"Paired differences between mixes (model {sc}, {'/'.join(map(str, seeds))} seed(s) per mix"
+               + (f", last {avg} checkpoints averaged" if avg > 1 else "")
+               + f"): first mix minus second, with the {level:.0%} CI over the same resampled items and the seeds "
+               f"(pt: percentage points; ↓: lower is better). Bold: a detected difference (p < {1 - level:.2f}); "
+               f"every other cell is no detectable difference. Rows by signal-to-noise (SNR).")
+    return Table("decisions", caption, "tab:decisions", display, data,
+                 to_latex(display, caption, "tab:decisions", boldf, align="l" + "r" * (display.shape[1] - 1)))
+
+
+def metric_scores(decisions: Mapping, scale: str | None = None) -> Table:
+    """Every mix's score on every metric at one model size (default: the largest), from decisions.json:
+    mean over seeds ± half its 95% CI (over items and seeds), accuracy-like metrics in %, rows by
+    signal-to-noise; bold where the mix is significantly better than the runner-up."""
+    results = decision_results(decisions, scale)
+    sc = results[0]["scale"] if results else scale
+    metrics = decisions.get("metrics") or {}
+    mixes = list(decisions.get("mixes") or [])
+    disp, bold, data = [], [], []
+    for r in results:
+        percent = bool(metrics.get(r["metric"], {}).get("percent"))
+        c = {"Metric": r["label"] + (" (%)" if percent else "") + ("" if r["higher_is_better"] else " ↓")}
+        b = {"Metric": False}
+        best = r.get("best") or {}
+        for m in mixes:
+            v = r["mixes"].get(m)
+            if v is None:
+                c[m], b[m] = "—", False
+                continue
+            c[m] = f"{_fmt(v['value'], percent, False)} ± {_fmt((v['ci_high'] - v['ci_low']) / 2, percent, False)}"
+            b[m] = bool(best.get("significant")) and best.get("mix") == m
+            data.append({"scale": r["scale"], "benchmark": r["benchmark"], "form": r["form"], "metric": r["metric"],
+                         "mix": m, "value": v["value"], "ci_low": v["ci_low"], "ci_high": v["ci_high"],
+                         "seed_sd": v.get("seed_sd"), "seeds": len(v.get("seeds") or []),
+                         "significantly_best": b[m]})
+        disp.append(c)
+        bold.append(b)
+    display = pd.DataFrame(disp, columns=["Metric", *mixes])
+    boldf = pd.DataFrame(bold, columns=display.columns).fillna(False).astype(bool)
+    seeds = sorted({len(v) for v in (decisions.get("seeds") or {}).get(sc, {}).values()})
+    caption = (f"Every metric of every mix (model {sc}, mean over {'/'.join(map(str, seeds))} seed(s)) ± half the "
+               f"95% CI over items and seeds; accuracy-like metrics in %, ↓: lower is better (bits per byte). Bold: "
+               f"significantly better than the runner-up; no bold in a row: no mix is. Rows by signal-to-noise.")
+    return Table("metric_scores", caption, "tab:metric-scores", display, pd.DataFrame(data),
+                 to_latex(display, caption, "tab:metric-scores", boldf))
+
+
+def signal_noise_table(decisions: Mapping) -> Table:
+    """Per metric (by the largest model size's signal-to-noise): signal (spread of the mix means), noise
+    (seed-to-seed sd) and SNR at each size, pairs of mixes decided at the largest, and the decision accuracy
+    of each smaller size against the largest with its 95% CI."""
+    scales = list(decisions.get("scales") or [])
+    results = decision_results(decisions)
+    by = {(r["scale"], r["key"]): r for r in decisions.get("results", [])}
+    acc = {(a["small"], a["key"]): a for a in decisions.get("decision_accuracy") or []}
+    metrics = decisions.get("metrics") or {}
+    disp, data = [], []
+    for r in results:
+        percent = bool(metrics.get(r["metric"], {}).get("percent"))
+        c = {"Metric": r["label"] + (" (pt)" if percent else "")}
+        d = {"key": r["key"], "label": r["label"]}
+        for sc in scales:
+            x = by.get((sc, r["key"]), {})
+            noise = (x.get("noise") or {}).get("sd")
+            c[f"Signal {sc}"] = _fmt(x.get("signal"), percent, False)
+            c[f"Noise {sc}"] = _fmt(noise, percent, False)
+            c[f"SNR {sc}"] = f"{x['snr']:.1f}" if x.get("snr") is not None else "—"
+            d.update({f"signal_{sc}": x.get("signal"), f"noise_{sc}": noise, f"snr_{sc}": x.get("snr"),
+                      f"noise_kind_{sc}": (x.get("noise") or {}).get("kind"),
+                      f"pairs_decided_{sc}": sum(p["verdict"] != "no detectable difference" for p in x.get("pairs", []))})
+        decided = d["pairs_decided_" + str(r["scale"])]
+        c["Decided"] = f"{decided}/{len(r['pairs'])}"
+        for sm in scales[:-1]:
+            a = acc.get((sm, r["key"]))
+            c[f"Dec. acc. {sm}"] = (f"{a['value']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]"
+                                    if a and a.get("value") is not None and a.get("ci_low") is not None else "—")
+            d.update({f"decision_accuracy_{sm}": (a or {}).get("value"), f"decision_accuracy_{sm}_ci_low":
+                      (a or {}).get("ci_low"), f"decision_accuracy_{sm}_ci_high": (a or {}).get("ci_high")})
+        disp.append(c)
+        data.append(d)
+    display = pd.DataFrame(disp)
+    large = scales[-1] if scales else "?"
+    caption = ("Signal and noise per metric: signal = largest minus smallest mix mean, noise = seed-to-seed sd of "
+               "one run's score (with one seed: over its last checkpoints), SNR = signal / noise; Decided: pairs of "
+               f"mixes with a detected difference at {large}"
+               + ("; Dec. acc.: share of mix pairs a smaller model orders as the largest does, with its 95% CI "
+                  "(DataDecide's decision accuracy; 0.5 is a coin flip)." if len(scales) > 1 else "."))
+    return Table("signal_noise", caption, "tab:signal-noise", display, pd.DataFrame(data),
+                 to_latex(display, caption, "tab:signal-noise"))
+
+
+def results_paragraph(decisions: Mapping) -> str:
+    """The paper's Results paragraph: decisions.json's findings (plain sentences) as LaTeX text."""
+    lines = [latex_escape(f) for f in decisions.get("findings") or []]
+    if not lines:
+        return ""
+    return ("% generated by `study figures` from evaluate/decisions.json: do not edit\n"
+            + "\n\n".join(lines) + "\n")
 
 
 def classifier_metrics(metrics: Mapping) -> Table:

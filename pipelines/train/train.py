@@ -7,6 +7,12 @@ per schedule (`train.schedules`), in results/<run>/train/.
     <mix>/                                 the -o folder: main.log, model_%08d.bin, state_*, DONE_*,
                                            stdout.log, launch.json (backend, command, flags, inputs),
                                            hf/ (the final model as a Hugging Face folder)
+    <mix>-<model>-s<seed>/                 the same mix at another model size (train.models) and/or seed
+                                           (train.seeds); the run with train.model and train.seed is <mix>/
+    seeds/<mix>-s<seed>/                   llmc backend, a seed other than train.seed: the mix's train
+                                           shards with their documents reshuffled by that seed (written
+                                           once, shared by every model size); train_gpt2cu initialises
+                                           with 42 whatever the seed, so the data order is what varies
     <schedule>/schedule.json               the stages with their step and token offsets
     <schedule>/<stage>/                    one -o folder per stage, as <mix>/ above
     <schedule>/hf/                         the last stage's final model
@@ -21,6 +27,9 @@ Both backends run with results/<run>/train/ as their working directory and relat
 rerun after a kill or crash continues each run (each stage) from its last DONE checkpoint (-y 1);
 finished stages are skipped; a run whose config or input shards changed (launch.json differs)
 starts over in an emptied folder.
+
+A little over 400 lines as one thing: the plan of runs (mixes x sizes x seeds, schedules) and their
+launch and resume decide together which folder each run owns.
 """
 
 from __future__ import annotations
@@ -32,10 +41,14 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from pipelines.data.benchmarks import hellaswag_source, read_hellaswag
 from pipelines.errors import StudyError
 from pipelines.llmc.evalfile import LLMC_RELATIVE_PATH, write_eval_file
 from pipelines.llmc.shapes import parse_descriptor
+from pipelines.llmc.shards import read_shard, split_documents, write_shard
+from pipelines.llmc.tokenizer import EOT
 from pipelines.model import export_hf, read_checkpoint_header
 from pipelines.runs.manifest import StageContext, file_sha256, write_json_atomic
 from pipelines.runs.trainlog import SCHEDULE_FILE, read_log, summary
@@ -83,18 +96,31 @@ def planned_shard_sets(cfg, mix_dir: Path) -> list[ShardSet]:
     return [ShardSet(m.name, mix_dir / m.name / f"{m.name}_train_*.bin", val, m.tokens) for m in cfg.mix.mixes]
 
 
+SEED_DATA = "seeds"  # train/seeds/<mix>-s<seed>/: the llmc backend's reshuffled train shards per seed
+RESERVED = ("dev", SEED_DATA)  # folders of train/ that are not runs
+
+
+def run_folder(train, mix: str, model: str, seed: int) -> str:
+    """The -o folder of a mix trained alone at one model size and seed: <mix> for train.model and
+    train.seed (a single-seed study's folders are unchanged), else <mix>[-<model>][-s<seed>]."""
+    return "-".join([mix, *([model] if model != train.model else []), *([f"s{seed}"] if seed != train.seed else [])])
+
+
 @dataclass(frozen=True)
 class Job:
-    """One llm.c run: a mix trained alone, or one stage of a schedule."""
+    """One llm.c run: a mix trained alone (at one model size and seed), or one stage of a schedule."""
 
     run: str  # the mix or schedule name: evaluate's and the figures' label
-    out: str  # the -o folder relative to train/: `web`, or `anneal/stage2-web-edu`
+    out: str  # the -o folder relative to train/: `web`, `web-d2c64-s1`, or `anneal/stage2-web-edu`
     shards: ShardSet
-    cfg: object  # the train section with this stage's overrides, its steps (-x) and its -e
+    cfg: object  # the train section with this run's model, seed, stage overrides, its steps (-x) and its -e
     steps: int  # the final step: -x, or one epoch of the shards
     stage: int = 0  # 1-based position in its schedule; 0: a mix trained alone
     start_step: int = 0  # steps and tokens of the schedule before this stage
     start_tokens: int = 0
+    seed: int | None = None  # the run's seed (torch: initialisation and data order; llmc: data order)
+    scale: str | None = None  # the model size it trains (a schedule: train.model)
+    data_seed: int | None = None  # llmc: train on the mix's documents reshuffled with this seed (SEED_DATA)
 
     @property
     def tokens(self) -> int:
@@ -112,13 +138,28 @@ def plan(cfg, sets: list[ShardSet], verbose: bool = True) -> list[list[Job]]:
     by_name = {s.name: s for s in sets}
     alone = train.mixes if train.mixes is not None else [s.name for s in sets]
     runs = []
-    for name in alone:
-        s = by_name[name]
-        steps = final_step(train, s)
-        if steps < 1:
-            raise StudyError(f"[train] {name}: {s.train_tokens:,} train tokens make no step of "
-                             f"{train.tokens_per_step:,} tokens; lower train.total_batch_tokens or add data")
-        runs.append([Job(name, name, s, train, steps)])
+    for model in train.run_models:  # model sizes, then seeds, then mixes: every mix's first seed comes first
+        for seed in train.run_seeds:
+            if model == train.model and seed == train.seed:
+                jcfg = train
+            elif train.backend == "llmc":  # train_gpt2cu has no seed: the seed reshuffles the data instead
+                jcfg = train.model_copy(update={"model": model})
+            else:
+                jcfg = train.model_copy(update={"model": model, "seed": seed})
+            if model != train.model:
+                try:
+                    check_train_config(jcfg)
+                except StudyError as e:
+                    raise StudyError(f"train.models {model}: {e}") from None
+            for name in alone:
+                s = by_name[name]
+                steps = final_step(train, s)
+                if steps < 1:
+                    raise StudyError(f"[train] {name}: {s.train_tokens:,} train tokens make no step of "
+                                     f"{train.tokens_per_step:,} tokens; lower train.total_batch_tokens or add data")
+                data_seed = seed if train.backend == "llmc" and seed != train.seed else None
+                runs.append([Job(name, run_folder(train, name, model, seed), s, jcfg, steps, seed=seed, scale=model,
+                                 data_seed=data_seed)])
     max_t = parse_descriptor(train.model).max_seq_len if not train.model.endswith(".bin") else None
     for sch in train.schedules:
         jobs: list[Job] = []
@@ -149,7 +190,7 @@ def plan(cfg, sets: list[ShardSet], verbose: bool = True) -> list[list[Job]]:
             start_step = sum(j.steps for j in jobs)
             start_tokens = sum(j.tokens for j in jobs)
             jobs.append(Job(sch.name, f"{sch.name}/{folder}", by_name[st.mix], scfg, steps, k, start_step,
-                            start_tokens))
+                            start_tokens, seed=train.seed, scale=train.model))
         runs.append(jobs)
     return runs
 
@@ -199,7 +240,7 @@ def prepare_out_dir(out: Path, record: dict) -> None:
             old = json.loads(path.read_text())
         except ValueError:
             old = {}
-        keys = ("backend", "flags", "inputs", "seed", "dtype", "init")
+        keys = ("backend", "flags", "inputs", "seed", "dtype", "init", "data_seed")
         if all(old.get(k) == record.get(k) for k in keys):
             return
         changed = [k for k in keys if old.get(k) != record.get(k)]
@@ -209,9 +250,49 @@ def prepare_out_dir(out: Path, record: dict) -> None:
     write_json_atomic(path, record)
 
 
+def job_train_pattern(job: Job, train_dir: Path) -> Path:
+    """The train shards a job reads: its mix's, or their reshuffled copy for its seed (llmc)."""
+    if job.data_seed is None:
+        return job.shards.train_pattern
+    return train_dir / SEED_DATA / f"{job.shards.name}-s{job.data_seed}" / job.shards.train_pattern.name
+
+
 def job_flags(job: Job, train_dir: Path) -> list[str]:
-    return llmc_flags(job.cfg, os.path.relpath(job.shards.train_pattern, train_dir),
+    return llmc_flags(job.cfg, os.path.relpath(job_train_pattern(job, train_dir), train_dir),
                       os.path.relpath(job.shards.val_pattern, train_dir), job.out)
+
+
+def write_seed_shards(shards: ShardSet, seed: int, out: Path, inputs: dict) -> dict:
+    """The mix's train shards with the order of the shards and of the documents inside each shard permuted
+    by `seed`, as llm.c shards of the same names in `out` (one shard in memory at a time: a mix of any
+    size). llm.c's loader shuffles with seed 42 whatever the run; reshuffled documents make different
+    B x T rows, hence a different data order per seed. Written once: seed.json records the seed and the
+    inputs (the mix manifest's hash, the shard names and sizes), and a rerun with the same keeps them."""
+    sources = sorted(shards.train_pattern.parent.glob(shards.train_pattern.name))
+    if not sources:
+        raise StudyError(f"[train] {shards.name}: no train shards match {shards.train_pattern}")
+    key = {"seed": seed, "inputs": inputs, "shards": [[p.name, p.stat().st_size] for p in sources]}
+    sidecar = out / "seed.json"
+    if sidecar.exists() and json.loads(sidecar.read_text()).get("key") == key:
+        return json.loads(sidecar.read_text())
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(len(sources))
+    tokens = 0
+    for dest, k in zip(sources, order):
+        docs = split_documents(read_shard(sources[k]))
+        perm = rng.permutation(len(docs))
+        parts = [np.concatenate([[EOT], docs[i]]).astype(np.uint16) for i in perm]
+        data = np.concatenate(parts) if parts else np.zeros(0, dtype=np.uint16)
+        write_shard(out / dest.name, data)
+        tokens += len(data)
+    info = {"key": key, "mix": shards.name, "seed": seed, "tokens": tokens,
+            "shards": [{"path": d.name, "from": sources[k].name} for d, k in zip(sources, order)]}
+    write_json_atomic(sidecar, info)
+    print(f"[train] {shards.name}: train shards reshuffled with seed {seed} -> {out} ({tokens:,} tokens)")
+    return info
 
 
 def train_job(job: Job, train_dir: Path, inputs: dict) -> dict:
@@ -229,6 +310,8 @@ def train_job(job: Job, train_dir: Path, inputs: dict) -> dict:
     record = {"backend": cfg.backend, "flags": flags, "command": cmd, "inputs": inputs, "seed": cfg.seed,
               "dtype": cfg.dtype, "cwd": str(train_dir), "init": init, "schedule": job.run if job.stage else None,
               "stage": job.stage or None}
+    if job.data_seed is not None:  # llmc, another seed: the mix's documents reshuffled with it
+        record["data_seed"] = job.data_seed
     prepare_out_dir(out, record)
     if max_done_step(out) >= last:
         print(f"[train] {label}: done (DONE_{last:08d} exists); skipped")
@@ -277,7 +360,9 @@ def dry_run(cfg, train_dir: Path, sets: list[ShardSet]) -> list[str]:
     lines = [f"cd {train_dir}"]
     for jobs in plan(cfg, sets):
         for j in jobs:
-            what = f"{j.run}: stage {j.stage} ({j.shards.name})" if j.stage else j.run
+            what = f"{j.run}: stage {j.stage} ({j.shards.name})" if j.stage else j.out
+            if j.data_seed is not None:
+                what += f" (its documents reshuffled with seed {j.data_seed} into {SEED_DATA}/ first)"
             lines.append(f"# {what}: {j.steps:,} steps x {j.cfg.tokens_per_step:,} tokens = {j.tokens:,} tokens")
             line = shlex.join(launch_command(j.cfg, job_flags(j, train_dir), resolve=False))
             lines.append(line.replace("'$LLMC_DIR/", '"$LLMC_DIR"/').replace("train_gpt2cu'", "train_gpt2cu"))
@@ -291,8 +376,15 @@ def preflight(ctx: StageContext, verbose: bool = False) -> list[list[Job]]:
     runs_plan = plan(ctx.config, shard_sets(ctx), verbose=verbose)
     if not runs_plan:
         raise StudyError("[train] nothing to train: train.mixes is [] and there are no train.schedules")
-    if any(jobs[0].run == "dev" for jobs in runs_plan):
-        raise StudyError("a mix may not be named `dev` (llm.c's HellaSwag file lives in train/dev/)")
+    folders = [jobs[0].out.split("/")[0] for jobs in runs_plan]
+    taken = [f for f in folders if f in RESERVED]
+    if taken:
+        raise StudyError(f"a mix may not be named {taken[0]!r}: train/dev/ holds llm.c's HellaSwag file and "
+                         f"train/{SEED_DATA}/ the reshuffled shards of other seeds")
+    twice = sorted({f for f in folders if folders.count(f) > 1})
+    if twice:
+        raise StudyError(f"[train] two runs would share the folder train/{twice[0]}/ (a mix or schedule named like "
+                         f"another mix at another model size or seed: <mix>-<model>-s<seed>); rename it")
     if ctx.config.train.backend == "llmc":
         find_llmc_binary()
     return runs_plan
@@ -305,20 +397,29 @@ def run(ctx: StageContext) -> dict:
     if cfg.backend == "llmc" and not (ctx.dir / "gpt2_tokenizer.bin").exists():
         write_llmc_tokenizer(ctx.dir / "gpt2_tokenizer.bin")
     inputs = {dep: file_sha256(ctx.run.manifest_path(dep)) for dep in ctx.inputs}
-    outputs, runs, boundaries = [], {}, {}
+    outputs, runs, boundaries, reshuffled = [], {}, {}, {}
     for jobs in runs_plan:
         name, last = jobs[0].run, jobs[-1]
+        folder = name if last.stage else last.out  # the run's folder in train/ (a schedule: its stages' parent)
         if last.stage:  # a schedule: its plan first, so a watcher can follow it while it trains
             sched = schedule_record(jobs)
             (ctx.dir / name).mkdir(parents=True, exist_ok=True)
             write_json_atomic(ctx.dir / name / SCHEDULE_FILE, sched)
+        for j in jobs:
+            if j.data_seed is not None and (j.shards.name, j.data_seed) not in reshuffled:  # once per mix and seed
+                out_dir = job_train_pattern(j, ctx.dir).parent
+                info = write_seed_shards(j.shards, j.data_seed, out_dir, inputs)
+                reshuffled[(j.shards.name, j.data_seed)] = {"mix": j.shards.name, "seed": j.data_seed,
+                                                            "dir": os.path.relpath(out_dir, ctx.dir),
+                                                            "tokens": info["tokens"]}
         infos = [train_job(j, ctx.dir, inputs) for j in jobs]
         model_file = ctx.dir / last.out / infos[-1]["model"]
         total_steps, total_tokens = sum(j.steps for j in jobs), sum(j.tokens for j in jobs)
-        hf = export(cfg, model_file, ctx.dir / name / "hf")
+        hf = export(cfg, model_file, ctx.dir / folder / "hf")
         out = {"mix": name, "path": f"{last.out}/{model_file.name}", "steps": total_steps, "tokens": total_tokens,
-               "log": f"{name}/main.log" if not last.stage else f"{name}/{SCHEDULE_FILE}",
-               "hf": os.path.relpath(hf, ctx.dir) if hf else None}
+               "log": f"{folder}/main.log" if not last.stage else f"{name}/{SCHEDULE_FILE}",
+               "hf": os.path.relpath(hf, ctx.dir) if hf else None, "dir": folder, "seed": last.seed,
+               "scale": last.scale}
         if last.stage:
             out["schedule"] = [{**st, "model": inf["model"], "init_sha256": (inf["init"] or {}).get("sha256")}
                                for st, inf in zip(sched["stages"], infos)]
@@ -331,7 +432,7 @@ def run(ctx: StageContext) -> dict:
                           "parameters": infos[-1]["parameters"],
                           "stages": {Path(j.out).name: inf for j, inf in zip(jobs, infos)}}
         else:
-            runs[name] = infos[0]
+            runs[folder] = {**infos[0], "mix": name, "seed": last.seed, "scale": last.scale}
         outputs.append(out)
     return {
         "outputs": outputs,
@@ -339,5 +440,6 @@ def run(ctx: StageContext) -> dict:
                    "steps": sum(o["steps"] for o in outputs)},
         "runs": runs,
         "stage_boundaries": boundaries,
+        "reshuffled": list(reshuffled.values()),
         "hellaswag": hs,
     }
