@@ -301,3 +301,32 @@ def test_plan_of_seeds_and_model_sizes(tmp_path, web_sample):
         load_config("ci", ["train.seeds=[1, 1]"])
     with pytest.raises(StudyError, match="not a model descriptor"):
         load_config("ci", ["train.models=[x/model.bin]"])
+
+
+def test_a_changed_run_keeps_the_finished_one_until_it_has_finished(tmp_path, monkeypatch, capsys):
+    from pipelines.config import load_config
+    from pipelines.runs.manifest import Run
+    from pipelines.runs.runner import run_stages
+    from pipelines.train import train as train_stage
+
+    cfg = load_config("ci", [f"results_dir={tmp_path / 'results'}", "mix.dedup.near=false", "train.steps=8",
+                             "train.hellaswag=false"])
+    run_stages(cfg, "r", ["ingest", "mix", "train"])
+    web = Run(cfg, "r").dir("train") / "web"
+    good = (web / "model_00000008.bin").read_bytes()
+    changed = load_config("ci", [f"results_dir={tmp_path / 'results'}", "mix.dedup.near=false", "train.steps=8",
+                                 "train.hellaswag=false", "train.lr=0.001"])
+
+    def fails(*a, **kw):  # the new attempt dies before writing any checkpoint
+        raise StudyError("planted: the trainer crashed")
+
+    monkeypatch.setattr(train_stage, "train_with_restarts", fails)
+    with pytest.raises(StudyError, match="planted"):
+        run_stages(changed, "r", ["train"])
+    out = capsys.readouterr().out
+    assert "previous run is kept in" in out and "the previous run is back in" in out
+    assert (web / "model_00000008.bin").read_bytes() == good  # the finished model was never lost
+    monkeypatch.undo()
+    run_stages(changed, "r", ["train"])  # now it trains; the old run goes once the new one has finished
+    assert (web / "model_00000008.bin").read_bytes() != good
+    assert not (web.parent / ".previous" / "web").exists()

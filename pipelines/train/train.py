@@ -232,22 +232,42 @@ def prepare_hellaswag(cfg, stage_dir: Path, seq_len: int | None = None) -> dict 
     return info
 
 
-def prepare_out_dir(out: Path, record: dict) -> None:
-    """Keep the folder (resume) when launch.json matches this run; empty it when the run changed."""
-    path = out / "launch.json"
-    if path.exists():
-        try:
-            old = json.loads(path.read_text())
-        except ValueError:
-            old = {}
-        keys = ("backend", "flags", "inputs", "seed", "dtype", "init", "data_seed")
-        if all(old.get(k) == record.get(k) for k in keys):
-            return
-        changed = [k for k in keys if old.get(k) != record.get(k)]
-        print(f"[train] {out.name}: {', '.join(changed)} changed since the last launch; starting over in {out}")
-        shutil.rmtree(out)
+LAUNCH_KEYS = ("backend", "flags", "inputs", "seed", "dtype", "init", "data_seed")
+
+
+def _launch(folder: Path) -> dict:
+    try:
+        return json.loads((folder / "launch.json").read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def prepare_out_dir(out: Path, record: dict, aside: Path) -> Path | None:
+    """Keep the folder (resume) when launch.json matches this run. When the run changed, the old
+    folder is moved to `aside` (train/.previous/...), not deleted: it comes back if the new run fails
+    before its first checkpoint, or when the old settings are asked for again, and is removed once
+    the new run has finished. Returns the folder kept aside, if any."""
+    if (out / "launch.json").exists():
+        old = _launch(out)
+        if all(old.get(k) == record.get(k) for k in LAUNCH_KEYS):
+            return aside if aside.exists() else None
+        changed = [k for k in LAUNCH_KEYS if old.get(k) != record.get(k)]
+        back = aside.exists() and all(_launch(aside).get(k) == record.get(k) for k in LAUNCH_KEYS)
+        swap = aside.with_name(aside.name + ".swap")
+        if aside.exists() and not back:
+            shutil.rmtree(aside)  # an older attempt still: superseded twice
+        aside.parent.mkdir(parents=True, exist_ok=True)
+        out.rename(swap if back else aside)
+        if back:  # the settings of the run kept aside: it returns, the other one goes aside
+            aside.rename(out)
+            swap.rename(aside)
+            print(f"[train] {out.name}: the run with these settings was kept aside; it is back in {out}")
+            return aside
+        print(f"[train] {out.name}: {', '.join(changed)} changed since the last launch; the previous run is "
+              f"kept in {aside} until this one finishes (and comes back if it fails first)")
     out.mkdir(parents=True, exist_ok=True)
-    write_json_atomic(path, record)
+    write_json_atomic(out / "launch.json", record)
+    return aside if aside.exists() else None
 
 
 def job_train_pattern(job: Job, train_dir: Path) -> Path:
@@ -312,7 +332,21 @@ def train_job(job: Job, train_dir: Path, inputs: dict) -> dict:
               "stage": job.stage or None}
     if job.data_seed is not None:  # llmc, another seed: the mix's documents reshuffled with it
         record["data_seed"] = job.data_seed
-    prepare_out_dir(out, record)
+    previous = prepare_out_dir(out, record, train_dir / ".previous" / job.out)
+    try:
+        info = _run_job(job, cfg, out, last, label, cmd, train_dir, init)
+    except BaseException:
+        if previous is not None and previous.exists() and max_done_step(out) < 0:  # nothing new to resume
+            shutil.rmtree(out)
+            previous.rename(out)
+            print(f"[train] {label}: the new run failed before its first checkpoint; the previous run is back in {out}")
+        raise
+    if previous is not None and previous.exists():
+        shutil.rmtree(previous)
+    return info
+
+
+def _run_job(job: Job, cfg, out: Path, last: int, label: str, cmd: list[str], train_dir: Path, init) -> dict:
     if max_done_step(out) >= last:
         print(f"[train] {label}: done (DONE_{last:08d} exists); skipped")
     else:
