@@ -29,7 +29,7 @@ def test_complete_stages_are_skipped_and_changes_propagate_downstream(ci_config,
     cfg_tok = ci_config("tokenize.shard_tokens=50000")
     r2 = Run(cfg_tok, "r")
     assert r2.state("ingest").status == "done"
-    assert (r2.state("tokenize").status, r2.state("tokenize").reason) == ("stale", "config changed")
+    assert (r2.state("tokenize").status, r2.state("tokenize").reason) == ("stale", "config changed (tokenize.shard_tokens)")
 
     # a change to ingest makes everything downstream stale
     cfg_ing = ci_config("ingest.max_documents=120")
