@@ -127,6 +127,13 @@ def series(rows):
     return rows
 
 
+
+def _benchmark_panels(n: int) -> tuple[Figure, np.ndarray]:
+    """One panel per benchmark shown (at least one), side by side with a shared y axis."""
+    fig = Figure(figsize=(2.3 * max(n, 1) + 0.4, 3.0), layout="constrained")
+    return fig, np.atleast_1d(fig.subplots(1, max(n, 1), sharey=True))
+
+
 def pd_isna(x) -> bool:
     return x is None or (isinstance(x, float) and np.isnan(x))
 
@@ -186,8 +193,7 @@ def benchmark_comparison(table, metric: str = "acc_norm", form: str = "cloze",
     colors = mix_colors(list(dict.fromkeys(rows.loc[~rows["_ref"], "mix"])), colors)
     present = [b for b in benchmarks if (rows["benchmark"] == b).any()]
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(2.3 * max(len(present), 1) + 0.4, 3.0), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(1, max(len(present), 1), sharey=True))
+        fig, axes = _benchmark_panels(len(present))
         handles = {}
         for ax, b in zip(axes, present):
             rb = rows[rows["benchmark"] == b].set_index("_label")
@@ -229,8 +235,7 @@ def benchmarks_vs_tokens(table, boundaries: Boundaries = (), metric: str = "acc_
     colors = mix_colors(list(dict.fromkeys(trained["mix"])), colors)
     present = [b for b in benchmarks if (rows["benchmark"] == b).any()]
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=(2.3 * max(len(present), 1) + 0.4, 3.0), layout="constrained")
-        axes = np.atleast_1d(fig.subplots(1, max(len(present), 1), sharey=True))
+        fig, axes = _benchmark_panels(len(present))
         handles = {}
         for ax, b in zip(axes, present):
             rb = rows[rows["benchmark"] == b]
