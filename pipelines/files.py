@@ -32,10 +32,27 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+_HELD: set["Lock"] = set()
+
+
+def _drop_locks_in_child() -> None:
+    """A forked child (datatrove's Manager, a worker pool) inherits the lock's open file; its copy is closed
+    at once, so the lock lives exactly as long as the process that took it."""
+    for lock in list(_HELD):
+        try:
+            lock.f.close()
+        except OSError:
+            pass
+    _HELD.clear()
+
+
+os.register_at_fork(after_in_child=_drop_locks_in_child)
+
+
 class Lock:
     """An exclusive lock on `path` (created if needed) held for a `with` block; a second process
     stops at once with an error naming the holder's pid. The kernel drops it when its holder dies,
-    so a killed run never leaves a stale lock."""
+    so a killed run never leaves a stale lock (a forked child does not keep it: _drop_locks_in_child)."""
 
     def __init__(self, path: Path, what: str):
         self.path, self.what = Path(path), what
@@ -55,8 +72,10 @@ class Lock:
         self.f.truncate()
         self.f.write(str(os.getpid()))
         self.f.flush()
+        _HELD.add(self)
         return self
 
     def __exit__(self, *exc: Any) -> None:
+        _HELD.discard(self)
         fcntl.flock(self.f, fcntl.LOCK_UN)
         self.f.close()

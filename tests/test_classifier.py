@@ -256,18 +256,21 @@ def test_filter_reads_raw_pages_from_input_path(ci_config, labels_file, corpus_f
 
 
 def test_executor_switch_builds_slurm_and_explains_missing_pieces(tmp_path):
-    from pipelines.classify.filter import make_executor
+    from pipelines.data.executors import make_executor
 
-    with pytest.raises(StudyError, match="partition"):
-        make_executor(FilterConfig(executor="slurm"), [], 2, str(tmp_path / "logs"), "x")
-    ex = make_executor(FilterConfig(executor="slurm", slurm={"partition": "cpu", "cpus_per_task": 3}), [], 2,
-                       str(tmp_path / "logs"), "edu")
+    with pytest.raises(StudyError, match="filter.slurm.partition"):
+        make_executor("slurm", [], 2, tmp_path / "logs", "x", "filter.executor")
+    s = FilterConfig(executor="slurm", slurm={"partition": "cpu", "cpus_per_task": 3})
+    ex = make_executor("slurm", [], 2, tmp_path / "logs", "edu", "filter.executor", slurm=s.slurm, gpus_per_task=0)
     assert type(ex).__name__ == "SlurmPipelineExecutor" and ex.tasks == 2 and ex.cpus_per_task == 3
-    local = make_executor(FilterConfig(), [], 4, str(tmp_path / "l"), "x")
+    gpu = make_executor("slurm", [], 8, tmp_path / "g", "gen", "generate.executor", slurm=s.slurm, gpus_per_task=4,
+                        nodes_per_task=2)
+    assert (gpu.gpus_per_task, gpu.nodes_per_task) == (4, 2)
+    local = make_executor("local", [], 4, tmp_path / "l", "x", "filter.executor")
     assert type(local).__name__ == "LocalPipelineExecutor" and local.workers == 1
     if importlib.util.find_spec("ray") is None:  # without Ray: a clear error naming the install
         with pytest.raises(StudyError, match="pip install"):
-            make_executor(FilterConfig(executor="ray"), [], 2, str(tmp_path / "r"), "x")
+            make_executor("ray", [], 2, tmp_path / "r", "x", "filter.executor")
 
 
 def test_cli_classifier_train_and_apply_are_the_stages(ci_config, capsys):

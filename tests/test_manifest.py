@@ -1,4 +1,6 @@
 import json
+import os
+import signal
 import subprocess
 import sys
 
@@ -170,6 +172,28 @@ def test_a_killed_writer_leaves_no_lock(ci_config, tmp_path):
     assert subprocess.run([sys.executable, "-c", code]).returncode == 9
     with run.lock("ingest"):  # the kernel released the dead process's lock
         pass
+
+
+def test_a_forked_child_does_not_keep_a_killed_writers_lock(ci_config):
+    """datatrove's local executor forks a Manager process while the stage holds its lock: when the writer
+    is killed, the lock must go with it even though the child lives on."""
+    run = Run(ci_config(), "r")
+    code = ("import os, sys, time; from pipelines.files import Lock\n"
+            f"Lock({str(run.root / '.locks' / 'ingest.lock')!r}, 'x').__enter__()\n"
+            "r, w = os.pipe()\n"
+            "pid = os.fork()\n"
+            "if pid == 0:\n"
+            "    os.close(1); os.close(2); os.read(r, 1)  # blocks (it holds the write end too) until killed\n"
+            "print(pid, flush=True); os._exit(9)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, stdin=subprocess.DEVNULL)
+    assert proc.returncode == 9, proc.stderr
+    child = int(proc.stdout.split()[0])
+    try:
+        os.kill(child, 0)  # the forked child still runs ...
+        with run.lock("ingest"):  # ... and the lock is free
+            pass
+    finally:
+        os.kill(child, signal.SIGKILL)
 
 
 @pytest.mark.parametrize("code, words", [(28, "No space left on device"), (30, "Read-only file system")])

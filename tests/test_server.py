@@ -180,3 +180,71 @@ def test_vllm_and_sglang_command_lines_carry_the_throughput_knobs():
 def test_a_local_server_listens_on_this_machine_only():
     with pytest.raises(Exception, match="this machine only"):
         LocalServer("transformers", "/m", host="0.0.0.0")
+
+
+# ---------------------------------------------------------------------------------------------
+# datatrove's InferenceRunner (executor.kind: datatrove) against the same server
+
+
+@needs_server
+def test_generate_and_annotate_through_datatrove_endpoint_match_the_openai_backend(server, ci_config):
+    backend = (f"{{kind: openai, model: {server.model}, base_url: {server.base_url}, batch_size: 2, concurrency: 2, "
+               f"timeout_s: 300}}")
+    common = ["prompts.n_prompts=4", "generate.sampling.max_new_tokens=8", "generate.sampling.temperature=0.0",
+              "generate.min_tokens=1", "generate.on_length=keep", f"generate.backend={backend}",
+              "annotate.max_documents=3", "annotate.sampling.max_new_tokens=8", "annotate.scoring=parse",
+              f"annotate.annotators=[{backend}]"]
+    via_openai = ci_config(*common)
+    run_stages(via_openai, "direct", ["ingest", "prompts", "generate", "annotate"])
+    dt = ("{kind: datatrove, launcher: local, server: endpoint, tasks: 2, workers: 1, records_per_chunk: 1, "
+          "max_concurrent_generations: 2}")
+    via_dt = ci_config(*common, f"generate.executor={dt}", f"annotate.executor={dt}")
+    assert via_dt.generate.hashed_dict() == via_openai.generate.hashed_dict()  # the executor is not in the hash
+    run_stages(via_dt, "datatrove", ["ingest", "prompts", "generate", "annotate"])
+    a, b = Run(via_openai, "direct"), Run(via_dt, "datatrove")
+
+    def parts(run, stage):
+        rows = [json.loads(line) for p in (run.dir(stage) / "parts").rglob("part-*.jsonl")
+                for line in p.read_text().splitlines()]
+        return {r["prompt_id"]: (r["text"], r["finish_reason"], r["completion_tokens"], r["generator"]) for r in rows}, rows
+
+    for stage in ("generate", "annotate"):
+        want, _ = parts(a, stage)
+        got, rows = parts(b, stage)
+        assert len(rows) == len(got) == len(want) > 0  # exactly one answer per request
+        assert got == want  # greedy: the same texts, token counts and generator name
+        assert not (b.dir(stage) / "parts" / "datatrove").exists()  # the runner's folder is gone once imported
+    m = b.state("generate").manifest
+    assert m["throughput"]["datatrove"]["executor"] == "datatrove/local/endpoint"
+    assert m["throughput"]["datatrove"]["tasks_finished"] == 2
+    assert _docs(a.dir("generate") / "documents") == _docs(b.dir("generate") / "documents")
+
+
+@needs_server
+def test_generate_through_datatrove_killed_mid_run_resumes_with_one_completion_per_prompt(server, ci_config, tmp_path):
+    overrides = ["prompts.n_prompts=6", "generate.sampling.max_new_tokens=16", "generate.sampling.temperature=0.0",
+                 "generate.min_tokens=1", "generate.on_length=keep",
+                 f"generate.backend={{kind: openai, model: {server.model}, base_url: {server.base_url}, timeout_s: 300}}",
+                 "generate.executor={kind: datatrove, tasks: 1, records_per_chunk: 1, max_concurrent_generations: 1}"]
+    cfg = ci_config(*overrides)
+    run_stages(cfg, "dt-killed", ["ingest", "prompts"])
+    run = Run(cfg, "dt-killed")
+    script = tmp_path / "gen.py"
+    script.write_text(KILLED_GENERATE.replace('"served"', '"dt-killed"'))
+    proc = subprocess.Popen([sys.executable, str(script), f"results_dir={cfg.results_dir}",
+                             f"ingest.path={cfg.ingest.path}", *overrides], cwd=PROJECT_ROOT, start_new_session=True,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    work = run.dir("generate") / "parts" / "datatrove"
+    try:  # kill -9 once the runner has checkpointed an answer (or the stage has ended: the rerun must then do nothing)
+        while proc.poll() is None and not list((work / "output").glob("*.jsonl")):
+            time.sleep(0.05)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    m = run.execute("generate")  # the rerun resumes the runner's task from its checkpoints
+    rows = [json.loads(line) for p in (run.dir("generate") / "parts").glob("part-*.jsonl")
+            for line in p.read_text().splitlines()]
+    prompts = _docs(run.dir("prompts"))
+    assert sorted(r["prompt_id"] for r in rows) == sorted(p["id"] for p in prompts)  # each exactly once
+    assert m["counts"]["completions"] == 6 and not work.exists()

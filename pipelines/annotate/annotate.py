@@ -62,6 +62,7 @@ from pipelines.data.documents import ShardedWriter, batched, read_documents
 from pipelines.errors import StudyError
 from pipelines.files import Lock
 from pipelines.llm.backends import Backend, make_backend
+from pipelines.llm.inference import run_requests
 from pipelines.llm.parts import (
     PartWriter,
     completion_record,
@@ -157,6 +158,15 @@ def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, temp
         return stats
     print(f"[annotate] {name}: {total - have:,} of {total:,} pages to go ({have:,} resumed), "
           f"max_new_tokens={cfg.sampling.max_new_tokens}, temperature={cfg.sampling.temperature}")
+    if cfg.executor.kind == "datatrove":  # the same requests through datatrove's InferenceRunner (llm/inference.py)
+        t0 = time.perf_counter()
+        try:
+            dt = run_requests(((pk, p, None) for pk, p in todo), parts_dir, backend_cfg, cfg.sampling, cfg.executor,
+                              f"annotate-{ctx.run.name}-{k}", "annotate")
+        finally:
+            stats["wall_s_now"] = round(time.perf_counter() - t0, 3)
+        stats.update(answered_now=dt["imported"], completion_tokens_now=dt["completion_tokens"], datatrove=dt)
+        return stats
     backend = lazy.get()
     stats["model_load_s"] = lazy.load_s
     writer = PartWriter(parts_dir)

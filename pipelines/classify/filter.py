@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 import shutil
-import sys
 import time
 from collections import Counter
 from pathlib import Path
@@ -35,6 +33,7 @@ from datatrove.pipeline.writers import JsonlWriter
 from pipelines.classify.classify import MAX_SCORE, int_scores, load_classifier
 from pipelines.config import FilterConfig, config_hash
 from pipelines.data.documents import read_documents
+from pipelines.data.executors import make_executor, wait_for_tasks
 from pipelines.errors import StudyError
 from pipelines.runs.manifest import StageContext, write_json_atomic
 
@@ -187,45 +186,6 @@ def build_pipeline(ctx: StageContext) -> tuple[list, int]:
     return [reader, step, writer], tasks
 
 
-def make_executor(cfg: FilterConfig, pipeline: list, tasks: int, logging_dir: str, job_name: str):
-    """LocalPipelineExecutor, SlurmPipelineExecutor or RayPipelineExecutor, from `filter.executor`."""
-    if cfg.executor == "local":
-        from datatrove.executor import LocalPipelineExecutor
-
-        return LocalPipelineExecutor(pipeline, tasks=tasks, workers=min(cfg.workers, tasks), logging_dir=logging_dir,
-                                     start_method="spawn")
-    if cfg.executor == "slurm":
-        from datatrove.executor import SlurmPipelineExecutor
-
-        s = cfg.slurm
-        if not s.partition:
-            raise StudyError("filter.executor=slurm needs filter.slurm.partition (the Slurm partition to submit to)")
-        venv = s.venv_path or (str(Path(sys.prefix) / "bin" / "activate") if sys.prefix != sys.base_prefix else None)
-        return SlurmPipelineExecutor(pipeline, tasks=tasks, time=s.time, partition=s.partition,
-                                     cpus_per_task=s.cpus_per_task, mem_per_cpu_gb=s.mem_per_cpu_gb, qos=s.qos,
-                                     venv_path=venv, sbatch_args=dict(s.sbatch_args) or None, job_name=job_name,
-                                     logging_dir=logging_dir, slurm_logs_folder=str(Path(logging_dir) / "slurm"))
-    try:
-        import ray
-        from datatrove.executor.ray import RayPipelineExecutor
-    except ImportError as e:
-        raise StudyError(f"filter.executor=ray needs Ray ({e}): pip install 'ray[default]'") from None
-    if not ray.is_initialized():
-        ray.init(address=cfg.ray.address or os.environ.get("RAY_ADDRESS"))
-    return RayPipelineExecutor(pipeline, tasks=tasks, logging_dir=logging_dir, cpus_per_task=cfg.ray.cpus_per_task,
-                               mem_per_cpu_gb=cfg.ray.mem_per_cpu_gb)
-
-
-def _wait_for_tasks(logging_dir: Path, tasks: int, poll_s: float) -> None:
-    """Slurm returns at submission: wait for every task's datatrove completion marker."""
-    while True:
-        done = len(list((logging_dir / "completions").glob("*"))) if (logging_dir / "completions").exists() else 0
-        if done >= tasks:
-            return
-        print(f"[filter] {done}/{tasks} Slurm tasks complete; waiting ({logging_dir})", flush=True)
-        time.sleep(poll_s)
-
-
 def _merge_hist(parts: list[dict]) -> dict:
     out = {}
     for which in ("before", "after"):
@@ -274,13 +234,14 @@ def run(ctx: StageContext) -> dict:
     print(f"[filter] scoring with the {cfg.model} classifier, keeping int_score >= {cfg.threshold}: "
           f"{tasks} task(s) on the {cfg.executor} executor")
     t0 = time.perf_counter()
-    executor = make_executor(cfg, pipeline, tasks, str(logging_dir), job_name=f"edu-filter-{ctx.run.name}")
+    executor = make_executor(cfg.executor, pipeline, tasks, logging_dir, f"edu-filter-{ctx.run.name}", "filter.executor",
+                             workers=cfg.workers, slurm=cfg.slurm, ray=cfg.ray)
     executor.run()
     if cfg.executor == "slurm":
         if not cfg.slurm.wait:
             raise StudyError(f"[filter] {tasks} Slurm task(s) submitted (logs: {logging_dir}); rerun the same "
                              f"command when they are done to collect them into the manifest")
-        _wait_for_tasks(logging_dir, tasks, cfg.slurm.poll_s)
+        wait_for_tasks(logging_dir, tasks, cfg.slurm.poll_s, "filter")
     wall = time.perf_counter() - t0
     parts = [json.loads(p.read_text()) for p in sorted((d / "stats").glob("hist_*.json"))]
     if len(parts) != tasks:

@@ -329,6 +329,27 @@ FATAL_STATUS = {401: "the server refused the API key", 403: "the API key may not
                 404: "no such endpoint or model"}
 
 
+def chat_body(cfg: BackendConfig, prompt: Prompt, sampling: SamplingConfig, seed: int | None) -> dict:
+    """The /chat/completions request for one prompt (the openai backend and datatrove's runner send the same)."""
+    body: dict[str, Any] = {
+        "model": cfg.model,
+        "messages": to_messages(prompt, cfg.system_prompt),
+        "temperature": sampling.temperature,
+        "top_p": sampling.top_p,
+        "max_tokens": sampling.max_new_tokens,
+        "n": 1,
+    }
+    if seed is not None:
+        body["seed"] = seed
+    if sampling.stop:
+        body["stop"] = list(sampling.stop)
+    if sampling.top_k:
+        body["top_k"] = sampling.top_k  # an extension that vLLM, TGI and llama.cpp accept
+    if sampling.repetition_penalty:
+        body["repetition_penalty"] = sampling.repetition_penalty
+    return body
+
+
 class _RefuseRedirects(urllib.request.HTTPRedirectHandler):
     """A redirect is reported, never followed: following it would send the API key to another address."""
 
@@ -363,23 +384,7 @@ class OpenAIBackend(Backend):
         self._opener = urllib.request.build_opener(*handlers)
 
     def request_body(self, prompt: Prompt, sampling: SamplingConfig, seed: int | None) -> dict:
-        body: dict[str, Any] = {
-            "model": self.cfg.model,
-            "messages": to_messages(prompt, self.cfg.system_prompt),
-            "temperature": sampling.temperature,
-            "top_p": sampling.top_p,
-            "max_tokens": sampling.max_new_tokens,
-            "n": 1,
-        }
-        if seed is not None:
-            body["seed"] = seed
-        if sampling.stop:
-            body["stop"] = list(sampling.stop)
-        if sampling.top_k:
-            body["top_k"] = sampling.top_k  # an extension that vLLM, TGI and llama.cpp accept
-        if sampling.repetition_penalty:
-            body["repetition_penalty"] = sampling.repetition_penalty
-        return body
+        return chat_body(self.cfg, prompt, sampling, seed)
 
     @staticmethod
     def parse(payload: Any) -> Completion:

@@ -33,6 +33,7 @@ from pipelines.data.documents import ShardedWriter, batched, read_documents
 from pipelines.errors import StudyError
 from pipelines.files import Lock
 from pipelines.llm.backends import Backend, Completion, make_backend, prompt_seed
+from pipelines.llm.inference import run_requests
 from pipelines.llm.parts import (
     PartWriter,
     completion_record,
@@ -178,6 +179,8 @@ def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
     if todo == 0:
         print(f"[generate] all {total:,} prompts already have a completion")
         return stats
+    if cfg.executor.kind == "datatrove":
+        return _generate_with_datatrove(ctx, done, stats)
     print(f"[generate] {todo:,} of {total:,} prompts to go ({have:,} resumed) with {cfg.backend.kind}, "
           f"max_new_tokens={cfg.sampling.max_new_tokens}, batch {cfg.backend.batch_size}")
     t_load = time.perf_counter()
@@ -211,6 +214,25 @@ def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
                    "model_load_s": stats["model_load_s"]}
         with open(parts_dir / SESSIONS, "a") as f:
             f.write(json.dumps(session) + "\n")
+    return stats
+
+
+def _generate_with_datatrove(ctx: StageContext, done: dict, stats: dict) -> dict:
+    """The same requests (and per-prompt seeds) through datatrove's InferenceRunner (llm/inference.py)."""
+    cfg = ctx.config.generate
+    t0 = time.perf_counter()
+    todo = ((p["id"], p["text"], prompt_seed(ctx.config.seed, p["id"])) for p in _prompts(ctx) if p["id"] not in done)
+    try:
+        dt = run_requests(todo, ctx.dir / "parts", cfg.backend, cfg.sampling, cfg.executor,
+                          f"generate-{ctx.run.name}", "generate")
+    finally:
+        stats["wall_s_now"] = round(time.perf_counter() - t0, 3)
+    stats.update(generated_now=dt["imported"], completion_tokens_now=dt["completion_tokens"], model_load_s=None,
+                 datatrove=dt)
+    session = {"part": "datatrove", "generated": dt["imported"], "completion_tokens": dt["completion_tokens"],
+               "wall_s": stats["wall_s_now"], "model_load_s": None}
+    with open(ctx.dir / "parts" / SESSIONS, "a") as f:
+        f.write(json.dumps(session) + "\n")
     return stats
 
 
