@@ -203,6 +203,8 @@ class InferenceExecutor(Section):
     kind: Literal["inprocess", "datatrove"] = "inprocess"
     launcher: Literal["local", "slurm", "ray"] = "local"
     server: Literal["endpoint", "vllm", "sglang"] = "endpoint"
+    endpoints: list[str] = []  # endpoint: servers that already run (e.g. `vllm serve` replicas), task i uses
+    #   endpoints[i % n]; empty: the backend's base_url
     tasks: int = Field(1, ge=1)  # requests are split into this many datatrove tasks (one server each)
     workers: int = Field(1, ge=1)  # local: tasks at once
     tp: int = Field(1, ge=1)  # tensor parallel GPUs per server

@@ -30,6 +30,10 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+from datatrove.pipeline.readers import JsonlReader
+from datatrove.pipeline.writers import JsonlWriter
+
 from pipelines.config import BackendConfig, InferenceExecutor, SamplingConfig
 from pipelines.data.executors import completed_tasks, make_executor, wait_for_tasks
 from pipelines.errors import StudyError
@@ -78,9 +82,21 @@ def server_kwargs(ex: InferenceExecutor) -> dict[str, Any]:
     return kw
 
 
-def inference_config(backend: BackendConfig, ex: InferenceExecutor, log_dir: Path):
-    from datatrove.pipeline.inference.run_inference import InferenceConfig
+class Runner(InferenceRunner):
+    """InferenceRunner whose task `rank` talks to endpoints[rank % n]: several `vllm serve` replicas
+    that already run share the tasks without a load balancer."""
 
+    def __init__(self, *args, endpoints: list[str] | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.endpoints = endpoints or []
+
+    def _init_server(self, rank: int):
+        if self.endpoints:
+            self.config.endpoint_url = self.endpoints[rank % len(self.endpoints)]
+        return super()._init_server(rank)
+
+
+def inference_config(backend: BackendConfig, ex: InferenceExecutor, log_dir: Path) -> InferenceConfig:
     if not backend.model:
         raise StudyError("executor.kind=datatrove needs the backend's `model`: the served model name for an endpoint, "
                          "a hub id or local folder for a vllm / sglang server (the bundled GGUF runs in-process only)")
@@ -160,10 +176,6 @@ def import_answers(work: Path, parts_dir: Path, generator: str) -> dict:
 def run_requests(requests: Iterable[tuple[str, Prompt, int | None]], parts_dir: Path, backend: BackendConfig,
                  sampling: SamplingConfig, ex: InferenceExecutor, job_name: str, tag: str) -> dict:
     """Answer every (key, prompt, seed) whose key no part file holds, through datatrove. -> stats."""
-    from datatrove.pipeline.inference.run_inference import InferenceRunner
-    from datatrove.pipeline.readers import JsonlReader
-    from datatrove.pipeline.writers import JsonlWriter
-
     missing_deps = [m for m in ("aiosqlite", "aiofiles", "httpx") if importlib.util.find_spec(m) is None]
     if missing_deps:
         raise StudyError(f"executor.kind=datatrove needs {', '.join(missing_deps)} for datatrove's InferenceRunner: "
@@ -182,8 +194,8 @@ def run_requests(requests: Iterable[tuple[str, Prompt, int | None]], parts_dir: 
         _write_input(work, missing, min(ex.tasks, len(missing)))
     tasks = json.loads((work / "input.json").read_text())["tasks"]
     cfg = inference_config(backend, ex, work)
-    runner = InferenceRunner(
-        rollout_fn=rollout, config=cfg,
+    runner = Runner(
+        endpoints=[endpoint_url(u) for u in ex.endpoints] if ex.server == "endpoint" else None, rollout_fn=rollout, config=cfg,
         output_writer=JsonlWriter(str(work / "output"), output_filename="${rank}_chunk_${chunk_index}.jsonl",
                                   compression=None),
         checkpoints_local_dir=str(work / "checkpoints"), records_per_chunk=ex.records_per_chunk,
