@@ -297,6 +297,10 @@ class AnnotateConfig(Section):
     #   (or after it, when it has none): every page gets the expected score as its label, the parsed one is kept
     scoring: Literal["parse", "distribution", "both"] = "parse"
     score_prefix: str = "Educational score:"  # where the digits are read (distribution / both)
+    # pages that already carry a score here (the embedded sample's FineWeb-Edu Llama-3 scores) measure the
+    # annotations' signal: Spearman with a bootstrap CI in the manifest (`counts.reference`); classifier.fallback
+    # reads it. None: not measured
+    reference_field: str | None = "meta.edu_score"
 
     @model_validator(mode="after")
     def _some_annotator(self) -> "AnnotateConfig":
@@ -314,6 +318,8 @@ class AnnotateConfig(Section):
         if out.get("scoring") == "parse":
             out.pop("scoring", None)
             out.pop("score_prefix", None)
+        if out.get("reference_field") == "meta.edu_score":
+            out.pop("reference_field", None)
         return out
 
 
@@ -322,6 +328,17 @@ class LabelField(Section):
 
     field: str  # dotted path inside `metadata`: annotation.score, meta.edu_score, score
     map: dict[str, float] = {}  # raw value (as text) -> 0..5 label; empty: the value itself is the label
+
+
+class LabelFallback(Section):
+    """Labels the classifier trains on instead of the annotate stage's when those carry no signal: fewer than
+    `min_pages` annotated pages with a reference score, a Spearman correlation with it below `min_spearman`,
+    or a 95% CI that reaches 0 (annotate.reference_field; the choice and its reason are in the manifest)."""
+
+    source: MixSource
+    fields: list[LabelField]
+    min_spearman: float = Field(0.3, ge=-1.0, le=1.0)
+    min_pages: int = Field(30, ge=3)
 
 
 class ClassifierConfig(Section):
@@ -347,10 +364,26 @@ class ClassifierConfig(Section):
     hash_bits: int = Field(20, ge=10, le=26)  # 2**bits feature buckets (tf-idf weighted, idf from the train split)
     ngrams: int = Field(2, ge=1, le=4)  # word 1..n-grams
     max_chars: int = Field(1000, ge=100)  # hashed: the first N characters (what the annotator saw: 1000)
+    fallback: LabelFallback | None = None  # with label_source {stage: annotate}: labels used when those carry no signal
+
+    @model_validator(mode="after")
+    def _fallback_for_annotations(self) -> "ClassifierConfig":
+        if self.fallback is not None and self.label_source.stage != "annotate":
+            raise ValueError("classifier.fallback replaces the annotate stage's labels: it needs "
+                             "label_source {stage: annotate}")
+        return self
+
+    def hashed_dict(self) -> dict:
+        """Without a fallback the key is left out: configs from before it keep their hash."""
+        out = super().hashed_dict()
+        if out.get("fallback") is None:
+            out.pop("fallback", None)
+        return out
 
     @property
     def input_stages(self) -> tuple[str, ...]:
-        return (self.label_source.stage,) if self.label_source.stage else ()
+        stages = [s.stage for s in (self.label_source, self.fallback and self.fallback.source) if s and s.stage]
+        return tuple(dict.fromkeys(stages))
 
 
 class FilterConfig(Section):

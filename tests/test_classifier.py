@@ -281,3 +281,44 @@ def test_cli_classifier_train_and_apply_are_the_stages(ci_config, capsys):
                f"results_dir={cfg.results_dir}", "--set", f"ingest.path={cfg.ingest.path}"])
     assert rc == 2
     assert "study classifier train" in capsys.readouterr().err  # filter needs classify: says how to make it
+
+
+def test_reference_agreement_by_hand():
+    from pipelines.annotate.prompt import reference_agreement
+
+    up = reference_agreement([(1, 0.5), (2, 1.0), (3, 2.5), (4, 4.0)], "meta.edu_score", seed=0)
+    assert up["pages"] == 4 and up["spearman"] == 1.0 and up["ci95"] == [1.0, 1.0]
+    # ranks (1, 2, 3, 4) vs (2, 1, 4, 3): d^2 = 4, rho = 1 - 6*4 / (4*15) = 0.6
+    assert reference_agreement([(1, 2), (2, 1), (3, 4), (4, 3)], "f", seed=0)["spearman"] == 0.6
+    flat = reference_agreement([(1, 3), (1, 2), (1, 1)], "f", seed=0)  # a constant side: no correlation
+    assert flat["spearman"] is None and flat["ci95"] is None
+
+
+@pytest.mark.parametrize("reference, used, why", [
+    (None, "fallback", "measured no agreement"),
+    ({"field": "meta.edu_score", "pages": 12, "spearman": 0.9, "ci95": [0.6, 1.0]}, "fallback", "only 12 annotated"),
+    ({"field": "meta.edu_score", "pages": 150, "spearman": -0.05, "ci95": [-0.2, 0.1]}, "fallback", "below 0.3"),
+    ({"field": "meta.edu_score", "pages": 40, "spearman": 0.35, "ci95": [-0.01, 0.6]}, "fallback", "reaches 0"),
+    ({"field": "meta.edu_score", "pages": 150, "spearman": 0.62, "ci95": [0.5, 0.72]}, "annotate", "Spearman 0.62"),
+])
+def test_the_classifier_trains_on_its_own_annotations_only_if_they_carry_signal(ci_config, reference, used, why):
+    fallback = ("classifier.fallback={source: {path: embedded}, fields: [{field: meta.edu_score}], min_pages: 30, "
+                "min_spearman: 0.3}")
+    cfg = ci_config("classifier.label_source={stage: annotate, path: null}",
+                    "classifier.label_fields=[{field: annotation.score}]", fallback)
+    run = Run(cfg, "choice")
+    counts = {"pages": 16} | ({"reference": reference} if reference else {})
+    run.dir("annotate").mkdir(parents=True)
+    (run.dir("annotate") / "manifest.json").write_text(json.dumps({"stage": "annotate", "counts": counts}))
+    src, fields, choice = C.choose_labels(run, cfg.classifier)
+    assert choice["used"] == used and why in choice["why"]
+    if used == "fallback":
+        assert (src.path, [f.field for f in fields]) == ("embedded", ["meta.edu_score"])
+    else:
+        assert (src.stage, [f.field for f in fields]) == ("annotate", ["annotation.score"])
+
+
+def test_a_fallback_needs_the_annotate_stage_as_label_source():
+    with pytest.raises(Exception, match="needs label_source"):
+        ClassifierConfig(label_source={"path": "x"}, fallback={"source": {"path": "embedded"},
+                                                                "fields": [{"field": "meta.edu_score"}]})

@@ -53,12 +53,13 @@ from pipelines.annotate.prompt import (
     int_score,
     load_template,
     parse_score,
+    reference_agreement,
     render_prompt,
     score_prefix,
     spearman,
 )
 from pipelines.config import BackendConfig
-from pipelines.data.documents import ShardedWriter, batched, read_documents
+from pipelines.data.documents import ShardedWriter, batched, field_value, read_documents
 from pipelines.errors import StudyError
 from pipelines.files import Lock
 from pipelines.llm.backends import Backend, make_backend
@@ -283,6 +284,7 @@ def finalize(ctx: StageContext, template: str) -> dict:
     labels: Counter[int] = Counter()
     n_pages = n_no_parse = 0
     missing = []
+    reference_pairs: list[tuple[float, float]] = []  # (label, reference score) of pages that carry one
     try:
         streams = [score_items(ctx, a, b, template, handles, indexes[a]) if mode != "parse" else None
                    for a, b in enumerate(cfg.annotators)]
@@ -330,6 +332,9 @@ def finalize(ctx: StageContext, template: str) -> dict:
                 models.append(row.get("generator"))
             good = [s for s in scores if s is not None]
             score = sum(good) / len(good) if good else None
+            ref = field_value(doc.get("metadata") or {}, cfg.reference_field) if cfg.reference_field else None
+            if score is not None and isinstance(ref, (int, float)) and not isinstance(ref, bool):
+                reference_pairs.append((score, float(ref)))
             n_no_parse += all(s is None for s in parsed_scores)
             doc["metadata"]["annotation"] = {
                 "score": score,
@@ -369,6 +374,8 @@ def finalize(ctx: StageContext, template: str) -> dict:
         "parse_failure_rate": round(n_failed / n_pages, 4) if n_pages else None,
         "label_distribution": {str(s): labels.get(s, 0) for s in range(MAX_SCORE + 1)},
     }
+    if cfg.reference_field:  # the signal the labels carry, where a reference score exists
+        counts["reference"] = reference_agreement(reference_pairs, cfg.reference_field, ctx.config.seed)
     if mode != "parse":  # `unparsed`: pages with no label; parse failures counted apart
         counts.update({"scoring": mode, "label_from": "expected score of the digits 0..5 at the score position",
                        "unlabelled_rate": counts["parse_failure_rate"],

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -171,3 +172,25 @@ def load_template(path: str | None) -> str:
     if "{extract}" not in template:
         raise StudyError(f"annotate.prompt_path={path!r} has no {{extract}} placeholder for the page text")
     return template
+
+
+def reference_agreement(pairs: list[tuple[float, float]], field: str, seed: int, n_boot: int = 1000) -> dict:
+    """Annotation labels against reference scores on the pages that carry one: Spearman and a percentile
+    bootstrap 95% CI over pages (resamples with a constant side are left out). -> manifest `counts.reference`."""
+    out: dict = {"field": field, "pages": len(pairs), "spearman": None, "ci95": None}
+    rho = spearman([a for a, _ in pairs], [b for _, b in pairs])
+    if rho is None:
+        return out
+    rng = random.Random(seed)
+    boots = []
+    for _ in range(n_boot):
+        sample = [pairs[rng.randrange(len(pairs))] for _ in pairs]
+        r = spearman([a for a, _ in sample], [b for _, b in sample])
+        if r is not None:
+            boots.append(r)
+    boots.sort()
+    out["spearman"] = rho
+    if len(boots) >= n_boot // 2:
+        out["ci95"] = [boots[int(0.025 * (len(boots) - 1))], boots[int(0.975 * (len(boots) - 1))]]
+    return out
+

@@ -38,8 +38,8 @@ from typing import Any, Iterable, Sequence
 
 import numpy as np
 
-from pipelines.config import ClassifierConfig, LabelField
-from pipelines.data.documents import DropLog, expand_paths
+from pipelines.config import ClassifierConfig, LabelField, MixSource
+from pipelines.data.documents import DropLog, expand_paths, field_value
 from pipelines.data.pages import external_documents
 from pipelines.errors import StudyError
 from pipelines.runs.manifest import Run, StageContext, file_sha256, write_json_atomic
@@ -61,16 +61,6 @@ def int_scores(scores: np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------------------------
 # labels
-
-
-def field_value(metadata: dict, dotted: str) -> Any:
-    """metadata["a"]["b"] for "a.b"; None when any part is missing."""
-    node: Any = metadata
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return None
-        node = node[part]
-    return node
 
 
 def label_of(doc: dict, fields: Sequence[LabelField]) -> float | None:
@@ -96,9 +86,36 @@ def label_of(doc: dict, fields: Sequence[LabelField]) -> float | None:
     return None
 
 
+def choose_labels(run: Run, cfg: ClassifierConfig) -> tuple[MixSource, list[LabelField], dict]:
+    """label_source, or classifier.fallback when the annotate stage's labels carry no measurable signal
+    (annotate's `counts.reference`: Spearman with reference scores). -> (source, fields, the choice and why)."""
+    fb = cfg.fallback
+    if fb is None:
+        return cfg.label_source, cfg.label_fields, {"used": "label_source", "why": "classifier.label_source"}
+    ref = ((run.read_manifest("annotate") or {}).get("counts") or {}).get("reference")
+    rho = ref and ref.get("spearman")
+    if not ref:
+        why = "the annotate stage measured no agreement with reference scores (annotate.reference_field is unset)"
+    elif ref["pages"] < fb.min_pages:
+        why = (f"only {ref['pages']} annotated page(s) carry a reference score ({ref['field']}); "
+               f"classifier.fallback.min_pages is {fb.min_pages}")
+    elif rho is None:
+        why = f"the labels or {ref['field']} are constant on the {ref['pages']} pages: no rank correlation"
+    elif rho < fb.min_spearman:
+        why = f"Spearman {rho:.2f} with {ref['field']} on {ref['pages']} pages is below {fb.min_spearman}"
+    elif not ref.get("ci95") or ref["ci95"][0] <= 0:
+        why = f"Spearman {rho:.2f} with {ref['field']} on {ref['pages']} pages, but its 95% CI {ref.get('ci95')} reaches 0"
+    else:
+        return cfg.label_source, cfg.label_fields, {
+            "used": "annotate", "reference": ref,
+            "why": f"Spearman {rho:.2f} (95% CI {ref['ci95'][0]:.2f} to {ref['ci95'][1]:.2f}) with {ref['field']} on "
+                   f"{ref['pages']} pages"}
+    return fb.source, fb.fields, {"used": "fallback", "why": why, "reference": ref}
+
+
 def labelled_documents(run: Run, cfg: ClassifierConfig, seed: int) -> tuple[list[dict], dict]:
-    """[(id, source, text, label)] of every labelled page of `label_source`, and counts."""
-    src = cfg.label_source
+    """[(id, source, text, label)] of every labelled page of `label_source` (or the fallback), and counts."""
+    src, fields, choice = choose_labels(run, cfg)
     if src.stage:
         docs: Iterable[dict] = stage_documents(run, src.stage, src.split)
     else:
@@ -113,7 +130,7 @@ def labelled_documents(run: Run, cfg: ClassifierConfig, seed: int) -> tuple[list
         docs = external_documents(src, seed, DropLog(None))
     rows, seen, unlabelled = [], set(), Counter()
     for doc in docs:
-        label = label_of(doc, cfg.label_fields)
+        label = label_of(doc, fields)
         if label is None:
             unlabelled[doc.get("source", "?")] += 1
             continue
@@ -124,15 +141,15 @@ def labelled_documents(run: Run, cfg: ClassifierConfig, seed: int) -> tuple[list
         rows.append({"id": doc["id"], "source": doc.get("source"), "text": doc["text"], "label": label})
     where = src.stage and f"stage {src.stage!r}" or src.path or f"hub {src.dataset}"
     if len(rows) < 10:
-        fields = ", ".join(f.field for f in cfg.label_fields)
+        names = ", ".join(f.field for f in fields)
         raise StudyError(
-            f"[classify] only {len(rows)} labelled page(s) in {where} (label fields: {fields}); need at least 10. "
+            f"[classify] only {len(rows)} labelled page(s) in {where} (label fields: {names}); need at least 10. "
             f"With labels from `annotate`, annotate more pages (annotate.max_documents) or use a stronger annotator; "
             f"or point classifier.label_source / classifier.label_fields at pages that already carry a score")
     stats = {"labelled": len(rows), "unlabelled_per_source": dict(sorted(unlabelled.items())),
-             "labelled_per_source": dict(sorted(Counter(r["source"] for r in rows).items())), "from": where}
+             "labelled_per_source": dict(sorted(Counter(r["source"] for r in rows).items())), "from": where,
+             "fields": [f.model_dump() for f in fields], "choice": choice}
     if src.path and Path(src.path).is_file():  # a file outside the run: record which one it was
-
         stats["sha256"] = file_sha256(Path(src.path))
     return rows, stats
 
@@ -517,6 +534,8 @@ def run(ctx: StageContext) -> dict:
     train_idx, val_idx = stratified_split(int_scores(labels), cfg.val_fraction, seed)
     if len(val_idx) == 0:
         raise StudyError("[classify] the validation split is empty: raise classifier.val_fraction or add labels")
+    if cfg.fallback is not None:
+        print(f"[classify] labels: {label_stats['choice']['used']} ({label_stats['choice']['why']})")
     print(f"[classify] {len(rows):,} labelled pages from {label_stats['from']}: {len(train_idx):,} train, "
           f"{len(val_idx):,} validation; labels {_label_counts(labels)}")
     results: dict[str, dict] = {}
@@ -531,7 +550,7 @@ def run(ctx: StageContext) -> dict:
         tr = evaluate(labels[train_idx], pred[train_idx], cfg.threshold)
         model.info.update({"trained": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
                            "train_pages": int(len(train_idx)), "val_pages": int(len(val_idx)),
-                           "label_fields": [f.model_dump() for f in cfg.label_fields],
+                           "label_fields": label_stats["fields"],
                            "val_f1_at_threshold": val["binary"]["f1"], "threshold": cfg.threshold})
         model.save(ctx.dir / kind)
         results[kind] = {"validation": val, "train": {k: tr[k] for k in ("n", "mse", "accuracy", "macro_f1")}

@@ -180,6 +180,16 @@ def read_documents(paths: Iterable[Path]) -> Iterator[dict]:
                 yield json.loads(raw)
 
 
+def field_value(metadata: dict, dotted: str) -> Any:
+    """metadata["a"]["b"] for "a.b"; None when any part is missing."""
+    node: Any = metadata
+    for part in dotted.split("."):
+        if not isinstance(node, dict) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
 def batched(items: Iterable[T], size: int) -> Iterator[list[T]]:
     """Lists of `size` items in order, the last one shorter (itertools.batched from Python 3.12)."""
     batch: list[T] = []
