@@ -16,13 +16,17 @@ import sys
 
 # benchmarks/ holds a file named like the stdlib's `tokenize`: take the folder off the import path first
 sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("benchmarks")]
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+from benchmarks.common import record  # noqa: E402, I001  (first: the OpenMP wait policy, before torch loads)
 
 import argparse  # noqa: E402
 import gzip  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -71,7 +75,8 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=2)
     ap.add_argument("--seed", type=int, default=1337)
-    ap.add_argument("--out", default=str(ROOT / "results" / "benchmarks" / "classify.json"))
+    ap.add_argument("--out", default=None, help="also write the numbers here (they always go to "
+                    "results/benchmarks/classify.json)")
     args = ap.parse_args()
 
     labelled, web = load(Path(args.input))
@@ -108,9 +113,10 @@ def main() -> None:
     out = {"rows": rows, "labelled": len(labelled), "held_out": int(len(val_idx)), "scored_docs": len(docs),
            "batch_size": args.batch_size, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
            "load_average": os.getloadavg()}
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
-    print(f"-> {args.out}")
+    record("classify", out)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(json.dumps(out, indent=2) + "\n")
 
 
 if __name__ == "__main__":

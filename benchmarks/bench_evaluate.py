@@ -19,16 +19,17 @@ import sys
 
 # benchmarks/tokenize.py is named like the stdlib's `tokenize`: take this folder off the import path
 sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("benchmarks")]
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+from benchmarks.common import record  # noqa: E402, I001  (first: the OpenMP wait policy, before torch loads)
 
 import argparse  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
-
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
 
 from pipelines.data.benchmarks import BENCHMARKS, default_data_dir, prompt  # noqa: E402
 from pipelines.evaluate.lmeval import (  # noqa: E402
@@ -107,12 +108,13 @@ def main() -> int:
     ratio = best[ref].wall / o.wall
     print(f"ours vs the fastest lm-eval ({ref}): {ratio:.2f}x items/s wall, {best[ref].cpu / o.cpu:.2f}x CPU time "
           f"(goal >= 3x); per-item results {'identical' if ok else 'DIFFER'}")
+    seconds = {k: {"wall": t.wall, "cpu": t.cpu} for k, t in best.items()}
+    numbers = {"model": desc, "items": n, "seconds": seconds, "identical": identical, "ours_tokens": ours_tokens,
+               "rows_tokens": rows_tokens, "ratio_vs_fastest": ratio, "threads": torch.get_num_threads()}
+    record("evaluate", numbers)  # results/benchmarks/evaluate.json, with the load before and after
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        seconds = {k: {"wall": t.wall, "cpu": t.cpu} for k, t in best.items()}
-        Path(args.out).write_text(json.dumps({"model": desc, "items": n, "seconds": seconds, "identical": identical,
-                                              "ours_tokens": ours_tokens, "rows_tokens": rows_tokens,
-                                              "ratio_vs_fastest": ratio}, indent=2) + "\n")
+        Path(args.out).write_text(json.dumps(numbers, indent=2) + "\n")
     return 0 if ok else 1
 
 

@@ -18,13 +18,17 @@ import sys
 
 # benchmarks/tokenize.py is named like the stdlib's `tokenize`: take this folder off the import path
 sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("benchmarks")]
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+from benchmarks.common import record  # noqa: E402, I001  (first: the OpenMP wait policy, before torch loads)
 
 import argparse
 import gzip
 import json
 import os
 import time
-from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -122,10 +126,16 @@ def main() -> None:
     print(f"ratio batched / one-by-one: {rate[names[0]] / rate[names[1]]:.2f}x")
     if "llama.cpp (one-by-one)" in rate:
         print(f"ratio batched / llama.cpp: {rate[names[0]] / rate['llama.cpp (one-by-one)']:.2f}x")
+    same = None
     if not args.sample:
         same = sum(a == b for a, b in zip(texts_b, texts_1))
         print(f"greedy outputs identical batched vs one-by-one: {same}/{len(prompts)} "
               f"(padding changes float rounding, so a few may differ)")
+    record("generate", {"model": backend.model_name, "prompts": len(prompts), "max_new_tokens": args.max_new_tokens,
+                        "sample": args.sample, "batch_size": batch,
+                        "variants": {k: {"wall_s": round(w, 2), "tokens": t, "tok_s": round(t / w, 2)}
+                                     for k, (w, t) in results.items()},
+                        "greedy_identical": same})
 
 
 if __name__ == "__main__":

@@ -15,6 +15,11 @@ import sys
 
 # this file is named like the stdlib's `tokenize`: take its folder off the import path first
 sys.path[:] = [p for p in sys.path if not p.rstrip("/").endswith("benchmarks")]
+from pathlib import Path  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repository root
+
+from benchmarks.common import record  # noqa: E402, I001
 
 import argparse  # noqa: E402
 import gzip  # noqa: E402
@@ -23,7 +28,6 @@ import os  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 from multiprocessing import Pool  # noqa: E402
-from pathlib import Path  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -82,6 +86,8 @@ def main() -> None:
         print(f"{name:34s} {ntok / t:12,.0f} tok/s  ({t:.2f} s)")
     ratio = (ntok / t_ours) / max(ntok / t_batch, ntok / t_pool)
     print(f"ratio ours / faster reference: {ratio:.2f}  (goal >= 0.9)")
+    record("tokenize", {"documents": len(docs), "tokens": ntok, "workers": args.workers, "repeats": args.repeats,
+                        "tok_s": {name: round(ntok / t) for name, t in rows}, "ratio_vs_faster": round(ratio, 3)})
 
 
 if __name__ == "__main__":

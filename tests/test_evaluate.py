@@ -337,7 +337,14 @@ def test_evaluate_stage_end_to_end(tmp_path, eval_dir, capsys):
     keys = {(r["benchmark"], r["form"], r["metric"]) for r in table if r["subject"] is None}
     cloze = ("acc", "acc_norm", "bpb", "prob_norm", "margin")
     assert keys == {*((b, "cloze", m) for b in ("arc_easy", "arc_challenge", "hellaswag", "mmlu") for m in cloze),
-                    *(("mmlu", "letter", m) for m in ("acc", "bpb", "prob_norm", "margin"))}
+                    *(("mmlu", "letter", m) for m in ("acc", "bpb", "prob_norm", "margin")),
+                    ("core", "icl", "core")}  # the ci preset scores DCLM's CORE on 2 items per task
+    core_row = next(r for r in table if r["metric"] == "core")
+    assert core_row["label"] == "CORE v1 20/22" and core_row["n"] == 20
+    assert m["core"]["missing"].keys() == {"squad", "coqa"} and len(m["core"]["tasks"]) == 20
+    per_task = {(r["subject"], r["metric"]) for r in table if r["benchmark"] == "core" and r["subject"]}
+    assert {("piqa", "acc"), ("piqa", "centered"), ("piqa", "bpb"), ("winogrande", "margin"),
+            ("lambada_openai", "acc")} <= per_task and ("lambada_openai", "bpb") not in per_task
     for r in table:
         assert r["ci_low"] <= r["value"] <= r["ci_high"] and r["mix"] == "tiny" and r["step"] == 10
     csv_lines = (run.dir("evaluate") / "table.csv").read_text().splitlines()

@@ -269,6 +269,9 @@ def test_classifier_figures_show_the_metrics():
     ax = fig.axes[0]
     cm = np.array(m["kinds"]["embedding"]["confusion_matrix"]["matrix"])
     assert sorted(int(t.get_text()) for t in ax.texts) == sorted(cm.ravel().tolist())
+    assert ax.get_ylabel() == "label (labels)"  # named by what the labels are, never assumed to be an LLM's
+    assert F.classifier_confusion(m, label="sample labels: edu_score").axes[0].get_ylabel() == \
+        "label (sample labels: edu_score)"
     fig = F.classifier_f1(m)
     heights = [p.get_height() for p in fig.axes[0].patches][:6]
     assert heights == pytest.approx([m["kinds"]["embedding"]["per_class"][str(c)]["f1"] for c in range(6)])
@@ -318,8 +321,13 @@ def _best_report(significant: dict[str, bool]) -> dict:
 
 def test_main_results_bold_only_where_the_best_is_significantly_better(tmp_path):
     table = write_eval_csv(tmp_path / "t.csv", eval_table(best="web-edu"))
-    t = T.main_results(table)  # no decision report: nothing was tested, nothing is bold
-    assert balanced(t.latex) and r"\textbf{" not in t.latex and "No mix is bold" in t.caption
+    t = T.main_results(table)  # no decision report: bold only where the top CI lies above the runner-up's
+    bold_rows = [line for line in t.latex.splitlines() if r"\textbf{" in line]
+    assert len(bold_rows) == 1 and bold_rows[0].startswith("web-edu") and bold_rows[0].count(r"\textbf{") == 4
+    assert balanced(t.latex) and "CI lies wholly above the runner-up's" in t.caption
+    close = table.copy()
+    close.loc[close["mix"] == "web-edu", "value"] -= 0.17  # now inside the runner-up's CI
+    assert r"\textbf{" not in T.main_results(close).latex and "overlaps" in T.main_results(close).caption
     for env in ("table", "tabular"):
         assert t.latex.count(rf"\begin{{{env}}}") == t.latex.count(rf"\end{{{env}}}") == 1
     assert all(r in t.latex for r in (r"\toprule", r"\midrule", r"\bottomrule"))
@@ -432,10 +440,8 @@ def test_tables_escape_names_and_write_tex_and_csv(tmp_path):
     c = T.classifier_metrics(classifier_metrics())
     assert balanced(c.latex) and r"\ensuremath{\geq}" in c.latex
     rows = {line.split(" & ")[0]: line.split(" & ") for line in c.latex.splitlines() if line.endswith(r"\\")}
-    d = c.data.set_index("kind")
-    best_mse, best_acc = d["mse"].idxmin(), d["accuracy"].idxmax()  # MSE: lower is better
-    assert rows[best_mse][2].startswith(r"\textbf{") and not rows[d["mse"].idxmax()][2].startswith(r"\textbf{")
-    assert rows[best_acc][3].startswith(r"\textbf{")
+    assert len(rows) == 1 + len(c.data) and r"\textbf{" not in c.latex  # no CIs: no kind is shown to be best
+    assert "No bold" in c.caption
     s = T.data_sources(removals_table(m))
     assert balanced(s.latex) and "1,300" in s.latex
 
@@ -527,7 +533,7 @@ def test_study_figures_writes_everything_and_exports_into_paper(tmp_path, ci_con
                "--set", f"ingest.path={run.config.ingest.path}"])
     assert rc == 0
     m = run.read_manifest("figures")
-    assert m["missing"] == [] and m["counts"] == {"figures": len(FIGURES), "tables": len(TABLES), "texts": 1,
+    assert m["missing"] == [] and m["counts"] == {"figures": len(FIGURES), "tables": len(TABLES), "texts": 3,
                                                   "missing": 0}
     out = run.dir("figures")
     for name in FIGURES:
@@ -536,6 +542,9 @@ def test_study_figures_writes_everything_and_exports_into_paper(tmp_path, ci_con
     for name in TABLES:
         assert (paper_dir / "tables" / f"{name}.tex").exists() and (paper_dir / "tables" / f"{name}.csv").exists()
     assert "no detectable difference" in (paper_dir / "tables" / "results_text.tex").read_text()
+    report = (paper_dir / "tables" / "report.tex").read_text()  # the run report, the paper's appendix
+    assert r"\section{Run report: figs}" in report and balanced(report)
+    assert r"\paragraph{Synthetic text.}" in (paper_dir / "tables" / "setup_text.tex").read_text()
     assert not (paper_dir / "figures" / "old_figure.pdf").exists()  # another run's figure is gone
     assert (paper_dir / "figures" / ".gitkeep").exists()
     macros = (paper_dir / "tables" / "study.tex").read_text()
@@ -547,7 +556,8 @@ def test_partial_run_still_makes_the_other_figures(tmp_path, ci_config):
     run = _run(tmp_path, ci_config)
     ensure(run, "classify", _classify)
     result = paper.make(run, **QUIET)
-    assert {o["name"] for o in result["outputs"]} == {"classifier_confusion", "classifier_f1", "classifier_metrics"}
+    assert {o["name"] for o in result["outputs"]} == {"classifier_confusion", "classifier_f1", "classifier_metrics",
+                                                      "setup_text", "report"}  # the texts say what is there
     assert any("`study evaluate --preset ci --run figs` first" in m for m in result["missing"])
     assert (run.dir("figures") / "classifier_confusion.png").exists()
     assert (run.dir("figures") / "tables" / "classifier_metrics.tex").exists()

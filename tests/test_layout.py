@@ -21,7 +21,7 @@ LAYERS = [
     ["pipelines.runs"],
     ["pipelines.ingest", "pipelines.synthetic", "pipelines.annotate", "pipelines.classify", "pipelines.mix",
      "pipelines.train", "pipelines.evaluate", "pipelines.figures"],
-    ["pipelines.cli", "pipelines.sweep", "pipelines.notebooks"],
+    ["pipelines.cli", "pipelines.sweep", "pipelines.notebooks", "pipelines.mixsearch"],
 ]
 STAGE_LAYER = 5
 LAYER = {unit: i for i, units in enumerate(LAYERS) for unit in units}

@@ -1,5 +1,6 @@
 """The repository's embedded default data (data/README.md): real web pages and benchmark items that the
-smoke study and the tests run on with no network and no ../shared.
+smoke study and the tests run on with no network and no ../shared: pages, the benchmarks' items
+(data/eval) and DCLM's CORE task files (data/core).
 
 Anywhere a config takes a local path of pages (`ingest.path`, a mix or label source's `path`) or a
 folder of benchmark files (`evaluate.data_dir`, `mix.decontaminate.eval_dir`), the word `embedded`
@@ -19,6 +20,7 @@ EMBEDDED = "embedded"
 DATA_DIR = PROJECT_ROOT / "data"
 WEB_PAGES = DATA_DIR / "web" / "web_pages.jsonl.gz"
 EVAL_DIR = DATA_DIR / "eval"
+CORE_DIR = DATA_DIR / "core"  # DCLM CORE task files (pipelines/data/core.py)
 README = "data/README.md"
 
 
@@ -50,3 +52,12 @@ def describe_benchmarks(data_dir: str | Path | None) -> dict:
     if str(data_dir) == "hub":
         return {"kind": "hub", "revision": "the hub's latest at run time"}
     return {"kind": "local", "path": str(data_dir)}
+
+
+def describe_core(core_dir: str | Path | None) -> dict:
+    """Which CORE task files a stage read (`evaluate.core.core_dir`)."""
+    if core_dir in (None, EMBEDDED):
+        return {"kind": "embedded", "path": "data/core", "about": README}
+    if str(core_dir).startswith("hf:"):
+        return {"kind": "hub", "dataset": str(core_dir)[3:], "revision": "the hub's latest at run time"}
+    return {"kind": "local", "path": str(core_dir)}

@@ -63,10 +63,13 @@ METRICS: dict[str, dict] = {
                   "percent": True},
     "margin": {"higher_is_better": True, "label": "log-likelihood margin over the best wrong answer (nats)",
                "percent": False},
+    # DCLM's CORE (evaluate/core.py): (acc - random) / (1 - random) per task; its macro average over tasks is CORE
+    "centered": {"higher_is_better": True, "label": "centered accuracy", "percent": True},
+    "core": {"higher_is_better": True, "label": "CORE (mean centered accuracy over tasks)", "percent": True},
 }
 BETTER, WORSE, SAME = "better", "worse", "no detectable difference"
 BENCHMARK_LABELS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "hellaswag": "HellaSwag",
-                    "mmlu": "MMLU"}
+                    "mmlu": "MMLU", "core": "CORE"}
 
 
 # ---------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""The `evaluate` stage: ARC-Easy, ARC-Challenge, HellaSwag and MMLU by answer log-likelihood.
+"""The `evaluate` stage: ARC-Easy, ARC-Challenge, HellaSwag and MMLU by answer log-likelihood, and
+DCLM's CORE suite (`core` in evaluate.benchmarks; core.py).
 
 What is evaluated (each a "target"):
   - the train stage's checkpoints, last or all (`evaluate.checkpoints`), one per mix, when
@@ -18,6 +19,7 @@ results/<run>/evaluate/
   bad_items.jsonl                    items left out, with the reason
   <mix>/step_<step>/items_<benchmark>_<form>.jsonl   per-item: log-likelihoods, predictions, gold
   <reference>/items_<benchmark>_<form>.jsonl
+  .../items_core_<task>.jsonl        per-item CORE results (core.py): scores, token counts, acc
   .../done.json                      written last for a finished target: its key (settings + model
                                      file stamp); a rerun keeps targets whose key is unchanged
 
@@ -47,7 +49,7 @@ from pipelines.data.benchmarks import (
     prompt,
 )
 from pipelines.errors import StudyError
-from pipelines.evaluate import decisions
+from pipelines.evaluate import core, decisions
 from pipelines.evaluate.scoring import LM, HFCausalLM, score
 from pipelines.llmc.shapes import parse_descriptor
 from pipelines.llmc.tokenizer import EOT, gpt2
@@ -55,12 +57,13 @@ from pipelines.model import hf_state_dict, load_checkpoint
 from pipelines.runs.manifest import STAGES, Run, StageContext, write_json_atomic
 
 TABLE_COLUMNS = ["mix", "step", "tokens", "benchmark", "subject", "form", "metric", "value", "ci_low", "ci_high",
-                 "n", "random_baseline", "fewshot", "reference", "model", "seed", "scale"]
+                 "n", "random_baseline", "fewshot", "reference", "model", "seed", "scale", "label"]
+# label: how a row is named when its name carries a caveat (the CORE row: "CORE v1 20/22" when tasks are missing)
 # summary.csv: one row per mix and model size (seeds averaged, evaluate.average_last checkpoints averaged) and
 # per reference model, benchmark level (MMLU: macro average), with the CI over items and seeds
 SUMMARY_COLUMNS = ["mix", "scale", "step", "tokens", "benchmark", "subject", "form", "metric", "value", "ci_low",
                    "ci_high", "n", "random_baseline", "seeds", "seed_sd", "checkpoints", "higher_is_better",
-                   "reference", "model"]
+                   "reference", "model", "label"]
 CLOZE_METRICS = ["acc", "acc_norm", "bpb", "prob_norm", "margin"]
 LETTER_METRICS = ["acc", "bpb", "prob_norm", "margin"]  # letters all have one character: acc_norm = acc
 CHANCE_METRICS = ("acc", "acc_norm", "prob_norm")  # a random guess scores 1/choices on these
@@ -256,7 +259,24 @@ class Task:
 
 
 def load_benchmarks(cfg: EvaluateConfig, seed: int) -> dict[str, Benchmark]:
-    return {b: load_benchmark(b, cfg.data_dir, cfg.limit, cfg.sample, seed) for b in cfg.benchmarks}
+    return {b: load_benchmark(b, cfg.data_dir, cfg.limit, cfg.sample, seed) for b in cfg.benchmarks if b != "core"}
+
+
+def load_core_suite(cfg: EvaluateConfig, log=print) -> "core.CoreSuite | None":
+    """The CORE tasks when evaluate.benchmarks lists `core` (evaluate.core), else None."""
+    if "core" not in cfg.benchmarks:
+        return None
+    c = cfg.core
+    suite = core.load_suite(c.tasks, c.limit, c.version, c.core_dir, cfg.data_dir, c.verify)
+    for label, task in suite.data.tasks.items():
+        n = len(task.rows) if c.limit is None else min(c.limit, len(task.rows))
+        log(f"[evaluate] core {label}: {n:,} of {len(task.rows):,} items from {task.source} ({task.verified})")
+    for label, why in suite.data.missing.items():
+        log(f"[evaluate] core {label}: not scored ({why})")
+    if not suite.labels:
+        raise StudyError(f"[evaluate] core: no CORE task file found in {suite.data.folder}")
+    log(f"[evaluate] core: {len(suite.labels)} of {core.CORE_SIZE} tasks -> reported as {suite.title!r}")
+    return suite
 
 
 def build_tasks(cfg: EvaluateConfig, benches: dict[str, Benchmark], seed: int) -> list[Task]:
@@ -403,30 +423,47 @@ def rescore(task: Task, saved: list[dict]) -> list[dict] | None:
 
 def target_key(cfg: EvaluateConfig, seed: int, t: Target) -> str:
     settings = {k: v for k, v in cfg.hashed_dict().items() if k not in NOT_PER_ITEM}
+    if "core" in settings:
+        settings["core"] = {k: v for k, v in settings["core"].items() if k != "version"}
     return config_hash({"settings": settings, "seed": seed, "target": target_stamp(t)})
 
 
+def _reuse(out: Path, info: dict, tasks: list[Task], suite: "core.CoreSuite | None") -> dict | None:
+    """Saved records of a finished target through today's metrics; None when any is missing or not these items."""
+    names = [task.name for task in tasks] + ([core.task_name(x) for x in suite.labels] if suite else [])
+    files = {n: out / f"items_{n}.jsonl" for n in names}
+    if not all(f.exists() for f in files.values()) or (suite and "core_prefix_space" not in info):
+        return None
+    saved = {n: _read_jsonl(f) for n, f in files.items()}
+    reused = {task.name: rescore(task, saved[task.name]) for task in tasks}
+    for label in (suite.labels if suite else []):
+        n = core.task_name(label)
+        reused[n] = core.rescore(suite.data.tasks[label].spec, suite.prompts(label, info["core_prefix_space"]), saved[n])
+    if any(r is None for r in reused.values()):
+        return None
+    for n, f in files.items():
+        if reused[n] != saved[n]:  # saved before a metric was added: rewritten
+            _write_jsonl(f, reused[n])
+    return reused
+
+
 def evaluate_target(t: Target, tasks: list[Task], cfg: EvaluateConfig, stage_dir: Path, seed: int, device: str,
-                    log=print) -> tuple[dict[str, list[dict]], dict, bool]:
-    """(records per task, speed, reused): reuses a finished folder whose key is unchanged."""
+                    log=print, suite: "core.CoreSuite | None" = None, force: bool = False,
+                    ) -> tuple[dict[str, list[dict]], dict, bool]:
+    """(records per task, speed, reused): reuses a finished folder whose key is unchanged (force: never).
+    CORE's records are under core.task_name(label)."""
     out = stage_dir / t.subdir
     key = target_key(cfg, seed, t)
     done = out / "done.json"
-    if done.exists():
+    if done.exists() and not force:
         try:
             info = json.loads(done.read_text())
         except ValueError:
             info = {}
-        files = [out / f"items_{task.name}.jsonl" for task in tasks]
-        if info.get("key") == key and all(f.exists() for f in files):
-            saved = {task.name: _read_jsonl(f) for task, f in zip(tasks, files)}
-            reused = {task.name: rescore(task, saved[task.name]) for task in tasks}
-            if all(r is not None for r in reused.values()):
-                log(f"[evaluate] {t.label}: unchanged since its last evaluation; reusing {out}")
-                for task, f in zip(tasks, files):
-                    if reused[task.name] != saved[task.name]:  # saved before a metric was added: rewritten
-                        _write_jsonl(f, reused[task.name])
-                return reused, info.get("speed", {}), True
+        reused = _reuse(out, info, tasks, suite) if info.get("key") == key else None
+        if reused is not None:
+            log(f"[evaluate] {t.label}: unchanged since its last evaluation; reusing {out}")
+            return reused, info.get("speed", {}), True
     done.unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
@@ -435,7 +472,16 @@ def evaluate_target(t: Target, tasks: list[Task], cfg: EvaluateConfig, stage_dir
     log(f"[evaluate] {t.label}: {t.model} loaded in {load_s:.1f}s (max length {lm.max_length})")
     results, speed = evaluate_lm(lm, tasks, cfg, out, log, t.label)
     speed["load_s"] = round(load_s, 2)
-    write_json_atomic(done, {"key": key, "target": target_stamp(t), "speed": speed})
+    extra = {}
+    if suite is not None:
+        core_results, core_speed = core.evaluate_core(lm, suite, cfg.share_context, cfg.batch_tokens, cfg.max_batch,
+                                                      cfg.progress, log, t.label)
+        for n, records in core_results.items():
+            _write_jsonl(out / f"items_{n}.jsonl", records)
+        results.update(core_results)
+        speed["core"] = core_speed
+        extra["core_prefix_space"] = core.needs_prefix_space(lm)
+    write_json_atomic(done, {"key": key, "target": target_stamp(t), "speed": speed, **extra})
     return results, speed, False
 
 
@@ -469,9 +515,10 @@ def scale_order(scales: list[str]) -> list[str]:
 
 
 def decision_report(records: dict[Target, dict[str, list[dict]]], tasks: list[Task], cfg: EvaluateConfig,
-                    seed: int) -> dict:
+                    seed: int, suite: "core.CoreSuite | None" = None) -> dict:
     """decisions.decide on the trained targets: one run per (mix, model size, seed) with the per-item
-    values of its last evaluate.average_last evaluated checkpoints."""
+    values of its last evaluate.average_last evaluated checkpoints. CORE is one task, `core`, whose items
+    are every CORE task's, grouped by task, metric `centered` (its macro average is CORE)."""
     groups: dict[tuple, list[Target]] = {}
     for t in records:
         groups.setdefault((t.mix, t.scale, t.seed), []).append(t)
@@ -482,9 +529,18 @@ def decision_report(records: dict[Target, dict[str, list[dict]]], tasks: list[Ta
                               for m in (LETTER_METRICS if task.form == "letter" else CLOZE_METRICS)
                               if records[ts[0]][task.name] and all(m in records[t][task.name][0] for t in ts)}
                   for task in tasks}
+        if suite is not None:
+            values["core"] = {"centered": np.array([core.decision_values(
+                {label: records[t][core.task_name(label)] for label in suite.labels}, suite.data.specs,
+                suite.version)[0] for t in ts])}
         runs.append({"mix": mix, "scale": scale or "", "seed": run_seed, "steps": [t.step for t in ts],
                      "tokens": ts[-1].tokens, "values": values})
     info = {}
+    if suite is not None:
+        t0 = next(iter(records))
+        groups_core = core.decision_values({label: records[t0][core.task_name(label)] for label in suite.labels},
+                                           suite.data.specs, suite.version)[1]
+        info["core"] = {"benchmark": "core", "form": "icl", "groups": groups_core, "random_baseline": {"centered": 0.0}}
     for task in tasks:
         chance = float(np.mean([1.0 / len(it.choices) for it in task.items])) if task.items else None
         info[task.name] = {"benchmark": task.benchmark, "form": task.form,
@@ -548,50 +604,93 @@ def run(ctx: StageContext) -> dict:
         raise StudyError(f"[evaluate] two targets share a name: {labels}; give evaluate.models unique names "
                          f"that differ from the mix names")
 
-    benches = load_benchmarks(cfg, seed)
-    bad = []
-    for name, b in benches.items():
-        print(f"[evaluate] {name}: {len(b.items):,} items from {b.source} ({b.rows:,} rows"
-              f"{', ' + str(len(b.bad)) + ' bad: ' + json.dumps(b.bad_counts) if b.bad else ''})")
-        bad += [{"benchmark": name, **x} for x in b.bad]
-    _write_jsonl(ctx.dir / "bad_items.jsonl", bad)
-    tasks = build_tasks(cfg, benches, seed)
-    print(f"[evaluate] {len(targets)} model(s) x {len(tasks)} task(s) on {device}: {', '.join(labels)}")
-
-    table, speeds, outputs, records = [], {}, [], {}
-    for t in targets:
-        results, speed, reused = evaluate_target(t, tasks, cfg, ctx.dir, seed, device)
-        speeds[t.label] = {**speed, "reused": reused}
-        if not t.reference:
-            records[t] = results
-        for task in tasks:
-            for row in metric_rows(results[task.name], task.benchmark, task.form, cfg.bootstrap, cfg.ci, seed):
-                table.append({"mix": t.mix, "step": t.step, "tokens": t.tokens, **row, "fewshot": cfg.num_fewshot,
-                              "reference": t.reference, "model": t.model, "seed": t.seed, "scale": t.scale})
-        outputs.append({"target": t.label, "mix": t.mix, "step": t.step, "model": t.model, "dir": t.subdir,
-                        "seed": t.seed, "scale": t.scale,
-                        "items": {task.name: f"{t.subdir}/items_{task.name}.jsonl" for task in tasks}})
-    write_csv(ctx.dir / "table.csv", table)
-    print(format_summary([r for r in table if r["subject"] is None]))
-    report = decision_report(records, tasks, cfg, seed) if records else None
+    ev = evaluate_targets(targets, cfg, ctx.dir, seed, device)
+    report = decision_report(ev.records, ev.tasks, cfg, seed, ev.suite) if ev.records else None
     if report is not None:
         write_json_atomic(ctx.dir / "decisions.json", report)
         print("[evaluate] decisions (evaluate/decisions.json):\n  " + "\n  ".join(report["findings"]))
-    write_csv(ctx.dir / "summary.csv", summary_rows(report, table), SUMMARY_COLUMNS)
-    return {
-        "outputs": outputs,
-        "table_csv": "table.csv",
-        "summary_csv": "summary.csv",
-        "decisions": "decisions.json" if report is not None else None,
-        "table": table,
-        "counts": {"models": len(targets), "tasks": len(tasks),
-                   "items": {b: len(x.items) for b, x in benches.items()},
-                   "rows": {b: x.rows for b, x in benches.items()},
-                   "bad_items": {b: x.bad_counts for b, x in benches.items()}},
-        "sources": {b: x.source for b, x in benches.items()},
-        "speed": speeds,
-        "device": device,
-    }
+    write_csv(ctx.dir / "summary.csv", summary_rows(report, ev.table), SUMMARY_COLUMNS)
+    return {**ev.manifest(), "decisions": "decisions.json" if report is not None else None, "device": device}
+
+
+@dataclass
+class Evaluation:
+    """What evaluate_targets did: table rows, per-target speed and outputs, the trained targets' records."""
+
+    table: list[dict]
+    speeds: dict
+    outputs: list[dict]
+    records: dict  # Target -> {task name: records}, trained targets only
+    benches: dict
+    tasks: list[Task]
+    suite: "core.CoreSuite | None"
+
+    def manifest(self) -> dict:
+        core_info = {}
+        if self.suite is not None:
+            core_info = {"core": {"label": self.suite.title, "tasks": self.suite.labels, "missing": self.suite.data.missing,
+                                  "limit": self.suite.limit, "version": self.suite.version,
+                                  "files": {k: {"source": t.source, "verified": t.verified}
+                                            for k, t in self.suite.data.tasks.items()}}}
+        return {
+            "outputs": self.outputs,
+            "table_csv": "table.csv",
+            "summary_csv": "summary.csv",
+            "table": self.table,
+            "counts": {"models": len(self.outputs), "tasks": len(self.tasks),
+                       "items": {b: len(x.items) for b, x in self.benches.items()},
+                       "rows": {b: x.rows for b, x in self.benches.items()},
+                       "bad_items": {b: x.bad_counts for b, x in self.benches.items()}},
+            "sources": {b: x.source for b, x in self.benches.items()},
+            "speed": self.speeds,
+            **core_info,
+        }
+
+
+def target_rows(t: Target, results: dict[str, list[dict]], tasks: list[Task], suite: "core.CoreSuite | None",
+                cfg: EvaluateConfig, seed: int) -> list[dict]:
+    """table.csv rows of one target: every benchmark's metrics, and CORE's per-task rows and its CORE row."""
+    who = {"mix": t.mix, "step": t.step, "tokens": t.tokens, "reference": t.reference, "model": t.model,
+           "seed": t.seed, "scale": t.scale}
+    rows = [{**who, **row, "fewshot": cfg.num_fewshot, "label": None} for task in tasks
+            for row in metric_rows(results[task.name], task.benchmark, task.form, cfg.bootstrap, cfg.ci, seed)]
+    if suite is not None:
+        core_results = {label: results[core.task_name(label)] for label in suite.labels}
+        rows += [{**who, **row} for row in core.table_rows(core_results, suite.data.specs, suite.version,
+                                                           cfg.bootstrap, cfg.ci, seed)]
+    return rows
+
+
+def evaluate_targets(targets: list[Target], cfg: EvaluateConfig, out_dir: Path, seed: int, device: str,
+                     force: bool = False, log=print) -> Evaluation:
+    """Score every target on every task (and CORE) into out_dir/<target>/, table.csv and bad_items.jsonl."""
+    benches = load_benchmarks(cfg, seed)
+    bad = []
+    for name, b in benches.items():
+        log(f"[evaluate] {name}: {len(b.items):,} items from {b.source} ({b.rows:,} rows"
+            f"{', ' + str(len(b.bad)) + ' bad: ' + json.dumps(b.bad_counts) if b.bad else ''})")
+        bad += [{"benchmark": name, **x} for x in b.bad]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _write_jsonl(out_dir / "bad_items.jsonl", bad)
+    tasks = build_tasks(cfg, benches, seed)
+    suite = load_core_suite(cfg, log)
+    n_tasks = len(tasks) + (len(suite.labels) if suite else 0)
+    log(f"[evaluate] {len(targets)} model(s) x {n_tasks} task(s) on {device}: {', '.join(t.label for t in targets)}")
+
+    table, speeds, outputs, records = [], {}, [], {}
+    for t in targets:
+        results, speed, reused = evaluate_target(t, tasks, cfg, out_dir, seed, device, log, suite, force)
+        speeds[t.label] = {**speed, "reused": reused}
+        if not t.reference:
+            records[t] = results
+        table += target_rows(t, results, tasks, suite, cfg, seed)
+        names = [task.name for task in tasks] + ([core.task_name(x) for x in suite.labels] if suite else [])
+        outputs.append({"target": t.label, "mix": t.mix, "step": t.step, "model": t.model, "dir": t.subdir,
+                        "seed": t.seed, "scale": t.scale,
+                        "items": {n: f"{t.subdir}/items_{n}.jsonl" for n in names}})
+    write_csv(out_dir / "table.csv", table)
+    log(format_summary([r for r in table if r["subject"] is None]))
+    return Evaluation(table, speeds, outputs, records, benches, tasks, suite)
 
 
 def format_summary(rows: list[dict]) -> str:
@@ -601,7 +700,8 @@ def format_summary(rows: list[dict]) -> str:
         who = r["mix"] + (f"/{r['scale']}/s{r['seed']}" if r.get("seed") is not None else "")
         who += "" if r["step"] is None else f"@{r['step']}"
         base = r["random_baseline"]
-        lines.append(f"  {who:<24} {r['benchmark']:<14} {r['form']:<6} {r['metric']:<9} {r['value']:.3f} "
+        name = r.get("label") or r["benchmark"]
+        lines.append(f"  {who:<24} {name:<14} {r['form']:<6} {r['metric']:<9} {r['value']:.3f} "
                      f"[{r['ci_low']:.3f}, {r['ci_high']:.3f}]  n={r['n']}"
                      + (f"  random={base:.2f}" if base is not None else ""))
     return "\n".join(lines)

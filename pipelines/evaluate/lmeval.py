@@ -31,8 +31,9 @@ from pipelines.model import export_hf
 def lmeval_root() -> Path:
     spec = importlib.util.find_spec("lm_eval")
     if spec is None or not spec.submodule_search_locations:
-        raise StudyError("lm-evaluation-harness is not installed: `.venv/bin/pip freeze > /tmp/c.txt && "
-                         ".venv/bin/pip install -c /tmp/c.txt lm-eval` (keeps every installed version)")
+        raise StudyError("lm-evaluation-harness is not installed: `.venv/bin/pip freeze --exclude-editable > "
+                         "/tmp/c.txt && .venv/bin/pip install -c /tmp/c.txt lm-eval` (keeps every installed "
+                         "version; without --exclude-editable pip refuses the project's own editable line)")
     return Path(next(iter(spec.submodule_search_locations)))
 
 
@@ -189,8 +190,9 @@ def score_ours(lm, tasks: list[LmevalTask], items: dict[str, list[Item]], batch_
 
 
 def score_lmeval(model, tokenizer, task_dir: Path, tasks: list[LmevalTask], limit: int | None,
-                 batch_size: int) -> tuple[dict[str, list[dict]], "Timing"]:
-    """lm-eval's evaluate() (requests, model calls, metrics; task loading excluded): (samples, Timing)."""
+                 batch_size: int, num_fewshot: dict[str, int] | None = None) -> tuple[dict[str, list[dict]], "Timing"]:
+    """lm-eval's evaluate() (requests, model calls, metrics; task loading excluded): (samples, Timing).
+    num_fewshot: shots per task name (default 0 for every task)."""
     import time
 
     from lm_eval.evaluator import evaluate
@@ -199,8 +201,8 @@ def score_lmeval(model, tokenizer, task_dir: Path, tasks: list[LmevalTask], limi
 
     lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=batch_size)
     task_dict = TaskManager(include_path=str(task_dir), include_defaults=False).load([t.name for t in tasks])
-    for obj in task_dict["tasks"].values():
-        obj.set_config(key="num_fewshot", value=0)
+    for name, obj in task_dict["tasks"].items():
+        obj.set_config(key="num_fewshot", value=(num_fewshot or {}).get(getattr(obj, "task_name", name), 0))
     t0, c0 = time.perf_counter(), time.process_time()
     res = evaluate(lm=lm, task_dict=task_dict, limit=limit, log_samples=True, verbosity="WARNING")
     return res["samples"], Timing(time.perf_counter() - t0, time.process_time() - c0)

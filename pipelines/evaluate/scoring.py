@@ -22,6 +22,10 @@ continuation; continuation tokens = encode(context + continuation)[len(encode(co
 An item whose context + continuation does not fit the model's length is scored as rows, truncated
 from the left exactly as lm-evaluation-harness does. A model without custom-mask support
 (`CallableLM`) is always scored as rows.
+
+`score_encoded` takes token ids already split into context and continuations (DCLM's CORE tokenizes
+as llm-foundry does, pipelines/evaluate/core.py) and also reports, per continuation, its token count
+and whether every token is the model's argmax (greedy decoding would reproduce it).
 """
 
 from __future__ import annotations
@@ -44,15 +48,18 @@ class LM:
     max_length: int  # longest input the model takes (lm-evaluation-harness's max_length)
     prefix_token_id: int  # stands in for an empty context
     supports_tree: bool = False  # takes a 4D additive attention mask and position ids
+    eos_token_id: int | None = None  # the tokenizer's end-of-sequence token, when it has one
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
+        """Token ids; `add_special_tokens` as transformers' tokenizers (a BOS for Llama-style ones);
+        a plain encode function (tiktoken's GPT-2 BPE) adds none either way."""
         raise NotImplementedError
 
     def logprobs(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, mask: torch.Tensor | None,
                  rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """input_ids (B, T); position_ids (B, T) or None (0..T-1); mask (B, 1, T, T) additive or None
-        (causal); rows, cols, targets (N,): log p(targets[n] | prefix ending at (rows[n], cols[n]))
-        as a float64 (N,) tensor on the CPU."""
+        (causal); rows, cols, targets (N,) -> (N, 2) float64 on the CPU: [:, 0] log p(targets[n] | prefix
+        ending at (rows[n], cols[n])), [:, 1] 1.0 where targets[n] is the argmax there (first on ties)."""
         raise NotImplementedError
 
 
@@ -60,9 +67,12 @@ HEAD_CHUNK = 1024  # positions per lm-head call: bounds the (chunk, V) float32 l
 
 
 def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """logits (N, V), targets (N,) -> log p(target) (N,) float64 on the CPU: log-softmax in float32,
-    then gather (as lm-evaluation-harness; torch's fused log_softmax beats logsumexp on CPU)."""
-    return torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0].double().cpu()
+    """logits (N, V), targets (N,) -> (N, 2) float64 on the CPU: log p(target), log-softmax in float32
+    then gather (as lm-evaluation-harness; torch's fused log_softmax beats logsumexp on CPU); and
+    whether the target is the argmax (llm-foundry's greedy check)."""
+    lp = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0]
+    greedy = logits.argmax(dim=-1) == targets
+    return torch.stack([lp.double(), greedy.double()], dim=1).cpu()
 
 
 def _full_logits_logprobs(logits: torch.Tensor, rows, cols, targets) -> torch.Tensor:
@@ -80,7 +90,7 @@ class CallableLM(LM):
         self.forward, self._encode, self.max_length = forward, encode, max_length
         self.prefix_token_id, self.device = prefix_token_id, torch.device(device)
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         return self._encode(texts)
 
     @torch.inference_mode()
@@ -112,6 +122,7 @@ class HFCausalLM(LM):
         if prefix_token_id is None:
             prefix_token_id = getattr(model.config, "bos_token_id", None) or 0
         self.prefix_token_id = int(prefix_token_id)
+        self.eos_token_id = tokenizer.eos_token_id if tokenizer is not None else prefix_token_id
         cfg = model.config
         self.head = model.get_output_embeddings()
         self.body = getattr(model, "base_model", None)
@@ -141,11 +152,11 @@ class HFCausalLM(LM):
                              f"(GGUF needs the `gguf` package)") from None
         return cls(model.to(device), tok)
 
-    def encode(self, texts: list[str]) -> list[list[int]]:
+    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
         if self._encode is not None:
             return self._encode(texts)
-        # the tokenizer's own defaults for special tokens, as lm-evaluation-harness's tok_encode
-        return self.tokenizer(texts)["input_ids"]
+        # default: the tokenizer's own defaults for special tokens, as lm-evaluation-harness's tok_encode
+        return self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
 
     @torch.inference_mode()
     def logprobs(self, input_ids, position_ids, mask, rows, cols, targets):
@@ -313,9 +324,22 @@ def collate(batch: list[Packed], pad_id: int = 0):
 def score(lm: LM, prompts: Sequence[Prompt], share_context: bool = True, batch_tokens: int = 4096,
           max_batch: int = 64, progress: bool = False, desc: str = "scoring") -> list[list[float]]:
     """Sum of log-probabilities of each continuation given its context: one list per prompt."""
-    encoded = encode_prompts(lm, prompts)
-    seqs = pack(encoded, lm.max_length, tree=share_context and lm.supports_tree)
+    return score_encoded(lm, encode_prompts(lm, prompts), share_context, batch_tokens, max_batch, progress,
+                         desc).lls
+
+
+@dataclass
+class Scores:
+    lls: list[list[float]]  # per encoded item, per continuation: sum of log-probabilities
+    greedy: list[list[bool]]  # every continuation token is the argmax of its position
+
+
+def score_encoded(lm: LM, encoded: Sequence[Encoded], share_context: bool = True, batch_tokens: int = 4096,
+                  max_batch: int = 64, progress: bool = False, desc: str = "scoring") -> Scores:
+    """The scorer on token ids: one forward per packed batch (tree or rows, as `score`)."""
+    seqs = pack(list(encoded), lm.max_length, tree=share_context and lm.supports_tree)
     lls = [[0.0] * len(e.continuations) for e in encoded]
+    greedy = [[True] * len(e.continuations) for e in encoded]
     groups = batches(seqs, batch_tokens, max_batch)
     bar = None
     if progress:
@@ -324,14 +348,15 @@ def score(lm: LM, prompts: Sequence[Prompt], share_context: bool = True, batch_t
         bar = tqdm(total=sum(len(s.tokens) for s in seqs), desc=desc, unit="tok", leave=False)
     for batch in groups:
         ids, pos, mask, rows, cols, targets, owners = collate(batch)
-        lp = lm.logprobs(ids, pos, mask, rows, cols, targets).tolist()
-        for (item, choice), v in zip(owners, lp):
+        out = lm.logprobs(ids, pos, mask, rows, cols, targets).tolist()
+        for (item, choice), (v, top) in zip(owners, out):
             lls[item][choice] += v
+            greedy[item][choice] = greedy[item][choice] and top == 1.0
         if bar is not None:
             bar.update(sum(len(s.tokens) for s in batch))
     if bar is not None:
         bar.close()
-    return lls
+    return Scores(lls, greedy)
 
 
 def token_count(lm: LM, prompts: Sequence[Prompt], share_context: bool = True) -> int:

@@ -3,6 +3,8 @@
   results/<run>/figures/<name>.pdf, <name>.png      figures (pipelines/figures/plots.py)
   results/<run>/figures/tables/<name>.tex, .csv     tables (pipelines/figures/tables.py)
   results/<run>/figures/tables/results_text.tex     the Results paragraph, from evaluate/decisions.json
+  results/<run>/figures/tables/setup_text.tex       the Setup paragraphs, from the run's facts (pipelines/runs/report.py)
+  results/<run>/figures/tables/report.tex           the run report (`study report`), the paper's appendix
   results/<run>/figures/tables/study.tex            \\renewcommand macros: run, preset, commit, mixes
 
 As a stage (last in STAGES, inputs: every stage it reads) it behaves like the others: `study run`
@@ -29,6 +31,7 @@ from pipelines.errors import StudyError
 from pipelines.figures import plots as F
 from pipelines.figures import tables as T
 from pipelines.llmc.tokenizer import gpt2
+from pipelines.runs import report as R
 from pipelines.runs.manifest import STAGES, Run, StageContext, file_sha256, git_state
 from pipelines.runs.readers import composition_table, removals_table
 from pipelines.runs.trainlog import read_log
@@ -131,6 +134,12 @@ def classifier_metrics(run: Run) -> dict:
     return json.loads((run.dir("classify") / "metrics.json").read_text())
 
 
+def label_name(run: Run) -> str:
+    """What the classifier's labels are, as an axis name (this run's LLM annotations, or labels already in
+    the data): from the classify manifest."""
+    return R.label_source(run.read_manifest("classify"), run.read_manifest("annotate"))["short"]
+
+
 def _documents(run: Run, stage: str):
     m = run.read_manifest(stage) or {}
     paths = [run.dir(stage) / o["path"] for o in m.get("outputs", [])
@@ -171,6 +180,12 @@ def _lengths_figure(run: Run):
     return F.length_distributions(df, unit, colors(run))
 
 
+def _core_figure(run: Run, plot):
+    """A DCLM CORE figure; None (not applicable, not missing) when the evaluate table has no CORE rows."""
+    t = eval_table(run)
+    return plot(t, colors=colors(run)) if (t["benchmark"] == "core").any() else None
+
+
 def _mix(run: Run) -> dict:
     return run.read_manifest("mix")
 
@@ -193,9 +208,12 @@ OUTPUTS: list[Output] = [
            lambda r: F.benchmark_comparison(eval_summary(r), colors=colors(r))),
     Output("benchmarks_vs_tokens", "figure", ("evaluate",),
            lambda r: F.benchmarks_vs_tokens(eval_table(r), stage_boundaries(r), colors=colors(r))),
+    Output("core_vs_tokens", "figure", ("evaluate",), lambda r: _core_figure(r, F.core_vs_tokens)),
+    Output("core_per_task", "figure", ("evaluate",), lambda r: _core_figure(r, F.core_per_task)),
     Output("training_curves", "figure", ("train",),
            lambda r: F.training_curves(train_logs(r), stage_boundaries(r), run_colors(r))),
-    Output("classifier_confusion", "figure", ("classify",), lambda r: F.classifier_confusion(classifier_metrics(r))),
+    Output("classifier_confusion", "figure", ("classify",),
+           lambda r: F.classifier_confusion(classifier_metrics(r), label=label_name(r))),
     Output("classifier_f1", "figure", ("classify",), lambda r: F.classifier_f1(classifier_metrics(r))),
     Output("score_histograms", "figure", ("filter",), _filter_hist),
     Output("mix_composition", "figure", ("mix",), lambda r: F.mix_composition(_composition(r), colors(r))),
@@ -211,7 +229,11 @@ OUTPUTS: list[Output] = [
     Output("decisions", "table", ("evaluate",), lambda r: T.decisions_table(read_decisions(r))),
     Output("signal_noise", "table", ("evaluate",), lambda r: T.signal_noise_table(read_decisions(r))),
     Output("results_text", "text", ("evaluate",), lambda r: T.results_paragraph(read_decisions(r))),
-    Output("classifier_metrics", "table", ("classify",), lambda r: T.classifier_metrics(classifier_metrics(r))),
+    # from whatever stages are there (pipelines/runs/report.py reads only finished ones)
+    Output("setup_text", "text", (), lambda r: T.setup_paragraphs(R.build(r))),
+    Output("report", "text", (), lambda r: T.report_latex(R.build(r))),
+    Output("classifier_metrics", "table", ("classify",),
+           lambda r: T.classifier_metrics(classifier_metrics(r), labels=label_name(r))),
     Output("mix_composition", "table", ("mix",), lambda r: T.mix_composition(_mix(r))),
     Output("data_sources", "table", ("mix",), lambda r: T.data_sources(_removals(r))),
 ]
@@ -275,6 +297,8 @@ def render(run: Run, only: list[str] | None = None, log=print) -> Rendered:
             res.left_out[out.name] = "its inputs could not be read"
             log(f"[figures] skipped {out.kind} {out.name}: {e}")
             continue
+        if obj is None:  # not applicable to this run (a CORE figure without CORE rows)
+            continue
         {"figure": res.figures, "table": res.tables, "text": res.texts}[out.kind][out.name] = obj
         for stage in out.needs:
             res.read.setdefault(stage, {"status": run.state(stage).status,
@@ -321,7 +345,7 @@ def draw(run: Run, out_dir: Path, log=print) -> dict:
     """render() + write() into out_dir; -> the manifest fields. Fails only when nothing can be drawn."""
     res = render(run, log=log)
     outputs = write(res, run, out_dir)
-    if not outputs:
+    if not res.figures and not res.tables:  # the texts alone (a report of nothing) are not a paper
         raise StudyError("[figures] nothing to draw: every figure and table needs a stage this run does not "
                          "have yet:\n  " + "\n  ".join(res.missing))
     log(f"[figures] {len(res.figures)} figure(s), {len(res.tables)} table(s) -> {out_dir}"

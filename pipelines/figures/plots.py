@@ -490,9 +490,10 @@ def _kinds(metrics: Mapping) -> dict:
     return kinds
 
 
-def classifier_confusion(metrics: Mapping, title: str | None = None):
-    """Confusion matrix of the rounded score per classifier kind (rows: LLM label, columns: prediction);
-    cells hold counts, shaded by the share of their row (recall)."""
+def classifier_confusion(metrics: Mapping, title: str | None = None, label: str = "labels"):
+    """Confusion matrix of the rounded score per classifier kind (rows: the label, named by `label`: what
+    the labels are, e.g. "LLM annotation" or "sample labels: edu_score"; columns: prediction); cells hold
+    counts, shaded by the share of their row (recall)."""
     kinds = _kinds(metrics)
     with matplotlib.rc_context(STYLE):
         fig = Figure(figsize=(3.3 * len(kinds) + 0.6, 3.2), layout="constrained")
@@ -510,7 +511,7 @@ def classifier_confusion(metrics: Mapping, title: str | None = None):
             ax.set_xticks(range(len(labels)), labels)
             ax.set_yticks(range(len(labels)), labels)
             ax.set_xlabel("predicted int_score")
-            ax.set_ylabel("label (LLM annotation)")
+            ax.set_ylabel(f"label ({label})")
             ax.set_title(f"{kind}\naccuracy {m['accuracy']:.2f}, macro-F1 {m['macro_f1']:.2f}, n={m['n']:,}")
             for s in ax.spines.values():
                 s.set_visible(False)
@@ -689,4 +690,93 @@ def decontamination_removals(removals, title: str | None = None):
         axes[0].invert_yaxis()
         axes[0].set_ylabel("source")
         fig.suptitle(title or "Documents removed before mixing, per source")
+    return fig
+
+
+# ---------------------------------------------------------------------------------------------
+# DCLM CORE (evaluate/core.py): table rows benchmark `core`; the CORE row has subject None, metric `core`
+# (summary.csv: `centered` for trained mixes) and a label that says how many tasks it covers
+
+
+def core_name(table) -> str:
+    """The CORE score's name in this table: its label ("CORE v1 20/22" when tasks are missing), else CORE."""
+    if "label" in table:
+        labels = table.loc[(table["benchmark"] == "core") & table["label"].notna(), "label"]
+        if len(labels):
+            return str(labels.iloc[0])
+    return "CORE"
+
+
+def core_rows(table):
+    """The CORE rows (one per model and checkpoint), metric `core`, benchmark = the CORE name."""
+    t = table[(table["benchmark"] == "core") & table["subject"].isna() & table["metric"].isin(["core", "centered"])]
+    return t.assign(benchmark=core_name(table), metric="core")
+
+
+def with_core(rows, table):
+    """Benchmark-level rows plus the CORE rows, when the table has any (the paper's main table)."""
+    import pandas as pd
+
+    extra = core_rows(table) if "benchmark" in table else table.iloc[0:0]
+    return pd.concat([rows, extra], ignore_index=True) if len(extra) else rows
+
+
+def core_columns(rows) -> list[str]:
+    return [b for b in dict.fromkeys(rows["benchmark"]) if str(b).startswith("CORE")]
+
+
+def core_vs_tokens(table, colors: Mapping[str, str] | None = None, title: str | None = None):
+    """CORE against training tokens, one line per mix (and model size / seed run), its CI shaded; reference
+    models with known tokens as points, the others as dotted horizontal lines. The y label is the CORE name."""
+    rows = series(core_rows(table))
+    fig = Figure(figsize=(5.0, 3.2), layout="constrained")
+    ax = fig.subplots()
+    cmap = mix_colors(list(dict.fromkeys(rows["mix"])), colors)
+    ref = _is_ref(rows)
+    for label, g in rows[~ref].groupby("_label", sort=False):
+        g = g.sort_values("tokens")
+        c = cmap.get(g["mix"].iloc[0])
+        ax.plot(g["tokens"], g["value"], marker="o", ms=3, color=c, label=label)
+        ax.fill_between(g["tokens"].astype(float), g["ci_low"].astype(float), g["ci_high"].astype(float),
+                        color=c, alpha=0.15, lw=0)
+    for label, g in rows[ref].groupby("_label", sort=False):
+        c = cmap.get(g["mix"].iloc[0])
+        if g["tokens"].notna().any():
+            ax.errorbar(g["tokens"], g["value"], yerr=[g["value"] - g["ci_low"], g["ci_high"] - g["value"]],
+                        fmt="s", color=c, label=f"{label} (ref.)")
+        else:
+            ax.axhline(float(g["value"].iloc[-1]), ls=":", color=c, label=f"{label} (ref.)")
+    ax.axhline(0.0, color="grey", lw=0.8)
+    if rows["tokens"].notna().any():
+        ax.set_xscale("log")
+        _tokens_axis(ax)
+    ax.set_ylabel(f"{core_name(table)} (centered acc.)")
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(title or "DCLM CORE during training")
+    return fig
+
+
+def core_per_task(table, colors: Mapping[str, str] | None = None, title: str | None = None):
+    """Centered accuracy per CORE task of each mix's (and reference's) last checkpoint: grouped horizontal
+    bars with CIs; 0 is chance."""
+    t = table[(table["benchmark"] == "core") & table["subject"].notna() & (table["metric"] == "centered")]
+    rows = series(final_rows(t)) if len(t) else t.assign(_label=[])
+    tasks = list(dict.fromkeys(rows["subject"]))
+    labels = list(dict.fromkeys(rows["_label"]))
+    fig = Figure(figsize=(5.5, 0.28 * max(len(tasks), 1) * max(1, len(labels) / 2) + 1.0), layout="constrained")
+    ax = fig.subplots()
+    cmap = mix_colors(list(dict.fromkeys(rows["mix"])), colors)
+    h = 0.8 / max(len(labels), 1)
+    y = np.arange(len(tasks))
+    for k, label in enumerate(labels):
+        g = rows[rows["_label"] == label].set_index("subject").reindex(tasks)
+        ax.barh(y + k * h, g["value"], height=h, color=cmap.get(g["mix"].dropna().iloc[0]) if g["mix"].notna().any()
+                else None, xerr=[g["value"] - g["ci_low"], g["ci_high"] - g["value"]], error_kw={"lw": 0.6},
+                label=label)
+    ax.set_yticks(y + h * (len(labels) - 1) / 2, tasks, fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0.0, color="grey", lw=0.8)
+    ax.set_xlabel("centered accuracy (0 = random)")
+    ax.legend(fontsize=7, frameon=False)
+    ax.set_title(title or f"{core_name(table)}: centered accuracy per task")
     return fig

@@ -5,16 +5,17 @@ it), `data` (the numbers, written as CSV) and `latex`. Cell text is escaped for 
 dashes become their LaTeX forms. The paper needs \\usepackage{booktabs}.
 
   main_results        mix x benchmark: mean ± CI half-width (%); bold only where a mix is significantly
-                      better than the runner-up (decisions.json)
+                      better than the runner-up (decisions.json; without it, where their CIs do not overlap)
   metric_scores       metric x mix: every metric (continuous ones too) ± CI half-width, from decisions.json
   decisions           metric x pair of mixes: paired difference [95% CI], detected ones in bold
   signal_noise        per metric: signal, noise, SNR per model size, pairs decided, decision accuracy
-  classifier_metrics  per classifier kind: MSE, accuracy, macro-F1, P/R/F1 at the threshold
+  classifier_metrics  per classifier kind: MSE, accuracy, macro-F1, P/R/F1 at the threshold (no bold: no CIs)
   mix_composition     per mix: tokens, documents, and each source's tokens and epochs
   data_sources        per source: documents read, duplicates and contaminated documents removed, kept
 
 results_paragraph (LaTeX text, not a table) turns decisions.json's findings into the paper's Results
-paragraph.
+paragraph; setup_paragraphs states the Setup from the run's facts (which labels, which models, how many
+tokens; pipelines/runs/report.py), report_latex is the run report for the appendix.
 
 A little over 400 lines as one thing: every LaTeX table shares the escaping and the bolding rule.
 """
@@ -33,11 +34,14 @@ from pipelines.figures.plots import (
     _fmt,
     _is_ref,
     collapse_seeds,
+    core_columns,
     decision_results,
     final_rows,
     pd_isna,
     summary_rows,
+    with_core,
 )
+from pipelines.runs.report import Report
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
@@ -105,21 +109,6 @@ def human(n) -> str:
     return f"{n:.0f}"
 
 
-def _best(values: pd.DataFrame, eligible: Sequence[bool],
-          lower_is_better: Sequence[bool] | None = None) -> pd.DataFrame:
-    """True at the best eligible value of each column (ties: all of them); NaN never best."""
-    best = pd.DataFrame(False, index=values.index, columns=values.columns)
-    mask = pd.Series(list(eligible), index=values.index)
-    for k, c in enumerate(values.columns):
-        col = pd.to_numeric(values[c], errors="coerce")[mask]
-        if col.notna().sum() == 0:
-            continue
-        low = lower_is_better[k] if lower_is_better is not None else False
-        target = col.min() if low else col.max()
-        best.loc[col.index[(col - target).abs() <= 1e-12], c] = True
-    return best
-
-
 # ---------------------------------------------------------------------------------------------
 # the tables
 
@@ -135,16 +124,32 @@ def _significant_best(decisions: Mapping | None, scale, benchmark: str, form: st
     return None
 
 
+def _ci_separated_best(rows: pd.DataFrame) -> dict[tuple, str]:
+    """{(scale, benchmark): label of the top non-reference row} where its CI lies wholly above the
+    runner-up's (the rule without a paired test: no decisions.json)."""
+    out = {}
+    mine = rows[~rows["_ref"]]
+    scales = mine["scale"] if "scale" in mine else pd.Series(None, index=mine.index)
+    for (sc, b), g in mine.groupby([scales.map(lambda v: "" if pd_isna(v) else str(v)), "benchmark"]):
+        if len(g) < 2:
+            continue
+        top, second = g.sort_values("value", ascending=False).iloc[:2].to_dict("records")
+        if top["ci_low"] > second["ci_high"]:
+            out[(sc, b)] = top["_label"]
+    return out
+
+
 def main_results(table: pd.DataFrame, metric: str = "acc_norm", form: str = "cloze", level: float = 0.95,
                  benchmarks: Sequence[str] = tuple(BENCHMARKS), decisions: Mapping | None = None) -> Table:
     """Mix (and model size) x benchmark at the last checkpoint: score (%) ± half the CI width (evaluate's
     summary.csv: seeds and checkpoints averaged, CI over items and seeds; or table.csv). A mix is bold only
     where decisions.json finds it significantly better than the runner-up (paired test, `level`), never
-    otherwise; reference models are listed below a rule, never bold; Avg. = mean over benchmarks (not tested,
-    never bold)."""
-    rows = collapse_seeds(final_rows(summary_rows(table, metric, form)))
+    otherwise (without decisions.json: only where its CI lies wholly above the runner-up's); reference models
+    are listed below a rule, never bold; Avg. = mean over benchmarks (not tested, never bold)."""
+    rows = collapse_seeds(final_rows(with_core(summary_rows(table, metric, form), table)))  # + DCLM CORE
     rows = rows.assign(_ref=_is_ref(rows))
-    present = [b for b in benchmarks if (rows["benchmark"] == b).any()]
+    separated = {} if decisions else _ci_separated_best(rows)
+    present = [b for b in benchmarks if (rows["benchmark"] == b).any()] + core_columns(rows)
     labels = list(dict.fromkeys([*rows.loc[~rows["_ref"], "_label"], *rows.loc[rows["_ref"], "_label"]]))
     data, disp, bold_rows = [], [], []
     for label in labels:
@@ -167,13 +172,15 @@ def main_results(table: pd.DataFrame, metric: str = "acc_norm", form: str = "clo
                 v, lo, hi = (100 * float(rm.at[b, k]) for k in ("value", "ci_low", "ci_high"))
                 d.update({b: v, f"{b}_ci_low": lo, f"{b}_ci_high": hi, f"{b}_n": int(rm.at[b, "n"])})
                 c[col] = f"{v:.1f} ± {(hi - lo) / 2:.1f}"
-                mean[b] = v
-                bold[col] = not ref and _significant_best(decisions, scale, b, form, m_used) == mix
+                if b not in core_columns(rows):  # Avg. is over the benchmarks, CORE is a column of its own
+                    mean[b] = v
+                bold[col] = not ref and (_significant_best(decisions, scale, b, form, m_used) == mix if decisions
+                                         else separated.get(("" if pd_isna(scale) else str(scale), b)) == label)
                 d[f"{b}_significantly_best"] = bold[col]
             else:
                 d.update({b: None, f"{b}_ci_low": None, f"{b}_ci_high": None, f"{b}_n": None})
                 c[col] = "—"
-        avg = sum(mean.values()) / len(mean) if len(mean) == len(present) and present else None
+        avg = sum(mean.values()) / len(mean) if len(mean) == len(present) - len(core_columns(rows)) and mean else None
         d["average"] = avg
         c["Avg."] = f"{avg:.1f}" if avg is not None else "—"
         data.append(d)
@@ -191,12 +198,16 @@ def main_results(table: pd.DataFrame, metric: str = "acc_norm", form: str = "clo
                + f": mean ± half the width of the {level:.0%} bootstrap CI"
                + ((" (over items and seeds)" if from_summary else " (each seed's CI over items, averaged)")
                   if several else " (over items)") + ". "
-               + ("Bold: a mix significantly better than the runner-up (the paired test of the decision table); "
-                  "elsewhere no mix is." if bold.to_numpy().any() else
+               + (("Bold: a mix significantly better than the runner-up (the paired test of the decision table); "
+                   "elsewhere no mix is." if decisions else
+                   "Bold: a mix whose CI lies wholly above the runner-up's (no paired test was run); elsewhere the "
+                   "CIs overlap and no mix is bold.") if bold.to_numpy().any() else
                   "No mix is bold: none is significantly better than the runner-up on any benchmark."
-                  if decisions else "No mix is bold: without a decision report no difference is tested.")
+                  if decisions else "No mix is bold: on every benchmark the top mix's CI overlaps the runner-up's.")
                + (" Reference models below the rule are not ranked." if n_mixes < len(data) else "")
-               + " Random chance is 25%.")
+               + " Random chance is 25%."
+               + (f" {core_columns(rows)[0]}: DCLM's mean centered accuracy over its tasks (0 = chance), not in Avg."
+                  if core_columns(rows) else ""))
     latex = to_latex(display, caption, "tab:main-results", bold, rules_after=[n_mixes - 1] if n_mixes else [])
     return Table("main_results", caption, "tab:main-results", display, pd.DataFrame(data), latex)
 
@@ -335,8 +346,9 @@ def results_paragraph(decisions: Mapping) -> str:
             + "\n\n".join(lines) + "\n")
 
 
-def classifier_metrics(metrics: Mapping) -> Table:
-    """One row per classifier kind (classify/metrics.json, validation split); best per column in bold."""
+def classifier_metrics(metrics: Mapping, labels: str = "") -> Table:
+    """One row per classifier kind (classify/metrics.json, validation split). Nothing is bold: the metrics
+    carry no CIs, so no kind is shown to be better."""
     kinds = metrics.get("kinds") or {}
     if not kinds:
         raise ValueError("classifier metrics have no `kinds` (classify/metrics.json)")
@@ -352,16 +364,11 @@ def classifier_metrics(metrics: Mapping) -> Table:
                      f"P (≥{t})": f"{b['precision']:.3f}", f"R (≥{t})": f"{b['recall']:.3f}",
                      f"F1 (≥{t})": f"{b['f1']:.3f}"})
     display = pd.DataFrame(disp)
-    values = pd.DataFrame([{"Classifier": None, "Pages": None, "MSE": d["mse"], "Accuracy": d["accuracy"],
-                            "Macro-F1": d["macro_f1"], f"P (≥{t})": d["precision"], f"R (≥{t})": d["recall"],
-                            f"F1 (≥{t})": d["f1"]} for d in data], columns=display.columns)
-    lower = [c == "MSE" for c in display.columns]
-    bold = _best(values, [True] * len(data), lower) if len(data) > 1 else None
-    caption = (f"Educational classifiers on held-out annotated pages: regression MSE, accuracy and macro-F1 of "
-               f"the rounded score (0–5), and precision, recall and F1 of keeping a page (int_score ≥ {t})."
-               + (" Bold: best per column." if bold is not None else ""))
+    caption = (f"Educational classifiers on held-out labelled pages{' (' + labels + ')' if labels else ''}: "
+               f"regression MSE, accuracy and macro-F1 of the rounded score (0–5), and precision, recall and F1 of "
+               f"keeping a page (int_score ≥ {t}). No bold: these numbers carry no confidence intervals.")
     return Table("classifier_metrics", caption, "tab:classifier", display, pd.DataFrame(data),
-                 to_latex(display, caption, "tab:classifier", bold))
+                 to_latex(display, caption, "tab:classifier"))
 
 
 def mix_composition(manifest: Mapping) -> Table:
@@ -409,3 +416,87 @@ def data_sources(removals: pd.DataFrame) -> Table:
                f"contaminated by n-gram overlap with {names}, and kept.")
     return Table("data_sources", caption, "tab:sources", display, removals.reset_index(drop=True),
                  to_latex(display, caption, "tab:sources"))
+
+
+# ---------------------------------------------------------------------------------------------
+# text from the run's facts (pipelines/runs/report.py)
+
+
+def _names(xs) -> str:
+    xs = [str(x) for x in xs]
+    return xs[0] if len(xs) == 1 else ", ".join(xs[:-1]) + " and " + xs[-1] if xs else "?"
+
+
+def setup_paragraphs(rep: Report) -> str:
+    """The paper's Setup paragraphs on data, labels and generator, stated from the run (LaTeX text): which
+    pages, which labels trained the classifier (this run's LLM annotations, or labels already in the data),
+    which model wrote the synthetic text, and what the models trained on against the mixes' budgets."""
+    info, out = rep.info, ["% generated by `study figures` from the run's manifests (study report): do not edit"]
+    if p := info.get("pages"):
+        out.append(r"\paragraph{Real web text.} " + latex_escape(
+            f"{p['documents']:,} pages from {p['from']}, split into {p['train']:,} training pages and {p['val']:,} "
+            f"held-out validation pages that no mix trains on; the validation loss of every mix is measured on these "
+            f"same real pages."))
+    if c := info.get("classifier"):
+        lab, ann = rep.labels, info.get("annotation") or {}
+        if lab.get("used") == "annotate":
+            chars = ann.get("extract_chars")
+            who = (f"An instruct LLM ({_names(ann.get('annotators', []))}) rates the educational value of the first "
+                   f"{'~' + format(chars, ',') + ' ' if chars else ''}characters of a page on FineWeb-Edu's additive "
+                   f"5-point scale")
+            if ann.get("parse_failure_rate") is not None:
+                who += (f" ({ann['parse_failure_rate']:.0%} of its answers did not parse"
+                        + (f"; labels from the {ann['label_from']}" if ann.get("label_from") else
+                           " and carry no label") + ")")
+            labels = who + "; these annotations are the classifier's labels."
+        else:
+            labels = f"The classifier is trained on {lab.get('text', 'labels of the run')}."
+            if ann.get("annotators"):
+                labels += (f" The run's own annotator ({_names(ann['annotators'])}) scored "
+                           f"{ann.get('pages', 0):,} pages; its labels did not train the classifier.")
+        kinds = c.get("kinds") or []
+        head = ("a regression head on a frozen sentence embedding" if "embedding" in kinds else "")
+        if "hashed" in kinds:
+            head += (" and, as a baseline, one on " if head else "a regression head on ") + "hashed n-gram TF-IDF features"
+        verb = "are" if len(kinds) > 1 else "is"
+        out.append(r"\paragraph{Classifier-filtered web text.} " + latex_escape(
+            f"{labels} {head[0].upper() + head[1:] if head else 'A classifier'} {verb} trained on these labels "
+            f"({c.get('train', 0):,} pages, {c.get('validation', 0):,} held out); its rounded, clipped score "
+            f"(int_score) keeps a page when it is at least {c.get('threshold', 3)}.")
+            + r" Table~\ref{tab:classifier} and Figures~\ref{fig:classifier-confusion}--\ref{fig:score-histograms} "
+              r"report the classifier on held-out pages and the scores before and after filtering.")
+    if g := info.get("generator"):
+        out.append(r"\paragraph{Synthetic text.} " + latex_escape(
+            f"Cosmopedia-style prompts pair a web extract with an audience and a style; {_names(g['models'])} "
+            f"({g.get('backend')} backend) writes one document per prompt ({g.get('documents', 0):,} documents, "
+            f"{g.get('tokens', 0):,} tokens kept), boilerplate openers are stripped and outputs that are too short "
+            f"are dropped") + r" (Figure~\ref{fig:audience-style}).")
+    t, mixes = info.get("train"), info.get("mixes") or {}
+    if t and t.get("tokens") and mixes:
+        budgets = sorted({m["budget"] for m in mixes.values()})
+        text = (f"Each model trains on {' / '.join(f'{x:,}' for x in t['tokens'])} tokens of its mix, whose budget "
+                f"is {' / '.join(f'{b:,}' for b in budgets)} tokens")
+        share = min(t["tokens"]) / max(budgets) if budgets and max(budgets) else 1
+        text += (f": the mix tables describe more data than any model saw ({share:.0%} of it)." if share < 1 else ".")
+        rep_flags = [f for f in rep.flags if f.kind == "repeated_source"]
+        if rep_flags:
+            top = max(rep_flags, key=lambda f: f.value)
+            text += (f" {len(rep_flags)} source(s) are repeated within their mix, up to {top.value:.1f} times "
+                     f"({top.message.split(' is repeated')[0].replace('source ', '')}).")
+        out.append(r"\paragraph{This run.} " + latex_escape(text.replace("`", "")))
+    return "\n\n".join(out) + "\n" if len(out) > 1 else ""
+
+
+def report_latex(rep: Report) -> str:
+    """The run report as an appendix section: the facts as a two-column table, the flags as a list."""
+    rows = "\n".join(rf"{latex_escape(what)} & {latex_escape(text.replace('`', ''))} \\" for what, text in rep.facts)
+    flags = ("\\begin{itemize}\n" + "\n".join(rf"\item \textit{{{latex_escape(f.title)}}}: "
+                                              + latex_escape(f.message.replace("`", "")) for f in rep.flags)
+             + "\n\\end{itemize}" if rep.flags else "None of the checks found anything to flag.")
+    return ("% generated by `study figures` (study report): do not edit\n"
+            rf"\section{{Run report: {latex_escape(rep.run)}}}" + "\n\\label{sec:report}\n"
+            r"What the run is, from its manifests:" + "\n\n"
+            r"{\small\begin{tabular}{@{}p{0.22\linewidth}p{0.74\linewidth}@{}}" + "\n\\toprule\n" + rows
+            + "\n\\bottomrule\n\\end{tabular}}\n\n"
+            + rf"\paragraph{{Flags ({len(rep.flags)}).}} What a reader must know before reading the results, each "
+              r"with its number." + "\n" + flags + "\n")

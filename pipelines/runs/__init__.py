@@ -6,4 +6,5 @@
   provenance.py  which data sets (embedded, hub, local) a stage reads, for its manifest
   readers.py   typed readers of a stage's outputs (a stage's documents, the mix tables)
   trainlog.py  llm.c's main.log and stdout step lines -> tables; a schedule's stages end to end
+  report.py    the run report (`study report`): what the run is, and flags with their numbers
 """

@@ -15,8 +15,11 @@ The loop, for step = first .. steps (the last pass only evaluates and checkpoint
   a sample every -s steps (not at 0); a checkpoint every -n steps (not at 0) and at the end;
   then grad_accum = -d / (B*T) micro-batches, grad norm, clip to 1.0, AdamW with llm.c's lr.
 
-Computation is fp32 on CPU. GPU-only flags (-r recompute, -z ZeRO, -ge GELU fusion, -f TF32, -lg)
-are accepted and change nothing here; -pn > 1 (several processes) is refused.
+Computation is fp32 on CPU; a step is GPT2.loss (lm head + cross-entropy in chunks of rows), backward,
+the fp32 grad norm and llm.c's AdamW on torch's fused kernel (optim.py). The closing line says where
+the time went (train steps, val loss, HellaSwag, samples, checkpoints). GPU-only flags (-r recompute,
+-z ZeRO, -ge GELU fusion, -f TF32, -lg) are accepted and change nothing here; -pn > 1 (several
+processes) is refused.
 
 Over 400 lines as one thing, like llm.c's train_gpt2.py: one training loop read top to bottom.
 """
@@ -250,7 +253,7 @@ def val_loss(model: GPT2, loader: DataLoader, steps: int) -> float:
     total = 0.0
     for _ in range(steps):
         x, y = loader.next_batch()
-        total += float(model(torch.from_numpy(x), torch.from_numpy(y))[1])
+        total += float(model.loss(torch.from_numpy(x), torch.from_numpy(y)))
     return total / steps
 
 
@@ -327,12 +330,14 @@ def measure_peak_flops(seconds: float = 0.3, n: int = 1024) -> float:
 
 def train_step(model: GPT2, opt: AdamW, batches, lr: float, t: int, skip: Callable[[float, float], str] | None = None
                ) -> tuple[float, float, str]:
-    """One optimizer step over the micro-batches: (mean loss, grad norm before clipping, skip reason)."""
+    """One optimizer step over the micro-batches: (mean loss, grad norm before clipping, skip reason).
+    The loss is GPT2.loss (the lm head and cross-entropy in chunks of rows, gradients in the forward
+    pass), the norm fp32, AdamW torch's fused kernel: llm.c's step, in fewer passes over memory."""
     n = len(batches)
     loss_sum = 0.0
     for x, y in batches:
-        _, loss = model(torch.from_numpy(x), torch.from_numpy(y))
-        (loss / n).backward()  # accumulate the mean over micro-batches, like llm.c's grad_accum
+        loss = model.loss(torch.from_numpy(x), torch.from_numpy(y))
+        (loss / n if n > 1 else loss).backward()  # accumulate the mean over micro-batches, like llm.c's grad_accum
         loss_sum += float(loss.detach())
     mean_loss = loss_sum / n
     norm = grad_norm(opt.params)
@@ -423,9 +428,11 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
     det_loss, det_grad = OutlierDetector(), OutlierDetector()
     flops_per_step = shape.flops_per_token(T) * total_batch
     ema, total_time, result = 0.0, 0.0, {"last_val_loss": None, "hellaswag": None, "last_train_loss": None}
+    spent = dict.fromkeys(("train steps", "val loss", "HellaSwag", "samples", "checkpoints"), 0.0)  # seconds
     first_step = step
     for step in range(step, steps + 1):
         last = step == steps
+        t0 = time.perf_counter()
         if step % args.val_loss_every == 0 or last:
             model.eval()
             vl = val_loss(model, val_loader, val_steps)
@@ -433,6 +440,7 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
             print(f"val loss {vl:f}", flush=True)
             logger.val(step, vl)
             result["last_val_loss"] = vl
+        t0 = _lap(spent, "val loss", t0)
         if examples is not None and ((step > 0 and step % args.val_loss_every == 0) or last):
             model.eval()
             correct = hellaswag_correct(model, examples, B)
@@ -441,10 +449,12 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
             print(f"HellaSwag: {correct}/{len(examples)} = {acc:f}", flush=True)
             logger.eval(step, acc)
             result["hellaswag"] = acc
+        t0 = _lap(spent, "HellaSwag", t0)
         if args.sample_every > 0 and ((step > 0 and step % args.sample_every == 0) or last):
             model.eval()
             print(f"generating:\n---\n{sample_text(model, args.genT)}\n---", flush=True)
             model.train()
+        t0 = _lap(spent, "samples", t0)
         if (args.checkpoint_every > 0 and out is not None and not resuming
                 and ((step > 0 and step % args.checkpoint_every == 0) or last)):
             write_llmc_checkpoint(out, step, model, opt, train_loader, dtype, master, rng)
@@ -452,6 +462,7 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
             if args.checkpoints_keep > 0 and old > 0 and (args.major_checkpoint_every == 0
                                                           or old % args.major_checkpoint_every):
                 delete_checkpoint(out, old)
+        _lap(spent, "checkpoints", t0)
         resuming = False
         if last:
             break
@@ -477,6 +488,7 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
         if reason:
             print(reason)
         dt = time.perf_counter() - t0
+        spent["train steps"] += dt
         tok_s = total_batch / dt
         shown = tok_s
         if step > first_step:  # the first step of a process is warmup, as in llm.c
@@ -492,7 +504,15 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
             on_step(step, loss)
     if steps - first_step > 1:
         print(f"total average iteration time: {total_time / (steps - first_step - 1) * 1000:f} ms")
+    print("time spent: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()), flush=True)
     return {"steps": steps, **result}
+
+
+def _lap(spent: dict[str, float], what: str, t0: float) -> float:
+    """Add the seconds since t0 to spent[what]; returns now (the next lap's start)."""
+    now = time.perf_counter()
+    spent[what] += now - t0
+    return now
 
 
 def split_options(argv: list[str]) -> tuple[dict, list[str]]:
