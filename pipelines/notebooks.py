@@ -234,15 +234,16 @@ def show_samples(run_dir: str | Path, per_cell: int = 1, chars: int = 500) -> No
 def show_tables(tables: dict) -> None:
     """Named tables (pandas DataFrames or Series) under small headings; an empty one says so in a line."""
     import pandas as pd
-    from IPython.display import Markdown, display
+    from IPython.display import display
 
     for name, t in tables.items():
         title = name.replace("_", " ")
-        if len(t) == 0:
-            display(Markdown(f"**{title}**: none"))
-            continue
-        display(Markdown(f"**{title}**"))
-        display(t.to_frame() if isinstance(t, pd.Series) else t)
+        empty = len(t) == 0
+        # the heading as Markdown, and as its name where only text shows (a terminal, nbconvert --to text)
+        display({"text/markdown": f"**{title}**" + (": none" if empty else ""),
+                 "text/plain": name + (": none" if empty else "")}, raw=True)
+        if not empty:
+            display(t.to_frame() if isinstance(t, pd.Series) else t)
 
 
 def show_training(train_dir: str | Path, seconds: float = 0, every: float = 10.0) -> None:
