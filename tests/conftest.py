@@ -37,3 +37,14 @@ def ci_config(tmp_path, web_sample):
         return load_config("ci", [f"results_dir={tmp_path / 'results'}", f"ingest.path={web_sample}", *overrides])
 
     return make
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """torch on one thread for a module's tests (tiny models: more threads only add overhead), then restored."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

@@ -16,13 +16,7 @@ from pipelines.train.data import MT19937
 from pipelines.train.optim import AdamW, grad_norm
 from pipelines.train.reference import train_step
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 # llm.c's train_gpt2.c (CPU, fp32; karpathy/llm.c f1e2ace), built outside this repository with a small

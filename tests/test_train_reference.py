@@ -24,13 +24,7 @@ from pipelines.train.flags import parse_llmc_args
 from pipelines.train.optim import learning_rate
 from pipelines.train.reference import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")
