@@ -774,6 +774,17 @@ class StudyConfig(Section):
         }
 
 
+def read_yaml_mapping(path: Path, of: str) -> dict:
+    """A YAML file whose top level is a mapping (of `of`: sections, keys); a clear error otherwise."""
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise StudyError(f"{path}: not valid YAML: {e}") from None
+    if not isinstance(data, dict):
+        raise StudyError(f"{path}: expected a mapping of {of} at the top level")
+    return data
+
+
 def config_hash(payload: Any) -> str:
     blob = json.dumps(payload, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
@@ -806,12 +817,7 @@ def _preset_path(name_or_path: str) -> Path:
 def _read_yaml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
     if path in seen:
         raise StudyError(f"{path}: `extends` loops back to itself")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise StudyError(f"{path}: not valid YAML: {e}") from None
-    if not isinstance(data, dict):
-        raise StudyError(f"{path}: expected a mapping of sections at the top level")
+    data = read_yaml_mapping(path, "sections")
     parent = data.pop("extends", None)
     if parent is None:
         return data

@@ -20,10 +20,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pipelines.config import PROJECT_ROOT, load_config
+from pipelines.config import PROJECT_ROOT, load_config, read_yaml_mapping
 from pipelines.errors import StudyError
 from pipelines.evaluate.decisions import METRICS
 
@@ -169,12 +168,7 @@ def load_spec(name_or_path: str | Path, extra: list[str] | tuple[str, ...] = ())
     """(search name = the file's stem, spec), checked against the base preset: its sources exist, the
     preset with the search's overrides (and the command line's `extra`) loads."""
     p = spec_path(name_or_path)
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise StudyError(f"{p}: not valid YAML: {e}") from None
-    if not isinstance(raw, dict):
-        raise StudyError(f"{p}: expected a mapping of keys at the top level")
+    raw = read_yaml_mapping(p, "keys")
     try:
         spec = MixSearchSpec.model_validate(raw)
     except ValidationError as e:
