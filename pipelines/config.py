@@ -774,12 +774,17 @@ class StudyConfig(Section):
         }
 
 
-def read_yaml_mapping(path: Path, of: str) -> dict:
-    """A YAML file whose top level is a mapping (of `of`: sections, keys); a clear error otherwise."""
+def read_yaml(path: Path) -> Any:
+    """A YAML file's data (safe_load: no Python objects); a clear error for broken YAML."""
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        return yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise StudyError(f"{path}: not valid YAML: {e}") from None
+
+
+def read_yaml_mapping(path: Path, of: str) -> dict:
+    """A YAML file whose top level is a mapping (of `of`: sections, keys); a clear error otherwise."""
+    data = read_yaml(path) or {}
     if not isinstance(data, dict):
         raise StudyError(f"{path}: expected a mapping of {of} at the top level")
     return data

@@ -58,7 +58,7 @@ def _portable(p: Path) -> str:
 # the stages each notebook is about (it may also run their inputs): a study whose `stages` has none
 # of them skips the notebook
 NOTEBOOK_STAGES = {"01_synthetic": ("prompts", "generate"), "02_annotate": ("annotate",),
-                   "03_classifier": ("classify", "filter"), "04_mixes": ("mix",), "05_train": ("train",),
+                   "03_classifier": ("classify", "filter"), "04_mixes": ("tokenize", "mix"), "05_train": ("train",),
                    "06_evaluate": ("evaluate",), "07_figures": ("figures",)}
 
 

@@ -19,6 +19,7 @@ from pipelines.evaluate.decisions import (
     SeedNoise,
     decide,
     decision_accuracy,
+    findings,
     item_weights,
     mean_ci,
     order_agreement,
@@ -279,3 +280,17 @@ def test_the_report_with_one_seed_says_its_intervals_cover_items_only():
     assert "cover the items only" in " ".join(report["findings"])
     base = decide(runs, tasks, ["d2c64", "d4c128"], 0.95, 300, seed=1, average_last=2, baseline="web")
     assert {(p["a"], p["b"]) for p in base["results"][0]["pairs"]} == {("edu", "web"), ("syn", "web")}
+
+
+def test_findings_name_the_surest_decision_accuracy_first_not_the_highest_point():
+    # an agreement of 1.00 whose CI is [0, 1] says nothing; one of 0.90 with CI [0.80, 1.00] does
+    acc = [{"key": "arc_easy acc", "small": "d2", "large": "d4", "value": 1.0, "ci_low": 0.0, "ci_high": 1.0,
+            "pairs": 3},
+           {"key": "arc_easy bpb", "small": "d2", "large": "d4", "value": 0.9, "ci_low": 0.8, "ci_high": 1.0,
+            "pairs": 3}]
+    report = {"settings": {"level": 0.95, "average_last": 1}, "scales": ["d2", "d4"], "results": [],
+              "seeds": {}, "snr_ranking": {}, "decision_accuracy": acc,
+              "null_check": {"comparisons": 0, "detected": 0, "rate": 0.0}}
+    line = next(x for x in findings(report) if x.startswith("Decision accuracy"))
+    surest = line.split("surest (highest CI low end): ")[1]
+    assert surest.startswith("arc_easy bpb 0.90 [0.80, 1.00]"), line

@@ -43,6 +43,12 @@ from pipelines.synthetic import generate
     ("Here is how plants make food: they use sunlight, water and carbon dioxide to build sugars in their leaves.\nNext.",
      "Here is how plants make food: they use sunlight, water and carbon dioxide to build sugars in their leaves.\nNext.", ""),
     ("Tides rise twice a day.\nThe moon pulls.", "Tides rise twice a day.\nThe moon pulls.", ""),
+    # an offer alone on the first line (seen in the smoke study), then an announcement
+    ("I'd be happy to help you with that.\n\nHere's a rewritten version:\n\nThe cell divides.",
+     "The cell divides.", "I'd be happy to help you with that.\nHere's a rewritten version:"),
+    # an offer that goes on with content in the same line is content, kept
+    ("I'd be happy to help you with that, because cells divide.\nMore.",
+     "I'd be happy to help you with that, because cells divide.\nMore.", ""),
 ])
 def test_strip_openers(raw, kept, removed):
     assert generate.strip_openers(raw) == (kept, removed)

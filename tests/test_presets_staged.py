@@ -4,6 +4,7 @@ without the network."""
 
 from __future__ import annotations
 
+import json
 import shlex
 
 import pytest
@@ -129,3 +130,15 @@ def test_sweep_points_also_share_with_runs_named_on_the_command_line():
     from pipelines.sweep import _short
 
     assert _short(points(spec)[1]["train.schedules"]) == "anneal-edu" and _short(3) == "3"
+
+
+def test_study_run_runs_every_stage_through_some_notebook():
+    # `study run` executes notebooks; a stage no notebook runs would stay "missing" after a full run
+    from pipelines.runs.manifest import STAGES
+
+    covered = {s for stages in NOTEBOOK_STAGES.values() for s in stages}
+    assert covered | {"ingest"} == set(STAGES)
+    for nb in stage_notebooks():
+        code = "".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        for stage in NOTEBOOK_STAGES[nb.stem]:  # named to run_stages, or the figures stage's own make()
+            assert f'"{stage}"' in code or (stage == "figures" and "paper.make(" in code), f"{nb.name}: `{stage}`?"

@@ -528,10 +528,12 @@ def findings(report: dict) -> list[str]:
         if not acc:
             continue
         vals = np.array([a["value"] for a in acc])
-        top = sorted(acc, key=lambda a: -a["value"])[:3]
+        # ranked by the interval's low end: an agreement of 1.00 with CI [0, 1] says nothing
+        low_end = [a["ci_low"] if a["ci_low"] is not None and np.isfinite(a["ci_low"]) else -np.inf for a in acc]
+        top = [acc[i] for i in sorted(range(len(acc)), key=lambda i: (-low_end[i], -acc[i]["value"]))][:3]
         out.append(f"Decision accuracy of {small} against {acc[0]['large']} ({acc[0]['pairs']} pairs of mixes per "
                    f"metric): median {np.median(vals):.2f} over {len(acc)} metrics, "
-                   f"{int((vals == 1).sum())} of them order every pair as {acc[0]['large']} does; highest: "
+                   f"{int((vals == 1).sum())} of them order every pair as {acc[0]['large']} does; surest (highest CI low end): "
                    + ", ".join(f"{a['key']} {a['value']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]" for a in top)
                    + ".")
     n = report["null_check"]

@@ -63,6 +63,9 @@ _GENRE = re.compile(r"\b(?:story|stories|blog|post|article|section|textbook|unit
                     r"|lesson|version|text|response|piece|narrative|sample|example|how-to)\b", re.I)
 _TITLE = re.compile(r"^(?:#{1,6}\s+\S.*|\*\*[^*\n]{1,150}\*\*:?|(?:title|chapter|unit|section|lesson|course unit)\b"
                     r"\s*[\d.:IVX-]*\s*[:.\-]?.{0,150})$", re.I)
+# a first line that only offers help: "I'd be happy to help you with that." (no colon, no genre word)
+_OFFER = re.compile(r"^(?:i(?:'d| would) be (?:happy|glad|delighted) to help|i'm (?:happy|glad) to help|happy to help)"
+                    r"(?: you)?(?: with (?:that|this|it|your request))?[.!]*$", re.I)
 _SENTENCE_END = re.compile(r"[.!?][\"')\]*]*(?=\s|$)")
 
 
@@ -91,8 +94,7 @@ def strip_openers(text: str) -> tuple[str, str]:
             break
         announces = _ANNOUNCE.match(line) and ((line.endswith(":") and ":" not in line[:-1])
                                                or (len(line) <= 200 and _GENRE.search(line)))
-        if announces or _TITLE.match(line) \
-                or _is_bare_title(line, rest):
+        if announces or _OFFER.match(line) or _TITLE.match(line) or _is_bare_title(line, rest):
             removed.append(first)
             text = rest.lstrip()
             continue

@@ -26,9 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable
 
-import yaml
-
-from pipelines.config import PromptsConfig
+from pipelines.config import PromptsConfig, read_yaml
 from pipelines.data.documents import ShardedWriter, read_documents
 from pipelines.errors import StudyError
 from pipelines.runs.manifest import StageContext
@@ -140,10 +138,7 @@ def load_templates(directory: str | Path | None = None) -> Templates:
     styles: dict[str, Style] = {}
     rules: tuple[str, int] | None = None
     for path in files:
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as e:
-            raise StudyError(f"{path}: not valid YAML: {e}") from None
+        data = read_yaml(path)
         kind = data.get("kind") if isinstance(data, dict) else None
         if kind == "audiences":
             for aid, a in (data.get("audiences") or {}).items():
@@ -238,10 +233,7 @@ def topic_seeds(path: str | Path) -> list[Seed]:
                                  f"`outline`, `id`); got {reader.fieldnames}")
             rows = list(reader)
     else:
-        try:
-            data = yaml.safe_load(p.read_text())
-        except yaml.YAMLError as e:
-            raise StudyError(f"{p}: not valid YAML: {e}") from None
+        data = read_yaml(p)
         if isinstance(data, dict):
             data = data.get("topics")
         if not isinstance(data, list):
