@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from pathlib import Path
 
 from pipelines.config import dump_yaml, list_presets, load_config
 from pipelines.errors import StudyError
@@ -175,16 +174,10 @@ def _status(args: argparse.Namespace) -> int:
     check_run_name(args.run)
     if args.preset:
         cfg = load_config(args.preset, args.overrides)
-    else:
-        results = Path(args.results_dir or "results")
-        saved = results / args.run / "config.yaml"
-        if not saved.exists():
-            raise StudyError(f"no run at {results / args.run} (no config.yaml); runs: "
-                             f"{', '.join(sorted(p.name for p in results.glob('*') if p.is_dir())) or 'none'}")
-        # the run is where it was found: a copied or renamed run folder reports on itself
-        cfg = load_config(str(saved), [*args.overrides, f"results_dir={results}"])
-    if args.results_dir:
-        cfg = cfg.model_copy(update={"results_dir": args.results_dir})
+        if args.results_dir:
+            cfg = cfg.model_copy(update={"results_dir": args.results_dir})
+    else:  # the run as saved, where it is now
+        cfg = report.open_run(args.run, args.results_dir, args.overrides).config
     run = Run(cfg, args.run)
     print(f"run {run.name} ({run.root}), preset {cfg.preset}")
     rows = run.status_rows(verify=args.verify)

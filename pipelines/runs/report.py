@@ -75,16 +75,16 @@ class Report:
         return "\n".join(lines) + "\n"
 
 
-def open_run(name: str, results_dir: str | Path | None = None) -> Run:
-    """A run as it was saved (results/<run>/config.yaml), where it is found now: a copied or renamed run
-    folder reports on itself. A mistyped name creates nothing."""
+def open_run(name: str, results_dir: str | Path | None = None, overrides: list[str] = ()) -> Run:
+    """A run as it was saved (results/<run>/config.yaml, with `overrides`), where it is found now: a copied
+    or renamed run folder reports on itself. A mistyped name creates nothing."""
     check_run_name(name)
     results = Path(results_dir or "results")
     saved = results / name / "config.yaml"
     if not saved.exists():
         runs = sorted(p.name for p in results.glob("*") if (p / "config.yaml").exists())
         raise StudyError(f"no run at {results / name} (no config.yaml); runs: {', '.join(runs) or 'none'}")
-    return Run(load_config(str(saved), [f"results_dir={results}"]), name)
+    return Run(load_config(str(saved), [*overrides, f"results_dir={results}"]), name)
 
 
 def _manifest(run: Run, stage: str) -> dict | None:
