@@ -28,7 +28,7 @@ from pipelines.errors import StudyError
 from pipelines.figures.plots import training_curves
 from pipelines.runs.manifest import Run, changed_keys, check_run_name
 from pipelines.runs.trainlog import read_log, run_dirs, run_table
-from pipelines.synthetic.generate import samples_table, strip_openers
+from pipelines.synthetic.generate import samples_table
 
 NOTEBOOKS_DIR = PROJECT_ROOT / "notebooks"
 _STAGE_NOTEBOOK = re.compile(r"^\d\d_[a-z0-9_]+\.ipynb$")
@@ -141,7 +141,8 @@ def setup(run: str, preset: str, results_dir: str, overrides: list[str], knobs: 
 # ---------------------------------------------------------------------------------------------
 # what the notebooks display: summaries, not raw logs
 
-STAGE_LINE = re.compile(r"^(\[[a-z]+\] |study: |  [\w.]+ = )")  # stage messages and the derived config
+# stage messages and the derived config, less the per-task lines of the CORE suite (20 per model: the log has them)
+STAGE_LINE = re.compile(r"^(?!\[evaluate\] (?:\S+ )?core [a-z_]+: )(\[[a-z]+\] |study: |  [\w.]+ = )")
 
 
 class _Filtered(io.TextIOBase):
@@ -197,23 +198,6 @@ def status_table(cfg: StudyConfig, run: str):
     return pd.DataFrame(Run(cfg, run).status_rows()).set_index("stage").fillna("")
 
 
-_COURTESY_LINE = re.compile(r"^(?:i(?:'d| would| am|'m) (?:be )?(?:happy|glad|delighted|more than happy) to help\b"
-                            r"[^\n.!]*[.!]?|(?:sure|certainly|of course)[!.,]?)\s*", re.I)
-
-
-def clean_sample(text: str) -> str:
-    """A generated document as the reader should see it: the instruct model's preamble ("I'd be happy to
-    help you with that.", "Here's a rewritten version ...:") removed (display only; the generate stage's
-    strip_openers removes announcements but keeps a lone courtesy sentence)."""
-    text = text.strip()
-    for _ in range(3):
-        m = _COURTESY_LINE.match(text)
-        if not m or m.end() >= len(text):
-            break
-        text = text[m.end():].lstrip()
-    return strip_openers(text)[0]
-
-
 def show_samples(run_dir: str | Path, per_cell: int = 1, chars: int = 500) -> None:
     """One generated document per audience and style, as readable text (paragraphs kept)."""
     from IPython.display import Markdown, display
@@ -224,7 +208,7 @@ def show_samples(run_dir: str | Path, per_cell: int = 1, chars: int = 500) -> No
         return
     blocks = []
     for r in t.itertuples():
-        text = clean_sample(r.text)
+        text = r.text  # as the mix reads it (the generate stage already removed the model's preamble)
         text = text if len(text) <= chars else text[:chars].rsplit(" ", 1)[0] + " …"
         quoted = "\n".join("> " + line.replace("*", r"\*").replace("#", r"\#") for line in text.splitlines())
         blocks.append(f"**{r.audience} · {r.style}** ({r.tokens} tokens, finished by {r.finish})\n\n{quoted}")

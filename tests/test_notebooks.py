@@ -3,6 +3,7 @@ in order with papermill; a failure names the notebook and cell; sweeps share ups
 
 import ast
 import json
+import re
 from pathlib import Path
 
 import nbformat
@@ -236,9 +237,12 @@ def test_the_executed_records_read_well(ci_run):
         if path.name.startswith("05"):
             assert printed.count("\n") < 40, printed[-2000:]  # a summary, not the trainer's log
             assert any("image/png" in o.get("data", {}) for _, o in outs)  # the training curves
+        if path.name.startswith("06"):  # the CORE suite's per-task lines stay in the log, its summary shows
+            assert "core: " in printed and not re.search(r"\] (\S+ )?core [a-z_]+: ", printed), printed[-2000:]
         if path.name.startswith("07"):
             md = "".join(str(o.get("data", {}).get("text/markdown", "")) for _, o in outs)
             assert "# Run report: `nb`" in md and "## Flags" in md
+            assert "CORE v1 (all available tasks, the first 2 items of each)" in md  # what the CORE rows rest on
 
 
 def _snapshot(root: Path) -> dict:

@@ -226,7 +226,12 @@ def _facts(run: Run, rep: Report, ms: dict[str, dict | None]) -> None:
     if ev := ms.get("evaluate"):
         items = ev.get("counts", {}).get("items", {})
         refs = [m.name for m in cfg.evaluate.models]
-        rep.facts.append(("evaluation", ", ".join(f"{b} {_n(n)} items" for b, n in items.items())
+        suites = [f"{b} {_n(n)} items" for b, n in items.items()]
+        if "core" in cfg.evaluate.benchmarks:  # DCLM's CORE: tasks as configured, the first `limit` items of each
+            core = cfg.evaluate.core
+            suites.append(f"CORE {core.version} ({len(core.tasks) if core.tasks else 'all available'} tasks, "
+                          f"{f'the first {core.limit} items' if core.limit else 'every item'} of each)")
+        rep.facts.append(("evaluation", ", ".join(suites)
                           + f"; reference models: {', '.join(refs) or 'none'}"
                           + f"; benchmarks from {_data_text((ev.get('data') or {}).get('benchmarks'))}"))
 
