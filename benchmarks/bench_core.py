@@ -4,12 +4,12 @@
       [--tasks piqa,winogrande,copa,boolq,openbook_qa,lambada_openai] [--lmeval-batch-size 16] [--repeats 1]
 
 Items: the first --limit items of each CORE task that lm-eval also has (the MosaicML files of data/core).
-lm-eval gets small task YAMLs over the same lines (dataset_path: json): multiple choice as
-`doc_to_text` query (+ "\\nAnswer:" where CORE's continuation delimiter is "\\nAnswer: "), the choices,
-gold, target delimiter " ", CORE's number of shots drawn by lm-eval from the same file; LAMBADA as a
-loglikelihood task (its acc is the greedy check); winogrande as a multiple-input task (one context per
-option, the shared continuation). So the work is the same (same items, same shots count, same model);
-the shots themselves are drawn by each tool's own sampler, so per-item results are not compared here.
+lm-eval gets task configs over the same rows that make its own prompt builder produce llm-foundry's
+prompts, with the same shots forced (pipelines/evaluate/lmeval.py write_core_tasks; the per-item
+agreement is scripts/lmeval_agreement.py --core): multiple choice, winogrande as lm-eval's multiple-input
+form, LAMBADA as a loglikelihood task (its acc is the greedy check). So the work is the same: same items,
+same prompts, same model; the accuracies printed are each tool's (lm-eval's acc is the argmax of the
+summed log-likelihood, ours llm-foundry's mean per token).
 Both sides get the model loaded and their tasks built; times cover prompts, tokenization, forward
 passes and metrics; rounds are interleaved after an untimed warm-up and the best time of each counts
 (wall and this process's CPU time). Writes results/benchmarks/core.json with the load before and after.
@@ -30,35 +30,23 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from benchmarks.common import record  # noqa: E402, I001  (first: the OpenMP wait policy, before torch loads)
 
 import argparse  # noqa: E402
-import gzip  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
 
 import torch  # noqa: E402
-import yaml  # noqa: E402
 
-from pipelines.data.core import find_file, load_core  # noqa: E402
+from pipelines.data.core import load_core  # noqa: E402
 from pipelines.evaluate import core  # noqa: E402
-from pipelines.evaluate.lmeval import LmevalTask, Timing, lmeval_root, load_model_pair, score_lmeval  # noqa: E402
+from pipelines.evaluate.lmeval import (  # noqa: E402
+    Timing,
+    core_prompts,
+    lmeval_root,
+    load_model_pair,
+    score_lmeval,
+    write_core_tasks,
+)
 
 LMEVAL_TASKS = ("piqa", "winogrande", "copa", "boolq", "openbook_qa", "lambada_openai")
-
-
-def lmeval_yaml(spec, path: Path) -> dict:
-    """An lm-eval task over a CORE file: the same items, CORE's delimiters and number of shots."""
-    base = {"task": f"core_{spec.label}", "dataset_path": "json", "dataset_kwargs": {"data_files": {"test": str(path)}},
-            "test_split": "test", "fewshot_split": "test", "fewshot_delimiter": spec.example_delimiter,
-            "target_delimiter": " ", "num_fewshot": spec.num_fewshot}
-    ask = "\nAnswer:" if spec.continuation_delimiter.strip() == "Answer:" else ""
-    if spec.icl_task_type == "multiple_choice":
-        return {**base, "output_type": "multiple_choice", "doc_to_text": "{{query}}" + ask,
-                "doc_to_choice": "{{choices}}", "doc_to_target": "{{gold}}", "metric_list": [{"metric": "acc"}]}
-    if spec.icl_task_type == "schema":  # lm-eval's winogrande form: the text picks the option, one continuation
-        return {**base, "output_type": "multiple_choice", "doc_to_text": "{{gold}}",
-                "doc_to_choice": "{{context_options}}", "doc_to_target": "{{continuation}}",
-                "metric_list": [{"metric": "acc"}]}
-    return {**base, "output_type": "loglikelihood", "doc_to_text": "{{context}}", "doc_to_target": "{{continuation}}",
-            "metric_list": [{"metric": "acc"}]}
 
 
 def main() -> int:
@@ -79,17 +67,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-core-") as tmp:
         tmp = Path(tmp)
         model, tok, ours_lm, desc = load_model_pair(args.model, "float32", tmp)
-        (tmp / "tasks").mkdir()
-        tasks, shots = [], {}
-        for label in labels:
-            spec = data.tasks[label].spec
-            src = find_file(Path(data.folder), spec)
-            plain = tmp / f"{label}.jsonl"  # lm-eval's json loader: the same lines, uncompressed
-            plain.write_bytes(gzip.decompress(src.read_bytes()) if src.suffix == ".gz" else src.read_bytes())
-            cfg = lmeval_yaml(spec, plain)
-            (tmp / "tasks" / f"{cfg['task']}.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-            tasks.append(LmevalTask(cfg["task"], "core", "icl"))
-            shots[cfg["task"]] = spec.num_fewshot
+        prompts = {x: core_prompts(data.tasks[x], ours_lm, args.limit) for x in labels}
+        tasks = write_core_tasks(tmp / "tasks", {x: data.tasks[x] for x in labels}, prompts)
+        shots = {t.name: data.tasks[t.subject].spec.num_fewshot for t in tasks}
         suite = core.CoreSuite(data, args.limit)
         prefix = core.needs_prefix_space(ours_lm)
         n = sum(len(suite.prompts(x, prefix)) for x in labels)
@@ -125,7 +105,7 @@ def main() -> int:
     print(f"lm-eval {e.wall:8.1f}s wall {n / e.wall:8.2f} items/s  {e.cpu:8.1f}s CPU")
     print(f"ours vs lm-eval: {ratio:.2f}x items/s (wall), {cpu_ratio:.2f}x (CPU time)")
     for x, a in accs.items():
-        print(f"  {x:<16} acc ours {a['ours']:.3f}  lm-eval {a['lm_eval']:.3f} (different shots: not compared)")
+        print(f"  {x:<16} acc ours {a['ours']:.3f}  lm-eval {a['lm_eval']:.3f} (lm-eval: its own acc rule)")
     numbers = {"model": desc, "items": n, "tasks": labels, "limit": args.limit,
                "seconds": {k: {"wall": t.wall, "cpu": t.cpu} for k, t in best.items()},
                "items_per_s": {k: n / t.wall for k, t in best.items()}, "ratio_wall": ratio, "ratio_cpu": cpu_ratio,

@@ -95,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--core-version", default="v1", choices=["v1", "v2"], help="CORE's random baselines")
     ev.add_argument("--device", default="auto")
     ev.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    ev.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     return ap
 
 
@@ -128,7 +129,7 @@ def _main(args: argparse.Namespace) -> int:
             if args.limit is not None and args.limit < 1:
                 raise StudyError("--limit must be at least 1")
             eval_models(args.models, args.tasks, args.limit, args.force, args.out, args.core_version, args.device,
-                        args.dtype)
+                        args.dtype, threads=args.threads)
             return 0
         cfg = load_config(args.preset, args.overrides)
         if args.command == "config":

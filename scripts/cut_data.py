@@ -9,7 +9,11 @@ Writes, deterministically (standard library only; rerunning gives identical byte
                                 source except `fineweb_sample10BT_legalpilot` (legal-keyword biased),
                                 records unchanged (same fields, meta keys), in source order
   data/eval/<name>.jsonl.gz     byte-for-byte copies of shared/data/eval/*.jsonl.gz
-  data/checksums.json           file -> sha256, bytes, rows (plus the inputs' sha256)
+  data/core/*                   byte-for-byte copies of shared/data/core/ (DCLM CORE: the task files
+                                *.jsonl.gz, core_tasks.yaml, dclm_reference_results.csv; its README.md
+                                is summarised in data/README.md instead)
+  data/checksums.json           file -> sha256, bytes, rows (plus the inputs' sha256); the CORE files
+                                under the separate key `core` (`files` holds gzip'd JSONL only)
 
 Written gzip files use GzipFile(filename='', mtime=0, compresslevel=9) over
 json.dumps(record, ensure_ascii=False) + "\\n" lines, so the bytes depend only on the input and on
@@ -38,6 +42,9 @@ EVAL_FILES = (
 )
 LEFT_OUT_SOURCES = frozenset({"fineweb_sample10BT_legalpilot"})  # legal-keyword biased, not general web
 LABEL_KEYS = ("edu_score", "dclm_human_quality_label")  # meta keys of the labelled pages (all kept)
+CORE_EXTRA = ("core_tasks.yaml", "dclm_reference_results.csv")  # besides core/*.jsonl.gz
+CORE_ABOUT = ("DCLM CORE task files (data/README.md, 'DCLM CORE'); kept apart from `files`, which "
+              "scripts/cut_data.py writes and checks")
 BUDGET_BYTES = 15 * 1024 * 1024
 CHECKSUMS = "checksums.json"
 
@@ -120,29 +127,50 @@ def build(shared: Path, out: Path) -> dict:
         files[rel] = {"sha256": sha256_bytes(data), "bytes": len(data), "rows": gzip_rows(data),
                       "how": "byte-for-byte copy"}
 
+    core = cut_core(shared_data, out)
     total = sum(f["bytes"] for f in files.values())
-    manifest = {"files": files, "inputs_sha256": inputs, "total_bytes": total,
+    manifest = {"files": files, "inputs_sha256": inputs, "total_bytes": total, "core": core,
                 "command": "python scripts/cut_data.py"}
     write_atomic(out / CHECKSUMS, (json.dumps(manifest, indent=2, sort_keys=True) + "\n").encode())
-    if total > BUDGET_BYTES:
-        print(f"cut_data: warning: {total} bytes is over the {BUDGET_BYTES}-byte budget", file=sys.stderr)
+    if total + core["total_bytes"] > BUDGET_BYTES:
+        print(f"cut_data: warning: {total + core['total_bytes']} bytes is over the {BUDGET_BYTES}-byte budget",
+              file=sys.stderr)
     return manifest
+
+
+def cut_core(shared_data: Path, out: Path) -> dict:
+    """shared/data/core/ -> out/core/, byte for byte; the `core` entry of checksums.json."""
+    src = shared_data / "core"
+    names = sorted(p.name for p in src.glob("*.jsonl.gz")) + list(CORE_EXTRA)
+    if not (src / "core_tasks.yaml").is_file():
+        raise SystemExit(f"cut_data: {src}/core_tasks.yaml not found (the DCLM CORE folder)")
+    files = {}
+    for name in names:
+        rel = f"core/{name}"
+        data = (src / name).read_bytes()
+        write_atomic(out / rel, data)  # whole file, bytes unchanged
+        entry = {"sha256": sha256_bytes(data), "bytes": len(data), "how": f"byte-for-byte copy of shared/data/{rel}"}
+        if name.endswith(".jsonl.gz"):
+            entry["rows"] = gzip_rows(data)
+        files[rel] = entry
+    return {"about": CORE_ABOUT, "files": files, "total_bytes": sum(f["bytes"] for f in files.values())}
 
 
 def check(out: Path) -> int:
     manifest = json.loads((out / CHECKSUMS).read_text())
     bad = 0
-    for rel, want in sorted(manifest["files"].items()):
+    core = manifest.get("core", {}).get("files", {})
+    for rel, want in sorted({**manifest["files"], **core}.items()):
         path = out / rel
         if not path.is_file():
             print(f"MISSING {rel}")
             bad += 1
             continue
         data = path.read_bytes()
-        got = (sha256_bytes(data), gzip_rows(data))
-        ok = got == (want["sha256"], want["rows"])
+        got = (sha256_bytes(data), gzip_rows(data) if "rows" in want else None)
+        ok = got == (want["sha256"], want.get("rows"))
         bad += not ok
-        print(f"{'ok' if ok else 'MISMATCH':8s} {rel}  rows={got[1]}")
+        print(f"{'ok' if ok else 'MISMATCH':8s} {rel}" + (f"  rows={got[1]}" if got[1] is not None else ""))
     return 1 if bad else 0
 
 
@@ -156,9 +184,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         return check(args.out)
     manifest = build(args.shared or default_shared(), args.out)
-    for rel, f in sorted(manifest["files"].items()):
-        print(f"{rel:40s} {f['bytes']:>10,d} B {f['rows']:>7,d} rows  {f['sha256']}")
-    print(f"{'total':40s} {manifest['total_bytes']:>10,d} B")
+    for rel, f in sorted({**manifest["files"], **manifest["core"]["files"]}.items()):
+        rows = f"{f['rows']:>7,d} rows" if "rows" in f else " " * 12
+        print(f"{rel:46s} {f['bytes']:>10,d} B {rows}  {f['sha256']}")
+    print(f"{'total':46s} {manifest['total_bytes'] + manifest['core']['total_bytes']:>10,d} B")
     return 0
 
 

@@ -337,3 +337,32 @@ def test_study_eval_on_a_tiny_llmc_checkpoint(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nothing"), "--out", str(out)]) == 2
     assert "no such file or folder" in capsys.readouterr().err
     shutil.rmtree(out)
+
+
+def test_agreement_with_lm_eval_on_core_tasks_per_item(tmp_path):
+    """lm-eval (an optional tool: skipped where it is not installed) builds the same prompts from task configs
+    that encode llm-foundry's rules, with our shots forced, and gets the same log-likelihoods and predictions:
+    a 10-shot multiple-choice task with the "\\nAnswer: " delimiter, a schema task and a language-modelling task."""
+    pytest.importorskip("lm_eval")
+    from pipelines.evaluate.lmeval import (
+        compare_core_task,
+        core_prompts,
+        load_model_pair,
+        score_lmeval,
+        write_core_tasks,
+    )
+    from pipelines.model import build_model, write_checkpoint
+
+    ckpt = write_checkpoint(build_model("d2c64"), tmp_path / "model_00000001.bin")
+    model, tok, ours_lm, _ = load_model_pair(str(ckpt), workdir=tmp_path)
+    data = load_core(["piqa", "winograd", "lambada_openai"])
+    prompts = {x: core_prompts(t, ours_lm, 2) for x, t in data.tasks.items()}
+    assert all(len(p.shots) == 10 for p in prompts["piqa"])
+    tasks = write_core_tasks(tmp_path / "tasks", data.tasks, prompts)
+    samples, _ = score_lmeval(model, tok, tmp_path / "tasks", tasks, 2, batch_size=4,
+                              num_fewshot={t.name: data.tasks[t.subject].spec.num_fewshot for t in tasks})
+    for t in tasks:
+        ours = core.score_task(ours_lm, data.tasks[t.subject], prompts[t.subject])
+        c = compare_core_task(data.tasks[t.subject].spec, prompts[t.subject], ours, samples[t.name], tok)
+        assert c["n"] == 2 and c["prompt_equal"] == c["pred_equal"] == c["lmeval_acc_equal"] == 2, (t.name, c)
+        assert c["max_abs_ll_diff"] < 1e-3

@@ -146,6 +146,10 @@ def eval_models(models: list[str], tasks: str | list[str] = ("arc_easy", "core")
     benches = load_benchmarks(cfg, SEED)
     tasks_ = build_tasks(cfg, benches, SEED)
     suite = load_core_suite(cfg, log)
+    if cfg.threads:  # torch's CPU threads (study eval --threads)
+        import torch
+
+        torch.set_num_threads(cfg.threads)
     dev = pick_device(cfg.device)
     rows = []
     for t in targets:

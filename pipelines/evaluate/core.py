@@ -103,23 +103,26 @@ class CorePrompt:
     preamble: str
     contexts: list[str]
     continuations: list[str]
+    shots: tuple[int, ...] = ()  # the few-shot rows (positions in the task file), in preamble order
 
 
-def item_prompt(spec: TaskSpec, row: dict, row_index: int, preamble: str, prefix_space: bool) -> CorePrompt:
+def item_prompt(spec: TaskSpec, row: dict, row_index: int, preamble: str, prefix_space: bool,
+                shots: tuple[int, ...] = ()) -> CorePrompt:
     t = spec.icl_task_type
     head = spec.example_delimiter if preamble else ""
     if t == "schema":
         tail = spec.continuation_delimiter.rstrip() if preamble else ""
         contexts = [f"{head}{c}{tail}" for c in row["context_options"]]
         cont = add_prefix_space(row["continuation"], prefix_space)
-        return CorePrompt(row_index, row.get("category"), row["gold"], preamble, contexts, [cont] * len(contexts))
+        return CorePrompt(row_index, row.get("category"), row["gold"], preamble, contexts, [cont] * len(contexts),
+                          shots)
     body = row["query"] if t == "multiple_choice" else row["context"]
     ctxt = f"{head}{body}{spec.continuation_delimiter}".rstrip()
     if t == "multiple_choice":
         conts = [add_prefix_space(c, prefix_space) for c in row["choices"]]
-        return CorePrompt(row_index, row.get("category"), row["gold"], preamble, [ctxt] * len(conts), conts)
+        return CorePrompt(row_index, row.get("category"), row["gold"], preamble, [ctxt] * len(conts), conts, shots)
     return CorePrompt(row_index, row.get("category"), None, preamble, [ctxt],
-                      [add_prefix_space(row["continuation"], prefix_space)])
+                      [add_prefix_space(row["continuation"], prefix_space)], shots)
 
 
 def build_prompts(task: CoreTask, prefix_space: bool, limit: int | None = None) -> list[CorePrompt]:
@@ -143,10 +146,11 @@ def build_prompts(task: CoreTask, prefix_space: bool, limit: int | None = None) 
             if i >= keep:
                 break  # file order: the rest of this group lies beyond the limit too
             preamble = spec.prompt_string
-            if spec.num_fewshot > 0:
-                for s in fewshot_indices(len(members), spec.num_fewshot, j, rng):
-                    preamble += shot_text(spec, rows[members[s]], preamble)
-            out[i] = item_prompt(spec, rows[i], i, preamble, prefix_space)
+            shots = tuple(members[s] for s in fewshot_indices(len(members), spec.num_fewshot, j, rng)) \
+                if spec.num_fewshot > 0 else ()
+            for s in shots:
+                preamble += shot_text(spec, rows[s], preamble)
+            out[i] = item_prompt(spec, rows[i], i, preamble, prefix_space, shots)
     return [out[i] for i in range(keep)]
 
 
