@@ -434,7 +434,7 @@ class DecontamConfig(Section):
 class MixConfig(Section):
     """Token-budgeted blends of named sources, deduplicated and decontaminated, as llm.c shards."""
 
-    unhashed: ClassVar[frozenset[str]] = frozenset({"workers"})
+    unhashed: ClassVar[frozenset[str]] = frozenset({"workers", "keep_prepared"})
 
     sources: dict[str, MixSource] = {"web": MixSource(stage="ingest")}
     mixes: list[MixSpec] = [MixSpec(name="web", tokens=1_000_000, weights={"web": 1.0})]
@@ -448,6 +448,9 @@ class MixConfig(Section):
     # no near-duplicate pass): for budgets too large to hold in memory (the GPU presets, 10B+ tokens)
     streaming: bool = False
     shuffle_buffer: int = Field(100_000, ge=1)  # streaming: documents shuffled across sources in a buffer
+    # in-memory: keep the deduplicated, decontaminated, tokenized union in mix/prepared/<key>/ so runs naming
+    # this one in share_with skip that work (mixture searches); changes no output, costs one copy of its tokens
+    keep_prepared: bool = False
 
     @model_validator(mode="after")
     def _known_sources(self) -> "MixConfig":

@@ -134,6 +134,54 @@ def test_too_small_source_fails_when_asked(planted):
         _mix(cfg, path, "mix.on_short=fail", "mix.mixes=[{name: p, tokens: 50000, weights: {planted: 1}}]")
 
 
+def _mix_as(cfg, path, run, *extra):
+    """The planted mix in another run (ingest linked from `r` when share_with names it, else run again)."""
+    from pipelines.config import load_config
+
+    c = load_config("ci", [f"results_dir={cfg.results_dir}", f"ingest.path={cfg.ingest.path}",
+                           "mix.sources={web: {stage: ingest}, planted: {path: " + str(path) + "}}",
+                           "mix.decontaminate.benchmarks=[arc_easy]", f"mix.decontaminate.eval_dir={EVAL_DIR}",
+                           *extra])
+    run_stages(c, run, ["ingest", "mix"])
+    return Run(c, run)
+
+
+def _shards(run) -> dict[str, bytes]:
+    d = run.dir("mix")
+    return {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.glob("*/*.bin"))}
+
+
+def test_a_shared_prepared_union_gives_the_same_shards_and_a_changed_setting_is_not_reused(planted):
+    cfg, path, _, _ = planted
+    both = "mix.mixes=[{name: m, tokens: 15000, weights: {web: 0.5, planted: 0.5}}]"
+    other = "mix.mixes=[{name: m, tokens: 12000, weights: {web: 0.8, planted: 0.2}}]"
+    donor = _mix_as(cfg, path, "r", both, "mix.keep_prepared=true")
+    assert donor.read_manifest("mix")["prepared"]["from_run"] is None
+    assert len(list((donor.dir("mix") / "prepared").glob("*/prepared.json"))) == 1
+    # another weight vector and budget, sharing with the donor: dedup, decontamination, tokens reused
+    proxy = _mix_as(cfg, path, "p", other, "share_with=[r]")
+    mp = proxy.read_manifest("mix")
+    assert mp["prepared"] == {**donor.read_manifest("mix")["prepared"], "from_run": "r"}
+    assert not (proxy.dir("mix") / "minhash").exists()  # no near-dedup pass ran here
+    assert not (proxy.dir("mix") / "prepared").exists()  # keep_prepared is off: nothing kept
+    # ... and its output equals a from-scratch mix with the same weights, byte for byte
+    fresh = _mix_as(cfg, path, "fresh", other)
+    mf = fresh.read_manifest("mix")
+    assert mf["prepared"]["from_run"] is None and (fresh.dir("mix") / "minhash").exists()
+    assert _shards(proxy) == _shards(fresh) and len(_shards(proxy)) == 2  # the mix and the val shard
+    for k in ("mixes", "sources", "decontamination", "val", "counts"):
+        assert mp[k] == mf[k], k
+    for reason in ("exact_duplicate", "near_duplicate", "contaminated"):
+        f = f"removed/{reason}.jsonl"
+        assert (proxy.dir("mix") / f).read_text() == (fresh.dir("mix") / f).read_text() != ""
+    # a changed dedup setting or another set of sources: another key, computed again
+    changed = _mix_as(cfg, path, "q", other, "share_with=[r]", "mix.dedup.ngrams=4")
+    assert changed.read_manifest("mix")["prepared"]["from_run"] is None
+    assert changed.read_manifest("mix")["prepared"]["key"] != mp["prepared"]["key"]
+    web_only = _mix_as(cfg, path, "w", "mix.mixes=[{name: m, tokens: 9000, weights: {web: 1}}]", "share_with=[r]")
+    assert web_only.read_manifest("mix")["prepared"]["from_run"] is None
+
+
 def test_mix_config_is_checked():
     from pipelines.config import load_config
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from pipelines.errors import StudyError
@@ -110,25 +111,39 @@ def test_a_killed_search_resumes_with_the_missing_proxies_and_a_rerun_executes_n
     real = proxies_mod.run_stages
     started: list[str] = []
 
-    def killed_at_the_third_proxy(cfg, run, stages, force=False):
+    def killed_in_the_third_proxy(cfg, run, stages, force=False):
         started.append(run)
-        if run == "tiny-p02":
-            raise KeyboardInterrupt  # as a kill during the third proxy
+        if run == "tiny-p02":  # as a kill in the middle of the third proxy: its mix done, its training not
+            real(cfg, run, stages[: stages.index("mix") + 1], force)
+            raise KeyboardInterrupt
         return real(cfg, run, stages, force)
 
-    monkeypatch.setattr(proxies_mod, "run_stages", killed_at_the_third_proxy)
+    monkeypatch.setattr(proxies_mod, "run_stages", killed_in_the_third_proxy)
     with pytest.raises(KeyboardInterrupt):
         run_search(path)
     assert started == ["tiny-census", "tiny-p00", "tiny-p01", "tiny-p02"]
     state = json.loads((results / "tiny" / "search.json").read_text())
     assert [p["target"] is not None for p in state["proxies"]] == [True, True, False]
     before = _executions(results, ["tiny-p00", "tiny-p01"])
+    mix_before = json.loads((results / "tiny-p02" / "mix" / "manifest.json").read_text())["execution"]
+    assert _executions(results, ["tiny-p02"]) == {"tiny-p02": None}  # killed before training
 
     started.clear()
     monkeypatch.setattr(proxies_mod, "run_stages", lambda *a, **k: (started.append(a[1]), real(*a, **k))[1])
     state = run_search(path)
     assert started == ["tiny-p02", "tiny-prior"]  # only what was missing
-    assert _executions(results, ["tiny-p00", "tiny-p01"]) == before
+    assert _executions(results, ["tiny-p00", "tiny-p01"]) == before  # nothing redone ...
+    assert json.loads((results / "tiny-p02" / "mix" / "manifest.json").read_text())["execution"] == mix_before
+    # ... no gaps, no duplicates: every proxy once, with its target, in the state and in proxies.csv
+    assert [p["run"] for p in state["proxies"]] == ["tiny-p00", "tiny-p01", "tiny-p02"]
+    table = pd.read_csv(results / "tiny" / "proxies.csv")
+    assert table["run"].tolist() == ["tiny-p00", "tiny-p01", "tiny-p02", "tiny-prior"]
+    assert table["target"].notna().all()
+    # dedup, decontamination and tokens ran once, in the census: a proxy with every source reuses them
+    for p in state["proxies"]:
+        prepared = json.loads((results / p["run"] / "mix" / "manifest.json").read_text())["prepared"]
+        if all(w > 0 for w in p["weights"].values()):
+            assert prepared["from_run"] == "tiny-census", p
     # ingest and the classifier ran once, in the census; every proxy links them
     for r in ["tiny-p00", "tiny-p01", "tiny-p02", "tiny-prior"]:
         for stage in ("ingest", "classify", "filter"):
@@ -143,7 +158,15 @@ def test_a_killed_search_resumes_with_the_missing_proxies_and_a_rerun_executes_n
     for f in ("proxies.csv", "report.md", "figures/predicted_vs_actual.png", "figures/target_vs_weights.pdf",
               "figures/proposed_weights.png"):
         assert (results / "tiny" / f).exists(), f
-    assert "Held-out rank correlation" in (results / "tiny" / "report.md").read_text()
+    report = (results / "tiny" / "report.md").read_text()
+    assert "Held-out rank correlation" in report
+    prior = state["validation"]["prior"]
+    assert f"| {prior['predicted']:.4f} | {prior['actual']:.4f} |" in report  # predicted vs actual
+    tex = (results / "tiny" / "paper" / "tables" / "mixsearch_proxies.tex").read_text()
+    assert tex.count(r"\\") == 1 + 3 + 1 and r"\begin{tabular}" in tex  # header, 3 proxies, the prior
+    assert f"{prior['actual']:.4f}" in tex
+    for f in ("tables/mixsearch_proposal.tex", "tables/mixsearch_text.tex", "figures/mixsearch_proposed_weights.pdf"):
+        assert (results / "tiny" / "paper" / f).stat().st_size > 0, f
 
     # bits per byte: the trainer's loss over the bytes of exactly the tokens it measured
     spec = load_spec(path)[1]
@@ -166,6 +189,23 @@ def test_a_killed_search_resumes_with_the_missing_proxies_and_a_rerun_executes_n
     assert Run(cfg, "tiny-p00").state("train").status == "done"
 
 
+def test_jobs_trains_proxies_in_parallel_processes(tmp_path, web_sample):
+    path = _spec(tmp_path, web_sample, proxies=3, validate={"proposed": False, "prior": False},
+                 regression={"folds": 3, "simulations": 200, "top_k": 5, "bootstrap": 2})
+    state = run_search(path, jobs=2)
+    results = tmp_path / "results"
+    targets = [p["target"] for p in state["proxies"]]
+    assert len(targets) == 3 and all(t is not None and t > 0 for t in targets)
+    assert len(set(targets)) > 1  # three mixes, three models
+    runs = [p["run"] for p in state["proxies"]]
+    before = _executions(results, runs)
+    assert all(before.values())
+    # a rerun with jobs finds everything done: same targets, no stage run again
+    again = run_search(path, jobs=2)
+    assert [p["target"] for p in again["proxies"]] == targets
+    assert _executions(results, runs) == before
+
+
 def test_spec_errors_are_clear(tmp_path, web_sample):
     def err(**over) -> str:
         with pytest.raises(StudyError) as e:
@@ -179,6 +219,8 @@ def test_spec_errors_are_clear(tmp_path, web_sample):
     assert "regression.top_k 500 > regression.simulations 100" in err(
         regression={"simulations": 100, "top_k": 500})
     assert "`proxies` = 1" in err(proxies=1)
+    assert "regression.folds 2 with 3 proxies leaves a fold fitted on fewer than 2" in err(
+        regression={"folds": 2})  # 3 proxies in 2 folds: one fold is fitted on 1 proxy
     assert "prior: a positive share for every source" in err(prior={"web": 1.0})
     assert "proxy.set: --set train.modle=d2c64: unknown key `train.modle`" in err(proxy={"set": ["train.modle=d2c64"]})
     with pytest.raises(StudyError, match="unknown mixsearch spec 'nope'.*mixsearch-smoke"):

@@ -5,6 +5,7 @@
                     the manifest's records
   inmemory.py       the default executor: union of sources, exact + near-duplicate removal
   streaming.py      `mix.streaming: true`: sources streamed into shards, resumable per shard
+  prepared.py       the deduplicated, decontaminated, tokenized union kept by key, shared between runs
   dedup.py          exact and MinHash (datatrove) duplicates
   decontaminate.py  benchmark n-gram index and matching
 """

@@ -6,6 +6,8 @@
      the held-out validation pages first (never removed), then sources as listed in the config
   3. decontamination against ARC / HellaSwag / MMLU by n-gram overlap
   4. GPT-2 tokens of every surviving document (process pool, as `tokenize`)
+     (2-4 depend on the union and the settings only: with `mix.keep_prepared` they are kept in
+     mix/prepared/<key>/ and a run of share_with with the same key reuses them, prepared.py)
   5. per mix: each source's share of the budget, sampled by seed; a source too small is repeated
      (epochs recorded) or stops the run (`mix.on_short`); documents shuffled across sources
   6. shards: mix/<name>/<name>_train_*.bin, plus one shared validation set mix/val/<val_name>_val_*.bin
@@ -32,6 +34,7 @@ from pipelines.data.pages import external_documents
 from pipelines.errors import StudyError
 from pipelines.llmc.shards import ShardWriter
 from pipelines.llmc.tokenizer import encode_stream
+from pipelines.mix import prepared
 from pipelines.mix.decontaminate import NgramIndex, _WordHasher
 from pipelines.mix.dedup import exact_duplicates, minhash_duplicates
 from pipelines.mix.plan import (
@@ -41,7 +44,7 @@ from pipelines.mix.plan import (
     source_record,
     stage_result,
 )
-from pipelines.runs.manifest import StageContext
+from pipelines.runs.manifest import Run, StageContext
 from pipelines.runs.readers import stage_documents
 
 
@@ -103,61 +106,28 @@ def run(ctx: StageContext) -> dict:
     order = val_keys + list(dict.fromkeys(k for n in used for k in members[n]))
     print(f"[mix] {len(order):,} unique documents ({len(val_keys):,} held-out val) from {len(used)} source(s)")
 
-    # 2. dedup: exact, then near; validation pages are kept whatever they match
-    removed: dict[str, tuple[str, dict]] = {}  # key -> (reason, details)
-    signed_in_part = 0
-    if cfg.dedup.exact:
-        for dup, first in exact_duplicates((k, texts[k]) for k in order).items():
-            if dup not in val_set:
-                removed[dup] = ("exact_duplicate", {"duplicate_of": meta[first],
-                                                    "of_val": first in val_set})
-    if cfg.dedup.near:
-        alive = [k for k in order if k not in removed]
-        near = minhash_duplicates([(k, texts[k]) for k in alive], ctx.dir / "minhash", cfg.dedup.ngrams,
-                                  cfg.dedup.buckets, cfg.dedup.hashes_per_bucket, workers=1,
-                                  sign_chars=cfg.dedup.sign_chars)
-        signed_in_part = sum(len(texts[k]) > cfg.dedup.sign_chars for k in alive)
-        if signed_in_part:
-            print(f"[mix] near-dedup: {signed_in_part:,} document(s) longer than mix.dedup.sign_chars="
-                  f"{cfg.dedup.sign_chars:,} signed on their first {cfg.dedup.sign_chars:,} characters")
-        for k in near:
-            if k not in val_set:
-                removed[k] = ("near_duplicate", {})
-
-    # 3. decontamination of training documents
-    contamination: dict[str, Counter] = defaultdict(Counter)
-    too_short: dict[str, int] = {}
-    if cfg.decontaminate.enabled:
-        index = NgramIndex.build(list(cfg.decontaminate.benchmarks), cfg.decontaminate.eval_dir,
-                                 cfg.decontaminate.ngram)
-        too_short = index.too_short
-        hasher = _WordHasher()
-        for k in tqdm([k for k in order if k not in removed and k not in val_set], desc="decontaminate",
-                      unit="doc", disable=None):
-            hit = index.match(texts[k], hasher)
-            if hit:
-                removed[k] = ("contaminated", hit)
+    # 2-4. dedup, decontamination, tokens: computed, or reused from a run of share_with (prepared.py)
+    key = prepared.key(cfg, order, texts, members)
+    donors = [Run(ctx.config, r).dir("mix") / "prepared" for r in ctx.config.share_with if r != run_.name]
+    found = prepared.find(donors, key)
+    reused = {"key": key, "from_run": found.parent.parent.parent.name if found else None}
+    if found is not None:
+        prep = prepared.load(found, key)
+        print(f"[mix] dedup, decontamination and tokens reused from {found}")
+    else:
+        prep = _prepare(ctx, cfg, order, texts, meta, val_set)
+        if cfg.keep_prepared:
+            prepared.save(ctx.dir / "prepared", key, prep, [k for k in order if k not in prep.removed])
+    removed, tokens, too_short, signed_in_part = prep.removed, prep.tokens, prep.too_short, prep.signed_in_part
     for k, (reason, details) in removed.items():
         drops.drop(reason, {**meta[k], **details, "text": texts[k]})
     drops.close()
+    contamination: dict[str, Counter] = defaultdict(Counter)
     for name in used:
         for k in members[name]:
             if k in removed:
                 reason, details = removed[k]
                 contamination[name][details["benchmark"] if reason == "contaminated" else reason] += 1
-
-    # 4. tokens of every surviving document (val included)
-    keep = [k for k in order if k not in removed]
-    tokens: dict[str, np.ndarray] = {}
-    workers = cfg.workers or ctx.config.tokenize.num_workers
-    key_batches = [keep[i : i + 64] for i in range(0, len(keep), 64)]
-    encoded = encode_stream(([texts[k] for k in kb] for kb in key_batches), workers)
-    with tqdm(total=len(keep), desc="tokenize", unit="doc", disable=None) as bar:
-        for kb, (arr, lengths) in zip(key_batches, encoded):
-            offsets = np.concatenate([[0], np.cumsum(lengths)])
-            for j, k in enumerate(kb):
-                tokens[k] = arr[offsets[j] : offsets[j + 1]]
-            bar.update(len(kb))
 
     # 5-6. shared validation shards, then each mix
     val_writer = ShardWriter(mkdir(ctx.dir / "val"), cfg.val_name, "val", cfg.shard_tokens)
@@ -204,7 +174,60 @@ def run(ctx: StageContext) -> dict:
     val = {"pattern": f"val/{cfg.val_name}_val_*.bin", "tokens": val_tokens, "documents": len(val_keys)}
     near = {"sign_chars": cfg.dedup.sign_chars, "documents_signed_in_part": signed_in_part} if cfg.dedup.near else None
     return stage_result(cfg, val_writer.shards, val, mixes, sources_table, too_short, dict(drops.counts),
-                        near_dedup=near)
+                        near_dedup=near, prepared=reused)
+
+
+def _prepare(ctx: StageContext, cfg: MixConfig, order: list[str], texts: dict[str, str], meta: dict[str, dict],
+             val_set: set[str]) -> prepared.Prepared:
+    """Steps 2-4 over the union (keys in priority order): what is removed and why, the tokens of the rest."""
+    # 2. dedup: exact, then near; validation pages are kept whatever they match
+    removed: dict[str, tuple[str, dict]] = {}  # key -> (reason, details)
+    signed_in_part = 0
+    if cfg.dedup.exact:
+        for dup, first in exact_duplicates((k, texts[k]) for k in order).items():
+            if dup not in val_set:
+                removed[dup] = ("exact_duplicate", {"duplicate_of": meta[first],
+                                                    "of_val": first in val_set})
+    if cfg.dedup.near:
+        alive = [k for k in order if k not in removed]
+        near = minhash_duplicates([(k, texts[k]) for k in alive], ctx.dir / "minhash", cfg.dedup.ngrams,
+                                  cfg.dedup.buckets, cfg.dedup.hashes_per_bucket, workers=1,
+                                  sign_chars=cfg.dedup.sign_chars)
+        signed_in_part = sum(len(texts[k]) > cfg.dedup.sign_chars for k in alive)
+        if signed_in_part:
+            print(f"[mix] near-dedup: {signed_in_part:,} document(s) longer than mix.dedup.sign_chars="
+                  f"{cfg.dedup.sign_chars:,} signed on their first {cfg.dedup.sign_chars:,} characters")
+        pos = {k: i for i, k in enumerate(alive)}
+        for k in sorted(near, key=pos.__getitem__):  # in priority order: removed/ is the same every run
+            if k not in val_set:
+                removed[k] = ("near_duplicate", {})
+
+    # 3. decontamination of training documents
+    too_short: dict[str, int] = {}
+    if cfg.decontaminate.enabled:
+        index = NgramIndex.build(list(cfg.decontaminate.benchmarks), cfg.decontaminate.eval_dir,
+                                 cfg.decontaminate.ngram)
+        too_short = index.too_short
+        hasher = _WordHasher()
+        for k in tqdm([k for k in order if k not in removed and k not in val_set], desc="decontaminate",
+                      unit="doc", disable=None):
+            hit = index.match(texts[k], hasher)
+            if hit:
+                removed[k] = ("contaminated", hit)
+
+    # 4. tokens of every surviving document (val included)
+    keep = [k for k in order if k not in removed]
+    tokens: dict[str, np.ndarray] = {}
+    workers = cfg.workers or ctx.config.tokenize.num_workers
+    key_batches = [keep[i : i + 64] for i in range(0, len(keep), 64)]
+    encoded = encode_stream(([texts[k] for k in kb] for kb in key_batches), workers)
+    with tqdm(total=len(keep), desc="tokenize", unit="doc", disable=None) as bar:
+        for kb, (arr, lengths) in zip(key_batches, encoded):
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            for j, k in enumerate(kb):
+                tokens[k] = arr[offsets[j] : offsets[j + 1]]
+            bar.update(len(kb))
+    return prepared.Prepared(removed, tokens, too_short, signed_in_part)
 
 
 def _empty(d: Path) -> None:

@@ -6,5 +6,6 @@ of the stages (layer 6, beside sweep.py, whose sharing of upstream stages it reu
   proxies.py  the census, proxy and validation runs (shared upstream stages); their targets
   regress.py  LightGBM and linear regressors, k-fold rank correlation, top-k search, bootstrap
   report.py   proxies.csv, the figures and report.md under results/<search>/
+  paper.py    results/<search>/paper/: LaTeX tables (proposal, proxies, a paragraph) and the figures
   search.py   the search, start to end, resumable
 """

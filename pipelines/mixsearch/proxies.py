@@ -78,7 +78,9 @@ class Runs:
         self.stages = stages_through(full, last_stage(spec))
         self.census_stages = stages_through(full, "mix")
         self.results_dir = Path(base.results_dir)
-        self.common = [*spec.set, *one, override("stages", self.stages)]
+        # keep_prepared: the census keeps its deduplicated, decontaminated, tokenized union and every proxy
+        # with the same sources reuses it (pipelines/mix/prepared.py), so a proxy's mix only samples and writes
+        self.common = [*spec.set, *one, "mix.keep_prepared=true", override("stages", self.stages)]
         if spec.target.kind == "benchmark":
             self.common += ["evaluate.models=[]", override("evaluate.benchmarks", [spec.target.benchmark]),
                             "evaluate.checkpoints=last", "evaluate.average_last=1"]

@@ -1,4 +1,5 @@
-"""What a search leaves in results/<search>/: proxies.csv, three figures (PDF + PNG) and report.md.
+"""What a search leaves in results/<search>/: proxies.csv, three figures (PDF + PNG), report.md and
+paper/ (paper.py: the LaTeX tables and the figures, laid out as the checkout's paper/).
 
   predicted_vs_actual   each proxy's held-out prediction (k-fold, both regressors) against its actual
                         target; the proposed and prior mixes (predicted by the full fit) when trained
@@ -20,6 +21,7 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pipelines.figures.plots import OKABE_ITO, STYLE
+from pipelines.mixsearch.paper import write_paper
 from pipelines.mixsearch.spec import MixSearchSpec
 
 KIND_LABEL = {"lightgbm": "LightGBM", "linear": "linear"}
@@ -127,8 +129,9 @@ def write_outputs(out: Path, state: dict, spec: MixSearchSpec) -> dict:
                       ("target_vs_weights", target_vs_weights(state, label)),
                       ("proposed_weights", proposed_weights(state))):
         figs[name] = save(fig, out / "figures", name)
+    paper = write_paper(out, state, spec, figs)
     report = _replace(out / "report.md", lambda p: p.write_text(markdown(state, spec)))
-    return {"table": str(table), "figures": figs, "report": str(report)}
+    return {"table": str(table), "figures": figs, "report": str(report), "paper": paper}
 
 
 def _r(v: float | None) -> str:
@@ -158,15 +161,29 @@ def markdown(state: dict, spec: MixSearchSpec) -> str:
     for kind, m in reg["models"].items():
         lines.append(f"- {KIND_LABEL[kind]}: Spearman {_r(m['spearman'])}, Pearson {_r(m['pearson'])}, "
                      f"mean absolute error {m['mae']:.4f}")
-    if state.get("validation"):
-        lines += ["", "| trained mix | weights | predicted | actual |", "|---|---|---|---|"]
-        for role, v in state["validation"].items():
+    val = state.get("validation", {})
+    if val:
+        lines += ["", "## Validation: predicted vs actual", "",
+                  f"Each mix trained once as its own run; predicted by {KIND_LABEL[reg['propose_with']]} fitted on "
+                  f"all proxies ({spec.target.label}).", "",
+                  "| trained mix | weights | predicted | actual | actual - predicted |", "|---|---|---|---|---|"]
+        for role, v in val.items():
             w = ", ".join(f"{s} {v['weights'][s]:.3f}" for s in S)
-            lines.append(f"| {role} (`{v['run']}`) | {w} | {v['predicted']:.4f} | {v['actual']:.4f} |")
+            lines.append(f"| {role} (`{v['run']}`) | {w} | {v['predicted']:.4f} | {v['actual']:.4f} | "
+                         f"{v['actual'] - v['predicted']:+.4f} |")
+        if {"proposed", "prior"} <= set(val):
+            gain = val["prior"]["actual"] - val["proposed"]["actual"]
+            better = (gain > 0) == spec.target.lower_is_better and gain != 0
+            ys = [p["target"] for p in state["proxies"]]
+            lines += ["", f"Actual, proposed vs prior: {val['proposed']['actual']:.4f} vs {val['prior']['actual']:.4f} "
+                      f"({'the proposed mix is better' if better else 'the proposed mix is not better'} by "
+                      f"{abs(gain):.4f}; the proxies span {min(ys):.4f} to {max(ys):.4f}, one run each)."]
         if spec.validate_runs.set:
             lines += ["", "These two ran with `validate.set`, not at the proxy scale: compare their actual values "
                       "with each other; the predictions are at the proxy scale."]
     lines += ["", "Files: `proxies.csv`, `figures/predicted_vs_actual`, `figures/target_vs_weights`, "
-              "`figures/proposed_weights` (.pdf, .png), `search.json` (everything above).",
+              "`figures/proposed_weights` (.pdf, .png), `search.json` (everything above); for the paper: "
+              "`paper/tables/mixsearch_proposal.tex`, `paper/tables/mixsearch_proxies.tex`, "
+              "`paper/tables/mixsearch_text.tex`, `paper/figures/mixsearch_*.pdf` (copy into paper/).",
               f"Wall time of the invocation that wrote this report: {state.get('wall_s', 0):,.0f} s.", ""]
     return "\n".join(lines)

@@ -124,7 +124,8 @@ def _search(name: str, spec: MixSearchSpec, runs: Runs, out: Path, jobs: int, t0
 
     # 4. regression, search, bootstrap (refitted only when the proxies' targets or the spec changed)
     X, y = W, np.array([p["target"] for p in proxies])
-    key = config_hash({"spec": state["spec"], "X": X.round(6).tolist(), "y": y.round(10).tolist(),
+    spec_fit = {k: v for k, v in state["spec"].items() if k != "jobs"}  # how many at a time changes no target
+    key = config_hash({"spec": spec_fit, "X": X.round(6).tolist(), "y": y.round(10).tolist(),
                        "upper": upper.round(8).tolist(), "prior": prior.round(8).tolist()})
     fitted = old.get("regression") if old.get("regression", {}).get("key") == key else None
     state["regression"] = fitted or _regression(spec, X, y, prior, upper, key)
@@ -161,8 +162,22 @@ def _search(name: str, spec: MixSearchSpec, runs: Runs, out: Path, jobs: int, t0
     # 6. table, figures, report
     state["outputs"] = write_outputs(out, state, spec)
     _write_state(out, state, t0)
-    print(f"[mixsearch] report -> {out / 'report.md'}")
+    print(f"[mixsearch] report -> {out / 'report.md'}; paper tables and figures -> {out / 'paper'}")
+    _closing(state, spec)
     return state
+
+
+def _closing(state: dict, spec: MixSearchSpec) -> None:
+    """The numbers a search ends with: the proposal, the regressors' skill, predicted vs actual."""
+    reg, S = state["regression"], spec.sources
+    print(f"[mixsearch] closing numbers of {state['search']} ({spec.target.label}):")
+    print("  proposed " + ", ".join(f"{s} {reg['proposal']['weights'][s]:.3f}" for s in S)
+          + f" ({reg['propose_with']}); held-out Spearman "
+          + ", ".join(f"{k} {_fmt(m['spearman'])}" for k, m in reg["models"].items()))
+    for role, v in state.get("validation", {}).items():
+        print(f"  {role}: predicted {v['predicted']:.4f}, actual {v['actual']:.4f} "
+              f"(actual - predicted {v['actual'] - v['predicted']:+.4f})")
+    print(f"  wall time of this invocation: {state['wall_s']:,.0f} s")
 
 
 def _regression(spec: MixSearchSpec, X: np.ndarray, y: np.ndarray, prior: np.ndarray, upper: np.ndarray,

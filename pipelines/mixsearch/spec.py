@@ -126,6 +126,10 @@ class MixSearchSpec(Strict):
         if self.regression.top_k > self.regression.simulations:
             raise ValueError(f"regression.top_k {self.regression.top_k} > regression.simulations "
                              f"{self.regression.simulations}")
+        k = min(self.regression.folds, self.proxies)
+        if self.proxies - -(-self.proxies // k) < 2:  # a fold's regressor needs 2 proxies to fit on
+            raise ValueError(f"regression.folds {self.regression.folds} with {self.proxies} proxies leaves a fold "
+                             f"fitted on fewer than 2 proxies: raise folds or proxies")
         if self.minimum * self.mix_tokens < 1:
             raise ValueError(f"minimum {self.minimum} x the proxy mix budget {self.mix_tokens:,} is under one token: "
                              f"raise minimum or proxy.tokens")
