@@ -37,6 +37,7 @@ from pipelines.evaluate.evaluate import (
     load_llmc,
 )
 from pipelines.evaluate.scoring import HFCausalLM, score
+from pipelines.llm.backends import load_causal_lm
 from pipelines.model import export_hf
 
 
@@ -126,10 +127,6 @@ def load_model_pair(spec: str, dtype: str = "float32", workdir: Path | None = No
     reads pipelines.model.export_hf's folder of it; ours reads the .bin as the evaluate stage does)."""
     import tempfile
 
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-
     gguf, ours = None, None
     path = spec
     if spec == BUNDLED_SMOLLM2:
@@ -141,10 +138,8 @@ def load_model_pair(spec: str, dtype: str = "float32", workdir: Path | None = No
         export_hf(spec, folder, log=lambda *_: None)
         ours = load_llmc(spec, dtype)
         path = str(folder)
-    kw = {"gguf_file": gguf} if gguf else {}
-    tok = AutoTokenizer.from_pretrained(path, **kw)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, dtype), attn_implementation="sdpa",
-                                                 **kw).eval()
+    model, tok = load_causal_lm(path, gguf, dtype, attn_implementation="sdpa")  # a GGUF converted once, cached
+    model = model.eval()
     if ours is None:
         ours = HFCausalLM(model, tok)
     return model, tok, ours, f"{path}{'/' + gguf if gguf else ''}"
