@@ -176,8 +176,9 @@ def markdown(state: dict, spec: MixSearchSpec) -> str:
             better = (gain > 0) == spec.target.lower_is_better and gain != 0
             ys = [p["target"] for p in state["proxies"]]
             lines += ["", f"Actual, proposed vs prior: {val['proposed']['actual']:.4f} vs {val['prior']['actual']:.4f} "
-                      f"({'the proposed mix is better' if better else 'the proposed mix is not better'} by "
-                      f"{abs(gain):.4f}; the proxies span {min(ys):.4f} to {max(ys):.4f}, one run each)."]
+                      f"(the proposed mix's target is {'better' if better else 'not better'} by {abs(gain):.4f}; "
+                      f"one run each, so no seed noise is estimated and this is not a tested difference; the "
+                      f"proxies span {min(ys):.4f} to {max(ys):.4f})."]
         if spec.validate_runs.set:
             lines += ["", "These two ran with `validate.set`, not at the proxy scale: compare their actual values "
                       "with each other; the predictions are at the proxy scale."]
