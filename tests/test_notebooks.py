@@ -232,6 +232,7 @@ def test_the_executed_records_read_well(ci_run):
             if o.output_type == "stream":  # tqdm printed as text lines, not a widget
                 assert "it/s]" not in text and "doc/s]" not in text, (path.name, i, text[:200])
             assert "Series([]" not in text and "dtype:" not in text, (path.name, i, text[:200])  # raw Series dumps
+            assert "{'items'" not in text, (path.name, i, text[:200])  # a nested dict in a table cell
         printed = "".join(_text(o) for _, o in outs if o.output_type == "stream")
         assert printed.count("study: preset") <= 1, path.name  # the derived config, once
         if path.name.startswith("05"):

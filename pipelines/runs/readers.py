@@ -68,8 +68,18 @@ def eval_table(evaluate_manifest: dict) -> pd.DataFrame:
 
 
 def eval_speed(evaluate_manifest: dict) -> pd.DataFrame:
-    """Items per second of each evaluated model (loading excluded)."""
-    return pd.DataFrame(evaluate_manifest["speed"]).T
+    """Items per second of each evaluated model (loading excluded); a nested suite (CORE: {items,
+    seconds, items_per_s}) becomes columns of its own (core_items, core_seconds, ...)."""
+    rows = {}
+    for model, speed in evaluate_manifest["speed"].items():
+        flat = {}
+        for key, value in speed.items():
+            if isinstance(value, dict):
+                flat.update({f"{key}_{k}": v for k, v in value.items()})
+            else:
+                flat[key] = value
+        rows[model] = flat
+    return pd.DataFrame(rows).T
 
 
 def mmlu_subjects(table: pd.DataFrame, shown: int = 10) -> pd.DataFrame:
