@@ -171,6 +171,7 @@ def test_jupyterlab_runs_a_stage_notebook_and_shows_its_table_and_figure(tmp_pat
         with sync_playwright() as p:
             browser = p.chromium.connect_over_cdp(endpoint, timeout=LIMIT_MS)
             page = browser.contexts[0].new_page()
+            page.set_default_timeout(LIMIT_MS)  # every click and wait: Playwright's 30 s default failed at load ~5
             page.set_viewport_size({"width": 1400, "height": 1000})
             page.goto(url.format(path=NOTEBOOK), timeout=LIMIT_MS)
             try:
