@@ -54,7 +54,7 @@ from pipelines.evaluate.scoring import LM, HFCausalLM, score
 from pipelines.llmc.shapes import parse_descriptor
 from pipelines.llmc.tokenizer import EOT, gpt2
 from pipelines.model import hf_state_dict, load_checkpoint
-from pipelines.runs.manifest import STAGES, Run, StageContext, write_json_atomic
+from pipelines.runs.manifest import StageContext, stages_through, write_json_atomic
 
 TABLE_COLUMNS = ["mix", "step", "tokens", "benchmark", "subject", "form", "metric", "value", "ci_low", "ci_high",
                  "n", "random_baseline", "fewshot", "reference", "model", "seed", "scale", "label"]
@@ -709,14 +709,7 @@ def format_summary(rows: list[dict]) -> str:
 
 def stages_for(cfg, run_name: str | None = None) -> list[str]:
     """`evaluate` and every stage it depends on (through train when evaluate.trained), in order."""
-    run = Run(cfg, run_name)
-    need, todo = set(), ["evaluate"]
-    while todo:
-        s = todo.pop()
-        if s not in need:
-            need.add(s)
-            todo += list(run.inputs(s))
-    return [s for s in STAGES if s in need]
+    return stages_through(cfg, "evaluate", run_name)
 
 
 def summary_table(table, metrics: tuple[str, ...] | None = ("acc", "acc_norm", "bpb")):

@@ -31,7 +31,7 @@ from pipelines.config import StudyConfig, load_config
 from pipelines.errors import StudyError
 from pipelines.llmc.tokenizer import EOT, gpt2
 from pipelines.mixsearch.spec import MixSearchSpec
-from pipelines.runs.manifest import STAGES, Run
+from pipelines.runs.manifest import Run, stages_through
 from pipelines.runs.runner import run_stages
 from pipelines.runs.trainlog import parse_main_log
 from pipelines.sweep import SweepSpec, override, point_overrides
@@ -47,17 +47,6 @@ def mix_entry(weights: dict[str, float], tokens: int, name: str = MIX) -> dict:
 
 def last_stage(spec: MixSearchSpec) -> str:
     return "evaluate" if spec.target.kind == "benchmark" else "train"
-
-
-def stages_through(cfg: StudyConfig, last: str) -> list[str]:
-    """`last` and every stage it reads, transitively, in execution order."""
-    run, need, todo = Run(cfg, "check"), set(), [last]
-    while todo:
-        stage = todo.pop()
-        if stage not in need:
-            need.add(stage)
-            todo += list(run.inputs(stage))
-    return [s for s in STAGES if s in need]
 
 
 class Runs:

@@ -113,6 +113,17 @@ def study_stages(config: StudyConfig) -> list[str]:
             raise StudyError(f"stages: `{stage}` reads {missing}, which the list leaves out; add them to `stages`")
     return [s for s in STAGES if s in config.stages]
 
+def stages_through(config: StudyConfig, last: str, run_name: str | None = "check") -> list[str]:
+    """`last` and every stage it reads, transitively, in execution order."""
+    run, need, todo = Run(config, run_name), set(), [last]
+    while todo:
+        stage = todo.pop()
+        if stage not in need:
+            need.add(stage)
+            todo += list(run.inputs(stage))
+    return [s for s in STAGES if s in need]
+
+
 MANIFEST = "manifest.json"
 VERSIONED = ("pipelines", "numpy", "pydantic", "tiktoken", "datasets", "pyarrow", "datatrove",
              "torch", "transformers", "sentence-transformers", "scikit-learn", "vllm")
