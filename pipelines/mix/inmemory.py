@@ -108,12 +108,12 @@ def run(ctx: StageContext) -> dict:
 
     # 2-4. dedup, decontamination, tokens: computed, or reused from a run of share_with (prepared.py)
     key = prepared.key(cfg, order, texts, members)
-    donors = [Run(ctx.config, r).dir("mix") / "prepared" for r in ctx.config.share_with if r != run_.name]
+    donors = {r: Run(ctx.config, r).dir("mix") / "prepared" for r in ctx.config.share_with if r != run_.name}
     found = prepared.find(donors, key)
-    reused = {"key": key, "from_run": found.parent.parent.parent.name if found else None}
+    reused = {"key": key, "from_run": found[0] if found else None}
     if found is not None:
-        prep = prepared.load(found, key)
-        print(f"[mix] dedup, decontamination and tokens reused from {found}")
+        prep = prepared.load(found[1], key)
+        print(f"[mix] dedup, decontamination and tokens reused from {found[1]}")
     else:
         prep = _prepare(ctx, cfg, order, texts, meta, val_set)
         if cfg.keep_prepared:

@@ -58,12 +58,12 @@ def key(cfg: MixConfig, order: list[str], texts: dict[str, str], members: dict[s
     return h.hexdigest()
 
 
-def find(dirs: list[Path], k: str) -> Path | None:
-    """The first complete prepared/<key>/ among `dirs` (each a mix/prepared folder)."""
-    for d in dirs:
+def find(dirs: dict[str, Path], k: str) -> tuple[str, Path] | None:
+    """(run, folder) of the first complete prepared/<key>/ among `dirs` ({run: its mix/prepared folder})."""
+    for run, d in dirs.items():
         p = d / k
         if (p / "prepared.json").exists():
-            return p
+            return run, p
     return None
 
 
