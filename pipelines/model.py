@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from pipelines import onednn
 from pipelines.errors import StudyError
 from pipelines.llmc.shapes import PARAM_ORDER, GPT2Shape, parse_descriptor
 from pipelines.llmc.tokenizer import _valid, cached_bpe_path
@@ -45,25 +46,36 @@ HEADER_BYTES = HEADER_INTS * 4
 # ---------------------------------------------------------------------------------------------
 # the tied lm head and cross-entropy, in chunks of rows (llm.c's fused_classifier, on CPU)
 
-HEAD_CHUNK = 256  # rows per chunk: a (256, 50257) fp32 block (51 MB) keeps the matmuls near peak
+HEAD_CHUNK = 128  # rows per chunk: a (128, 50257) fp32 block (26 MB); oneDNN's GEMMs peak here, and glibc
+# reuses blocks this size (256-row blocks were mapped afresh on every call: ~50k page faults per step)
+
+
+def _fast(h: torch.Tensor) -> bool:
+    """The lm head's three GEMMs through oneDNN (2.0-2.9x MKL's on AMD, pipelines/onednn.py) where torch has it."""
+    return h.device.type == "cpu" and h.dtype in onednn.DTYPES and onednn.available()
 
 
 def _head_chunks(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, buf: torch.Tensor, grads: bool):
-    """Yield, per chunk of rows r0:r1, (r0, r1, loss per row, probs): probs (r1 - r0, V) is `buf`,
-    holding softmax(logits) - onehot(target) when grads is True (the logits' gradient, unscaled)."""
-    N, chunk = h.shape[0], buf.shape[0]
+    """Yield, per chunk of rows r0:r1, (r0, r1, loss per row, probs): probs (r1 - r0, V) holds
+    softmax(logits), minus onehot(target) when grads is True (the logits' gradient, unscaled). The
+    logits go to `buf` (ATen) or a block of its size (oneDNN)."""
+    N, chunk, fast = h.shape[0], buf.shape[0], _fast(h)
     for r0 in range(0, N, chunk):
         r1 = min(N, r0 + chunk)
-        logits, t = buf[: r1 - r0], targets[r0:r1, None]
-        torch.mm(h[r0:r1], W.t(), out=logits)  # (n, C) x (C, V)
-        target_logit = logits.gather(1, t)
-        top = logits.amax(1, keepdim=True)
-        total = logits.sub_(top).exp_().sum(1, keepdim=True)  # logits now exp(logit - max)
-        loss = (total.log() + top - target_logit).squeeze(1)  # logsumexp - target logit
+        t = targets[r0:r1, None]
+        if fast:
+            logits = onednn.linear(h[r0:r1], W)  # (n, C) x (C, V)
+        else:
+            logits = torch.mm(h[r0:r1], W.t(), out=buf[: r1 - r0])
+        probs = torch.softmax(logits, dim=1)  # one fused kernel: 2.5x the max / exp / sum / divide passes
+        p = probs.gather(1, t)
+        loss = -p.log().squeeze(1)  # as llm.c's fused classifier: -log(prob[target])
+        tiny = p.squeeze(1) < 1e-30  # prob underflowed (a target ~69+ nats below the top): logsumexp - logit
+        if bool(tiny.any()):
+            loss[tiny] = torch.logsumexp(logits[tiny], dim=1) - logits[tiny].gather(1, t[tiny]).squeeze(1)
         if grads:
-            logits.div_(total)  # softmax
-            logits.scatter_add_(1, t, torch.full_like(target_logit, -1.0))  # - onehot(target)
-        yield r0, r1, loss, logits
+            probs.scatter_add_(1, t, torch.full_like(p, -1.0))  # - onehot(target)
+        yield r0, r1, loss, probs
 
 
 class _HeadLoss(torch.autograd.Function):
@@ -77,14 +89,25 @@ class _HeadLoss(torch.autograd.Function):
         dW = torch.empty_like(weight)
         dW[V:].zero_()  # padding rows get no gradient
         losses = torch.empty(N, dtype=h.dtype)
+        # oneDNN: dh = dlogits W as dlogits (W^T)^T, and dW^T (C, V) = h^T dlogits accumulated, transposed once
+        fast = _fast(h)
+        Wt = W.t().contiguous() if fast else None  # (C, V)
+        dWt = None
         for r0, r1, loss, dlogits in _head_chunks(h, W, targets, buf, grads=True):
             losses[r0:r1] = loss
             dlogits.div_(N)  # d(mean loss) / d(logits)
-            torch.mm(dlogits, W, out=dh[r0:r1])  # (n, V) x (V, C)
-            if r0 == 0:
+            if fast:
+                dh[r0:r1] = onednn.linear(dlogits, Wt)  # (n, V) x (V, C)
+                part = onednn.linear(h[r0:r1].t(), dlogits.t())  # (C, n) x (n, V)
+                dWt = part if dWt is None else dWt.add_(part)
+            elif r0 == 0:
+                torch.mm(dlogits, W, out=dh[r0:r1])  # (n, V) x (V, C)
                 torch.mm(dlogits.t(), h[r0:r1], out=dW[:V])  # (V, n) x (n, C)
             else:
+                torch.mm(dlogits, W, out=dh[r0:r1])
                 dW[:V].addmm_(dlogits.t(), h[r0:r1])
+        if dWt is not None:
+            dW[:V].copy_(dWt.t())
         ctx.grads = [dh, dW]
         return losses.mean()
 
@@ -111,16 +134,41 @@ def head_loss(h: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, V: i
     return losses.mean()
 
 
+class _Linear(torch.autograd.Function):
+    """y = x w^T + b with its three GEMMs on oneDNN (1.4-2x MKL's at d4c128's block shapes)."""
+
+    @staticmethod
+    def forward(ctx, x, w, b):  # x (N, K), w (M, K), b (M,) -> (N, M)
+        ctx.save_for_backward(x, w)
+        return onednn.linear(x, w, b)
+
+    @staticmethod
+    def backward(ctx, dy):  # dy (N, M)
+        x, w = ctx.saved_tensors
+        dx = onednn.linear(dy, w.t().contiguous())  # (N, M) x (M, K)
+        dw = onednn.linear(dy.t(), x.t())  # (M, N) x (N, K)
+        return dx, dw, dy.sum(0)
+
+
+class Linear(nn.Linear):
+    """nn.Linear (same parameters, same state dict) whose GEMMs run on oneDNN where _fast says so."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not _fast(x):
+            return super().forward(x)
+        return _Linear.apply(x.reshape(-1, x.shape[-1]), self.weight, self.bias).view(*x.shape[:-1], -1)
+
+
 class Block(nn.Module):
     def __init__(self, C: int, NH: int):
         super().__init__()
         self.n_head = NH
         self.ln_1 = nn.LayerNorm(C, eps=1e-5)
-        self.qkv = nn.Linear(C, 3 * C)  # llm.c qkvw (3C, C), qkvb (3C)
-        self.attproj = nn.Linear(C, C)  # attprojw (C, C)
+        self.qkv = Linear(C, 3 * C)  # llm.c qkvw (3C, C), qkvb (3C)
+        self.attproj = Linear(C, C)  # attprojw (C, C)
         self.ln_2 = nn.LayerNorm(C, eps=1e-5)
-        self.fc = nn.Linear(C, 4 * C)  # fcw (4C, C)
-        self.fcproj = nn.Linear(4 * C, C)  # fcprojw (C, 4C)
+        self.fc = Linear(C, 4 * C)  # fcw (4C, C)
+        self.fcproj = Linear(4 * C, C)  # fcprojw (C, 4C)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, T, C = x.shape
@@ -179,7 +227,10 @@ class GPT2(nn.Module):
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """Hidden states (..., C) -> logits (..., V) over the real vocabulary (the tied lm head)."""
-        return F.linear(h, self.wte.weight[: self.shape.vocab_size])
+        W = self.wte.weight[: self.shape.vocab_size]
+        if _fast(h) and not torch.is_grad_enabled():  # oneDNN (no autograd of its own): evaluation only
+            return onednn.linear(h.reshape(-1, h.shape[-1]), W).view(*h.shape[:-1], -1)
+        return F.linear(h, W)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """(B, T) ids -> logits (B, T, V); with targets also the mean cross-entropy loss. The plain

@@ -39,11 +39,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 import torch
-from torch.overrides import TorchFunctionMode
 
 from pipelines.data.benchmarks import Prompt
 from pipelines.errors import StudyError
 from pipelines.llm.backends import load_causal_lm
+from pipelines.onednn import OneDNNLinear
+from pipelines.onednn import available as onednn_available
 
 PAD_SEGMENT = -2  # padding positions
 CONTEXT_SEGMENT = -1  # shared context: every token of the sequence may attend to it
@@ -71,33 +72,6 @@ class LM:
 
 
 HEAD_CHUNK = 1024  # positions per lm-head call: bounds the (chunk, V) float32 logits to ~200 MB
-
-
-class OneDNNLinear(TorchFunctionMode):
-    """Inside `with OneDNNLinear():`, every CPU `F.linear` (all of a transformers model's projections and
-    its lm head) runs through oneDNN's matmul instead of ATen's default BLAS (MKL), in the same dtype.
-
-    Why: on AMD CPUs MKL's sgemm takes its generic path; measured on this machine's EPYC (one thread,
-    fp32, 1024 x 576 x 1536): MKL 96 GFLOP/s, oneDNN 231, outputs equal to float rounding (~3e-6). The
-    whole forward of SmolLM2-135M went from ~400 to ~690 tokens/s. The model is not modified (lm-eval,
-    scoring the same model object in the benchmark, keeps its own kernels); other ops pass through."""
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        if func is torch.nn.functional.linear:
-            x, w = args[0], args[1]
-            b = args[2] if len(args) > 2 else kwargs.get("bias")
-            if (x.device.type == "cpu" and w.dim() == 2 and w.is_contiguous() and x.dtype == w.dtype
-                    and x.dtype in ONEDNN_DTYPES):
-                return torch.ops.mkldnn._linear_pointwise(x, w, b, "none", [], "")
-        return func(*args, **kwargs)
-
-
-ONEDNN_DTYPES = (torch.float32, torch.bfloat16)
-
-
-def onednn_available() -> bool:
-    return torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_linear_pointwise")
 
 
 def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
