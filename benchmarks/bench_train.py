@@ -42,7 +42,8 @@ import torch.nn.functional as F  # noqa: E402
 from pipelines.llmc.shapes import DECAYED, parse_descriptor  # noqa: E402
 from pipelines.model import GPT2  # noqa: E402
 from pipelines.train.optim import AdamW  # noqa: E402
-from pipelines.train.reference import keep_heap, measure_peak_flops, train_step  # noqa: E402
+from pipelines.onednn import keep_heap  # noqa: E402
+from pipelines.train.reference import measure_peak_flops, train_step  # noqa: E402
 
 
 def ours(model: GPT2):

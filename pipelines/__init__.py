@@ -21,7 +21,8 @@ package imports another (they meet through files and manifests; tests/test_layou
   3  data/, llm/, model                documents, page sources, benchmark items; LLM backends and the
                                        resumable part files; GPT-2 in torch (llm.c checkpoints, HF export)
   2  config                            the typed study config
-  1  llmc/, files                      llm.c formats (shards, tokenizer, shapes, eval file); atomic files
+  1  llmc/, files, onednn              llm.c formats (shards, tokenizer, shapes, eval file); atomic files;
+                                       CPU kernels (oneDNN matmul, a heap that keeps its blocks)
   0  errors                            StudyError
 """
 

@@ -52,7 +52,7 @@ HEAD_CHUNK = 128  # rows per chunk: a (128, 50257) fp32 block (26 MB); oneDNN's 
 
 def _fast(h: torch.Tensor) -> bool:
     """The lm head's three GEMMs through oneDNN (2.0-2.9x MKL's on AMD, pipelines/onednn.py) where torch has it."""
-    return h.device.type == "cpu" and h.dtype in onednn.DTYPES and onednn.available()
+    return onednn.suits(h)
 
 
 def _head_chunks(h: torch.Tensor, W: torch.Tensor, targets: torch.Tensor, buf: torch.Tensor, grads: bool):

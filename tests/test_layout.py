@@ -15,7 +15,7 @@ PACKAGE = PROJECT_ROOT / "pipelines"
 # bottom to top; a unit may import itself and any unit of a lower layer
 LAYERS = [
     ["pipelines.errors"],
-    ["pipelines.llmc", "pipelines.files"],
+    ["pipelines.llmc", "pipelines.files", "pipelines.onednn"],
     ["pipelines.config"],
     ["pipelines.data", "pipelines.llm", "pipelines.model"],
     ["pipelines.runs"],

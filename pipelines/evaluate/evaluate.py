@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipelines import onednn
 from pipelines.config import EvalModel, EvaluateConfig, config_hash
 from pipelines.data.benchmarks import (
     Benchmark,
@@ -664,6 +665,8 @@ def target_rows(t: Target, results: dict[str, list[dict]], tasks: list[Task], su
 def evaluate_targets(targets: list[Target], cfg: EvaluateConfig, out_dir: Path, seed: int, device: str,
                      force: bool = False, log=print) -> Evaluation:
     """Score every target on every task (and CORE) into out_dir/<target>/, table.csv and bad_items.jsonl."""
+    if device == "cpu":
+        onednn.keep_heap()
     benches = load_benchmarks(cfg, seed)
     bad = []
     for name, b in benches.items():

@@ -17,7 +17,7 @@ That is mathematically the same computation as lm-evaluation-harness's rows (equ
 rounding), with ctx + sum(len(cont) - 1) tokens instead of 4 * (ctx + len(cont)). The lm head and
 the log-softmax run only at the positions that predict a continuation token, not at every position.
 Short items share a row (`merge`: each item its own document under the mask, positions its own), and
-on a CPU the model's linear layers run through oneDNN (`OneDNNLinear`: 2.4x MKL's fp32 GEMM on AMD).
+on a CPU the model's linear layers run through oneDNN (`onednn.linear_mode`: 2.4x MKL's fp32 GEMM on AMD).
 
 Tokenization is lm-evaluation-harness's `_encode_pair`: trailing spaces of the context move to the
 continuation; continuation tokens = encode(context + continuation)[len(encode(context)):].
@@ -40,10 +40,10 @@ from typing import Callable, Sequence
 
 import torch
 
+from pipelines import onednn
 from pipelines.data.benchmarks import Prompt
 from pipelines.errors import StudyError
 from pipelines.llm.backends import load_causal_lm
-from pipelines.onednn import OneDNNLinear
 from pipelines.onednn import available as onednn_available
 
 PAD_SEGMENT = -2  # padding positions
@@ -125,7 +125,7 @@ class HFCausalLM(LM):
         self.model = model.eval()
         self.tokenizer, self._encode = tokenizer, encode
         self.device = next(model.parameters()).device
-        # linear layers through oneDNN (OneDNNLinear); None: on a CPU where torch has it
+        # linear layers through oneDNN (onednn.linear_mode); None: on a CPU where torch has it
         self.onednn = (self.device.type == "cpu" and onednn_available()) if onednn is None else onednn
         self.max_length = max_length or resolve_max_length(model.config, tokenizer)
         if prefix_token_id is None and tokenizer is not None:
@@ -173,7 +173,7 @@ class HFCausalLM(LM):
         if position_ids is not None:
             kw["position_ids"] = position_ids.to(dev)
         rows, cols, targets = rows.to(dev), cols.to(dev), targets.to(dev)
-        with OneDNNLinear() if self.onednn else nullcontext():
+        with onednn.linear_mode() if self.onednn else nullcontext():
             if not self.head_only:
                 return _full_logits_logprobs(self.model(**kw).logits, rows, cols, targets)
             hidden = self.body(**kw).last_hidden_state[rows, cols]  # (N, C): positions that predict an answer

@@ -36,6 +36,7 @@ from http.client import HTTPException
 from pathlib import Path
 from typing import Any, Sequence, Union
 
+from pipelines import onednn
 from pipelines.config import BackendConfig, SamplingConfig
 from pipelines.errors import StudyError
 
@@ -231,6 +232,8 @@ class TransformersBackend(Backend):
         if dtype == "auto":
             dtype = "bfloat16" if device.startswith("cuda") else "float32"
         self.device = device
+        if device == "cpu":
+            onednn.keep_heap()
         try:
             self.model, self.tok = load_causal_lm(model, gguf, dtype, cache=cfg.gguf_cache)
         except (OSError, ValueError) as e:
@@ -249,10 +252,8 @@ class TransformersBackend(Backend):
     def _kernels(self):
         """On a CPU, the model's linear layers on oneDNN (pipelines/onednn.py): 1.6x faster decoding of
         the bundled model at batch 16 than MKL's generic path on AMD."""
-        from pipelines import onednn  # torch loads with the backend, not with this module
-
         if self.device == "cpu" and onednn.available():
-            return onednn.OneDNNLinear()
+            return onednn.linear_mode()
         return contextlib.nullcontext()
 
     def render(self, prompt: Prompt) -> str:

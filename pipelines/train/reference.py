@@ -26,7 +26,6 @@ Over 400 lines as one thing, like llm.c's train_gpt2.py: one training loop read 
 
 from __future__ import annotations
 
-import ctypes
 import math
 import os
 import sys
@@ -314,19 +313,6 @@ def sample_text(model: GPT2, gen_tokens: int) -> str:
     return " ".join(map(str, tokens[1:]))
 
 
-def keep_heap() -> None:
-    """glibc malloc: blocks up to its 32 MB maximum from the heap, and a freed heap never handed back.
-    The lm head's 26 MB oneDNN blocks (pipelines/model.py) were otherwise unmapped and mapped afresh
-    every chunk: 47k page faults and ~60 of 280 ms per d4c128 step. A trainer process keeps its
-    working set anyway; elsewhere (not glibc) this does nothing."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (also turns off its dynamic adjustment)
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
-
-
 def measure_peak_flops(seconds: float = 0.3, n: int = 1024) -> float:
     """fp32 matmul FLOP/s of this CPU (torch's threads): the MFU denominator on CPU. The better of ATen's
     matmul (MKL) and oneDNN's, where torch has it: the trainer's lm head runs on oneDNN."""
@@ -376,7 +362,7 @@ def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0,
         raise StudyError("the torch backend runs one process; drop the multi-node flags (-pn)")
     if threads:
         torch.set_num_threads(threads)
-    keep_heap()
+    onednn.keep_heap()
     wd = Path(workdir)
     out = None if args.output_log_dir is None else wd / args.output_log_dir
     if out is not None:
