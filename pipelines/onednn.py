@@ -66,14 +66,15 @@ def linear_mode():
     return _mode_class()()
 
 
-def keep_heap() -> None:
+def keep_heap() -> bool:
     """glibc malloc: blocks up to its 32 MB maximum from the heap, and a freed heap kept unless over 1 GB.
     Otherwise blocks this size (an lm head's (128, V) logits, a batch's MLP activations) are unmapped and
     mapped afresh, zeroed page by page: 47k page faults and ~60 of 280 ms per d4c128 training step;
-    ~8% of SmolLM2-135M's scoring. Process-wide and harmless elsewhere; without glibc it does nothing."""
+    ~8% of SmolLM2-135M's scoring. Process-wide and harmless elsewhere; without glibc it does nothing.
+    True when both settings took."""
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
-        return
-    libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD (also stops its dynamic adjustment)
-    libc.mallopt(-1, 1 << 30)  # M_TRIM_THRESHOLD
+        return False
+    # M_MMAP_THRESHOLD (also stops its dynamic adjustment), M_TRIM_THRESHOLD; mallopt returns 1 on success
+    return libc.mallopt(-3, 32 << 20) == 1 and libc.mallopt(-1, 1 << 30) == 1

@@ -417,6 +417,63 @@ def test_evaluate_stage_end_to_end(tmp_path, eval_dir, capsys):
     assert all("bpb" in json.loads(line) for line in path.open())  # rewritten with today's metrics
 
 
+def test_a_model_stopped_mid_evaluation_resumes_at_its_next_task(tmp_path, eval_dir, monkeypatch):
+    """Killed after its first benchmark task and first CORE task, a model's evaluation scores only the
+    tasks it had not finished (progress.json), and ends with the records of an uninterrupted run."""
+    from pipelines.config import CoreConfig, EvaluateConfig
+    from pipelines.evaluate import core
+    from pipelines.evaluate import evaluate as ev
+    from pipelines.model import build_model, write_checkpoint
+
+    ckpt = write_checkpoint(build_model("d2c64"), tmp_path / "model_00000010.bin")
+    cfg = EvaluateConfig(benchmarks=["arc_easy", "hellaswag", "core"], data_dir=str(eval_dir), limit=3,
+                         progress=False, core=CoreConfig(tasks=["copa", "piqa"], limit=2))
+    (target,) = reference_targets(EvalModel(name="tiny", path=str(ckpt)), "last")
+    tasks = ev.build_tasks(cfg, ev.load_benchmarks(cfg, 1), 1)
+    suite = ev.load_core_suite(cfg, log=lambda *_: None)
+    expect, _, _ = ev.evaluate_target(target, tasks, cfg, tmp_path / "whole", 1, "cpu", lambda *_: None, suite)
+
+    scored: list[str] = []
+    stop_at: set[str] = {"hellaswag_cloze", "piqa"}  # where a "kill" comes
+    real_score, real_task = ev.score, core.score_task
+
+    def score(lm, prompts, *a, **kw):
+        name = kw["desc"].rsplit(" ", 1)[-1]
+        scored.append(name)
+        if name in stop_at:
+            raise KeyboardInterrupt
+        return real_score(lm, prompts, *a, **kw)
+
+    def score_task(lm, task, *a, **kw):
+        scored.append(task.spec.label)
+        if task.spec.label in stop_at:
+            raise KeyboardInterrupt
+        return real_task(lm, task, *a, **kw)
+
+    monkeypatch.setattr(ev, "score", score)
+    monkeypatch.setattr(core, "score_task", score_task)
+    run = lambda log=lambda *_: None: ev.evaluate_target(target, tasks, cfg, tmp_path / "run", 1, "cpu", log, suite)  # noqa: E731
+    out = tmp_path / "run" / target.subdir
+    with pytest.raises(KeyboardInterrupt):  # stopped while scoring HellaSwag
+        run()
+    assert json.loads((out / "progress.json").read_text())["tasks"] == ["arc_easy_cloze"]
+    stop_at.discard("hellaswag_cloze")
+    scored.clear()
+    with pytest.raises(KeyboardInterrupt):  # resumed, then stopped again in CORE's second task
+        run()
+    assert scored == ["hellaswag_cloze", "copa", "piqa"]  # arc_easy was not scored again
+    assert json.loads((out / "progress.json").read_text())["tasks"] == ["arc_easy_cloze", "hellaswag_cloze",
+                                                                        "core_copa"]
+    stop_at.clear()
+    scored.clear()
+    logs: list[str] = []
+    got, speed, reused = run(logs.append)
+    assert scored == ["piqa"] and not reused and speed["resumed_tasks"] == 3
+    assert any("3 task(s) already scored" in line for line in logs)
+    assert got == expect and list(got) == list(expect)  # the same records, in the tasks' order
+    assert (out / "done.json").exists() and not (out / "progress.json").exists()
+
+
 def test_evaluate_stage_decides_between_trained_mixes_over_seeds_and_sizes(tmp_path, eval_dir):
     """A train stage with two mixes x two model sizes x two seeds (untrained llm.c checkpoints of their own
     seeds, two checkpoints each): every run is evaluated at its last evaluate.average_last checkpoints,
@@ -529,3 +586,17 @@ def test_notebook_is_thin_clean_and_runs(tmp_path, eval_dir):
     shown = "".join(str(o.get("text", "")) + str(o.get("data", {}).get("text/plain", ""))
                     for c in nbformat.read(out, as_version=4).cells if c.cell_type == "code" for o in c.outputs)
     assert "hellaswag cloze acc_norm" in shown and "items_per_s" in shown
+
+
+def test_the_summary_table_labels_tokens_and_steps_for_reading():
+    """A reference model's 2T tokens and missing step read as "2.0T" and "-", not 2000000000000 and <NA>."""
+    from pipelines.evaluate.evaluate import summary_table, tokens_label
+
+    assert [tokens_label(n) for n in (30720, 491_520_000, 2e12, None, float("nan"))] == [
+        "30,720", "491.5M", "2.0T", "-", "-"]
+    row = {"benchmark": "arc_easy", "form": "cloze", "metric": "acc", "subject": None, "value": 0.5,
+           "ci_low": 0.4, "ci_high": 0.6}
+    t = summary_table([{**row, "mix": "web", "step": 30, "tokens": 30720},
+                       {**row, "mix": "SmolLM2", "step": None, "tokens": 2e12}])
+    assert sorted(t.index) == [("SmolLM2", "-", "2.0T"), ("web", "30", "30,720")]
+    assert t.loc[("web", "30", "30,720"), "arc_easy cloze acc"] == "50.0 [40.0, 60.0]"

@@ -101,6 +101,50 @@ def test_head_loss_matches_cross_entropy_on_its_own():
     torch.testing.assert_close(weight.grad, w2.grad)
 
 
+def test_onednn_kernels_give_atens_loss_and_gradients(model_and_batch, monkeypatch):
+    """The lm head's and the blocks' GEMMs on oneDNN (pipelines/onednn.py) against ATen's kernels."""
+    from pipelines import onednn
+
+    if not onednn.available():
+        pytest.skip("this torch has no oneDNN linear op: ATen's kernels are the only path")
+    model, x, y = model_and_batch
+    fast = model.loss(x, y, chunk=16)
+    fast.backward()
+    got = grads(model)
+    with torch.no_grad():
+        fast_logits = model.logits(model.hidden(x))
+    monkeypatch.setattr(onednn, "suits", lambda t: False)
+    plain = model.loss(x, y, chunk=16)
+    plain.backward()
+    expect = grads(model)
+    with torch.no_grad():
+        torch.testing.assert_close(fast_logits, model.logits(model.hidden(x)), atol=1e-5, rtol=1e-5)
+    assert fast.item() == pytest.approx(plain.item(), abs=1e-5)
+    for name, g in expect.items():  # float rounding: measured <= 7e-7 of each tensor's largest entry
+        assert float((got[name] - g).abs().max()) <= 1e-5 * float(g.abs().max()), name
+
+
+def test_a_target_far_below_the_top_logit_keeps_a_finite_loss():
+    """softmax underflows to 0 for a target ~100+ nats below the top: the loss falls back to
+    logsumexp - logit instead of -log(0) = inf."""
+    h = torch.tensor([[1.0], [1.0]], requires_grad=True)
+    weight = torch.tensor([[100.0], [-100.0], [0.0], [0.0]], requires_grad=True)  # logits 100, -100, 0, 0
+    loss = head_loss(h, weight, torch.tensor([1, 0]), 4, torch.empty(2, 4))
+    assert loss.item() == pytest.approx((200.0 + 0.0) / 2, abs=1e-4)  # row 0: 200 nats; row 1: ~0
+    loss.backward()
+    assert torch.isfinite(h.grad).all() and torch.isfinite(weight.grad).all()
+
+
+def test_keep_heap_takes_on_glibc():
+    import platform
+
+    from pipelines import onednn
+
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        pytest.skip("mallopt is glibc's")
+    assert onednn.keep_heap() is True
+
+
 def test_the_logits_buffer_is_kept_across_steps(model_and_batch):
     """No (rows, V) block is allocated per step: the model keeps one and the loss reuses it."""
     model, x, y = model_and_batch

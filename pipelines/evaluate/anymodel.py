@@ -14,6 +14,7 @@ first N items of each (lm-eval's --limit; a CORE task's few-shot examples stay t
 Output: DIR/<model name>/ (default results/eval/<model name>/; never a study's folder):
   items_<task>.jsonl   per-item results        table.csv   the tidy table (evaluate's columns)
   done.json            what was scored (a rerun with the same settings reuses it; --force rescores)
+  progress.json        while a model is scored: its finished tasks (a stopped run resumes at the next one)
 """
 
 from __future__ import annotations

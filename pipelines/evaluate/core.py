@@ -292,11 +292,15 @@ def task_name(label: str) -> str:
 
 
 def evaluate_core(lm: LM, suite: CoreSuite, share_context: bool = True, batch_tokens: int = 4096,
-                  max_batch: int = 64, progress: bool = False, log=print, label: str = "") -> tuple[dict, dict]:
-    """Every task of the suite with one model: ({task_name: records}, speed)."""
+                  max_batch: int = 64, progress: bool = False, log=print, label: str = "",
+                  skip: frozenset[str] = frozenset(), on_task=None) -> tuple[dict, dict]:
+    """The suite's tasks with one model, but those whose task_name is in `skip` (already scored):
+    ({task_name: records}, speed); on_task(task_name, records) after each task."""
     prefix_space = needs_prefix_space(lm)
     results, n_items, total = {}, 0, 0.0
     for t in suite.labels:
+        if task_name(t) in skip:
+            continue
         task = suite.data.tasks[t]
         prompts = suite.prompts(t, prefix_space)
         t0 = time.perf_counter()
@@ -304,6 +308,8 @@ def evaluate_core(lm: LM, suite: CoreSuite, share_context: bool = True, batch_to
                              f"{label} core {t}".strip())
         dt = time.perf_counter() - t0
         results[task_name(t)] = records
+        if on_task is not None:
+            on_task(task_name(t), records)
         n_items, total = n_items + len(records), total + dt
         log(f"[evaluate] {label} core {t}: {len(records)} items, acc {task_accuracy(records, task.spec):.3f}, "
             f"{len(records) / max(dt, 1e-9):.1f} items/s")

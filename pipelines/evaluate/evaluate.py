@@ -389,9 +389,9 @@ def _write_jsonl(path: Path, records: list[dict]) -> None:
 
 
 def evaluate_lm(lm: "LM", tasks: list[Task], cfg: EvaluateConfig, out_dir: Path | None = None, log=print,
-                label: str = "") -> tuple[dict[str, list[dict]], dict]:
+                label: str = "", on_task=None) -> tuple[dict[str, list[dict]], dict]:
     """Score every task with one model; per-item records per task name (written to out_dir when
-    given) and speed figures."""
+    given; then on_task(name, records)) and speed figures."""
     results, n_items, t_total = {}, 0, 0.0
     for task in tasks:
         t0 = time.perf_counter()
@@ -402,6 +402,8 @@ def evaluate_lm(lm: "LM", tasks: list[Task], cfg: EvaluateConfig, out_dir: Path 
         results[task.name] = records
         if out_dir is not None:
             _write_jsonl(out_dir / f"items_{task.name}.jsonl", records)
+        if on_task is not None:
+            on_task(task.name, records)
         n_items, t_total = n_items + len(records), t_total + dt
         acc = np.mean([r["acc"] for r in records]) if records else float("nan")
         log(f"[evaluate] {label} {task.name}: {len(records)} items, acc {acc:.3f}, "
@@ -429,33 +431,50 @@ def target_key(cfg: EvaluateConfig, seed: int, t: Target) -> str:
     return config_hash({"settings": settings, "seed": seed, "target": target_stamp(t)})
 
 
+def _saved(out: Path, names: list[str], tasks: list[Task], suite: "core.CoreSuite | None",
+           prefix_space: bool | None) -> dict[str, list[dict]]:
+    """Saved records of these task names that are still these items, through today's metrics (a file
+    saved before a metric was added is rewritten); a name whose file is missing or stale is left out."""
+    by_name = {task.name: task for task in tasks}
+    labels = {core.task_name(x): x for x in (suite.labels if suite else [])}
+    kept = {}
+    for n in names:
+        f = out / f"items_{n}.jsonl"
+        if not f.exists() or (n in labels and prefix_space is None) or (n not in by_name and n not in labels):
+            continue
+        saved = _read_jsonl(f)
+        if n in by_name:
+            records = rescore(by_name[n], saved)
+        else:
+            label = labels[n]
+            records = core.rescore(suite.data.tasks[label].spec, suite.prompts(label, prefix_space), saved)
+        if records is not None:
+            if records != saved:
+                _write_jsonl(f, records)
+            kept[n] = records
+    return kept
+
+
 def _reuse(out: Path, info: dict, tasks: list[Task], suite: "core.CoreSuite | None") -> dict | None:
     """Saved records of a finished target through today's metrics; None when any is missing or not these items."""
     names = [task.name for task in tasks] + ([core.task_name(x) for x in suite.labels] if suite else [])
-    files = {n: out / f"items_{n}.jsonl" for n in names}
-    if not all(f.exists() for f in files.values()) or (suite and "core_prefix_space" not in info):
+    if suite and "core_prefix_space" not in info:
         return None
-    saved = {n: _read_jsonl(f) for n, f in files.items()}
-    reused = {task.name: rescore(task, saved[task.name]) for task in tasks}
-    for label in (suite.labels if suite else []):
-        n = core.task_name(label)
-        reused[n] = core.rescore(suite.data.tasks[label].spec, suite.prompts(label, info["core_prefix_space"]), saved[n])
-    if any(r is None for r in reused.values()):
-        return None
-    for n, f in files.items():
-        if reused[n] != saved[n]:  # saved before a metric was added: rewritten
-            _write_jsonl(f, reused[n])
-    return reused
+    kept = _saved(out, names, tasks, suite, info.get("core_prefix_space"))
+    return kept if len(kept) == len(names) else None
 
 
 def evaluate_target(t: Target, tasks: list[Task], cfg: EvaluateConfig, stage_dir: Path, seed: int, device: str,
                     log=print, suite: "core.CoreSuite | None" = None, force: bool = False,
                     ) -> tuple[dict[str, list[dict]], dict, bool]:
     """(records per task, speed, reused): reuses a finished folder whose key is unchanged (force: never).
-    CORE's records are under core.task_name(label)."""
+    CORE's records are under core.task_name(label).
+
+    Resumable task by task: progress.json lists the tasks scored so far under this key (each written
+    after its items file is whole), so a run stopped mid-model scores only the tasks it had not finished."""
     out = stage_dir / t.subdir
     key = target_key(cfg, seed, t)
-    done = out / "done.json"
+    done, progress = out / "done.json", out / "progress.json"
     if done.exists() and not force:
         try:
             info = json.loads(done.read_text())
@@ -466,23 +485,47 @@ def evaluate_target(t: Target, tasks: list[Task], cfg: EvaluateConfig, stage_dir
             log(f"[evaluate] {t.label}: unchanged since its last evaluation; reusing {out}")
             return reused, info.get("speed", {}), True
     done.unlink(missing_ok=True)
+    kept, state = {}, {"key": key, "tasks": []}
+    if progress.exists() and not force:
+        try:
+            before = json.loads(progress.read_text())
+        except ValueError:
+            before = {}
+        if before.get("key") == key:
+            kept = _saved(out, before.get("tasks", []), tasks, suite, before.get("core_prefix_space"))
+            state = {**before, "tasks": list(kept)}
+            if kept:
+                log(f"[evaluate] {t.label}: {len(kept)} task(s) already scored in {out} (progress.json); "
+                    f"scoring the rest")
     out.mkdir(parents=True, exist_ok=True)
+
+    def finished(name: str, records: list[dict]) -> None:
+        if name.startswith("core_"):
+            _write_jsonl(out / f"items_{name}.jsonl", records)
+        state["tasks"].append(name)
+        write_json_atomic(progress, state)
+
     t0 = time.perf_counter()
     lm = load_lm(t, cfg.dtype, device)
     load_s = time.perf_counter() - t0
     log(f"[evaluate] {t.label}: {t.model} loaded in {load_s:.1f}s (max length {lm.max_length})")
-    results, speed = evaluate_lm(lm, tasks, cfg, out, log, t.label)
-    speed["load_s"] = round(load_s, 2)
     extra = {}
     if suite is not None:
+        extra["core_prefix_space"] = state["core_prefix_space"] = core.needs_prefix_space(lm)
+    results, speed = evaluate_lm(lm, [x for x in tasks if x.name not in kept], cfg, out, log, t.label, finished)
+    speed["load_s"] = round(load_s, 2)
+    if suite is not None:
         core_results, core_speed = core.evaluate_core(lm, suite, cfg.share_context, cfg.batch_tokens, cfg.max_batch,
-                                                      cfg.progress, log, t.label)
-        for n, records in core_results.items():
-            _write_jsonl(out / f"items_{n}.jsonl", records)
+                                                      cfg.progress, log, t.label, frozenset(kept), finished)
         results.update(core_results)
         speed["core"] = core_speed
-        extra["core_prefix_space"] = core.needs_prefix_space(lm)
+    if kept:
+        speed["resumed_tasks"] = len(kept)
+    results = {**kept, **results}
+    names = [x.name for x in tasks] + ([core.task_name(x) for x in suite.labels] if suite else [])
+    results = {n: results[n] for n in names}  # the tasks' order, resumed or not
     write_json_atomic(done, {"key": key, "target": target_stamp(t), "speed": speed, **extra})
+    progress.unlink(missing_ok=True)
     return results, speed, False
 
 
@@ -715,6 +758,17 @@ def stages_for(cfg, run_name: str | None = None) -> list[str]:
     return stages_through(cfg, "evaluate", run_name)
 
 
+def tokens_label(n) -> str:
+    """Training tokens for a table: 30,720 / 491.5M / 2.0T; "-" when unknown."""
+    if n is None or n != n:
+        return "-"
+    n = float(n)
+    for div, unit in ((1e12, "T"), (1e9, "B"), (1e6, "M")):
+        if n >= div:
+            return f"{n / div:.1f}{unit}"
+    return f"{int(n):,}"
+
+
 def summary_table(table, metrics: tuple[str, ...] | None = ("acc", "acc_norm", "bpb")):
     """Benchmark-level rows (MMLU: macro average) as one line per model and checkpoint (and model size and
     seed, when there are several), one column per benchmark / form / metric holding "value [ci_low,
@@ -728,7 +782,8 @@ def summary_table(table, metrics: tuple[str, ...] | None = ("acc", "acc_norm", "
                  else f"{v:.3f} [{lo:.3f}, {hi:.3f}]"
                  for m, v, lo, hi in zip(t["metric"], t["value"], t["ci_low"], t["ci_high"])]
     t["column"] = t["benchmark"] + " " + t["form"] + " " + t["metric"]
-    t["step"] = t["step"].astype("Int64")
+    t["step"] = [f"{int(v):,}" if pd.notna(v) else "-" for v in t["step"]]  # a reference model has none
+    t["tokens"] = [tokens_label(v) for v in t["tokens"]]
     index = ["mix", "step", "tokens"]
     for col in ("scale", "seed"):  # several model sizes or seeds: one line per run
         if col in t and t[col].nunique() > 1:
