@@ -505,6 +505,8 @@ def evaluate_target(t: Target, tasks: list[Task], cfg: EvaluateConfig, stage_dir
         state["tasks"].append(name)
         write_json_atomic(progress, state)
 
+    if device == "cpu":  # the evaluate stage and `study eval` alike
+        onednn.keep_heap()
     t0 = time.perf_counter()
     lm = load_lm(t, cfg.dtype, device)
     load_s = time.perf_counter() - t0
@@ -708,8 +710,6 @@ def target_rows(t: Target, results: dict[str, list[dict]], tasks: list[Task], su
 def evaluate_targets(targets: list[Target], cfg: EvaluateConfig, out_dir: Path, seed: int, device: str,
                      force: bool = False, log=print) -> Evaluation:
     """Score every target on every task (and CORE) into out_dir/<target>/, table.csv and bad_items.jsonl."""
-    if device == "cpu":
-        onednn.keep_heap()
     benches = load_benchmarks(cfg, seed)
     bad = []
     for name, b in benches.items():
