@@ -182,6 +182,26 @@ def test_a_shared_prepared_union_gives_the_same_shards_and_a_changed_setting_is_
     assert web_only.read_manifest("mix")["prepared"]["from_run"] is None
 
 
+def test_a_benchmark_file_edited_in_place_changes_the_prepared_key(tmp_path):
+    """Decontamination reads the benchmark files: their bytes are part of the prepared union's key."""
+    import shutil
+
+    from pipelines.config import load_config
+    from pipelines.mix import prepared
+
+    evals = tmp_path / "eval"
+    shutil.copytree(EVAL_DIR, evals)
+    cfg = load_config("ci", [f"mix.decontaminate.eval_dir={evals}", "mix.decontaminate.benchmarks=[arc_easy]"]).mix
+    before = prepared.key(cfg, ["d"], {"d": "text"}, {"web": ["d"]})
+    f = evals / "arc_easy_test.jsonl.gz"
+    lines = gzip.open(f, "rt").read().splitlines()
+    lines[0] = lines[0].replace('"question": "', '"question": "Edited: ', 1)
+    with gzip.open(f, "wt") as out:
+        out.write("\n".join(lines) + "\n")
+    assert prepared.benchmark_files(cfg)["arc_easy"] != "hub"
+    assert prepared.key(cfg, ["d"], {"d": "text"}, {"web": ["d"]}) != before
+
+
 def test_mix_config_is_checked():
     from pipelines.config import load_config
 

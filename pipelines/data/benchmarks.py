@@ -211,6 +211,16 @@ def _read_jsonl(path: Path) -> list[dict]:
     return rows
 
 
+def local_path(benchmark: str, split: str | None = None, data_dir: str | Path | None = None) -> Path | None:
+    """The local file of one split that read_rows reads (`.jsonl.gz`, else `.jsonl`); None when it reads
+    the hub or the file is missing."""
+    d = resolve_data_dir(data_dir)
+    if d is None or benchmark not in HUB:
+        return None
+    name = local_file(benchmark, split or HUB[benchmark][2])
+    return next((d / n for n in (name, name[:-3]) if (d / n).exists()), None)
+
+
 def read_rows(benchmark: str, split: str | None = None, data_dir: str | Path | None = None) -> tuple[list[dict], str]:
     """(rows, where from) of one split: `data_dir/<benchmark>_<split>.jsonl.gz`, or the hub."""
     if benchmark not in HUB:
@@ -219,9 +229,9 @@ def read_rows(benchmark: str, split: str | None = None, data_dir: str | Path | N
     split = split or eval_split
     d = resolve_data_dir(data_dir)
     if d is not None:
-        for name in (local_file(benchmark, split), local_file(benchmark, split)[:-3]):
-            if (d / name).exists():
-                return _read_jsonl(d / name), str(d / name)
+        path = local_path(benchmark, split, data_dir)
+        if path is not None:
+            return _read_jsonl(path), str(path)
         raise StudyError(f"{d / local_file(benchmark, split)} is missing: set evaluate.data_dir to a folder holding "
                          f"<benchmark>_<split>.jsonl.gz files (hub schema), or to `hub` to read {repo} from the hub")
     try:

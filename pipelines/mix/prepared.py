@@ -7,8 +7,9 @@ whose `share_with` names that run reuses it when the key matches (a mixture sear
 weight vectors), so each such run only samples and writes its shards.
 
 The key is a sha256 of: every document of the union in priority order (key and text), each used
-source's members, the dedup and decontamination sections, and the tokenizer. A changed page, source
-or setting gives another key, so nothing stale is reused.
+source's members, the dedup and decontamination sections, the sha256 of each benchmark file that
+decontamination reads, and the tokenizer. A changed page, source, setting or benchmark file gives
+another key, so nothing stale is reused.
 
   prepared.json  {key, removed: [[doc key, reason, details], ...] in removal order, too_short,
                   signed_in_part, keep: [doc key, ...]}
@@ -28,8 +29,10 @@ from pathlib import Path
 import numpy as np
 
 from pipelines.config import MixConfig
+from pipelines.data.benchmarks import local_path
+from pipelines.files import file_sha256
 
-FORMAT = 1  # bump when the layout or what the key covers changes
+FORMAT = 2  # bump when the layout or what the key covers changes (2: the benchmark files' bytes)
 TOKENIZER = "gpt2"
 
 
@@ -41,10 +44,20 @@ class Prepared:
     signed_in_part: int
 
 
+def benchmark_files(cfg: MixConfig) -> dict[str, str]:
+    """{benchmark: sha256 of the file decontamination reads} ("hub" when it reads the hub): an item edited
+    in place changes the key."""
+    if not cfg.decontaminate.enabled:
+        return {}
+    paths = {b: local_path(b, data_dir=cfg.decontaminate.eval_dir) for b in cfg.decontaminate.benchmarks}
+    return {b: file_sha256(p) if p is not None else "hub" for b, p in paths.items()}
+
+
 def key(cfg: MixConfig, order: list[str], texts: dict[str, str], members: dict[str, list[str]]) -> str:
     h = hashlib.sha256()
     head = {"format": FORMAT, "tokenizer": TOKENIZER, "dedup": cfg.dedup.model_dump(mode="json"),
-            "decontaminate": cfg.decontaminate.model_dump(mode="json"), "sources": list(members)}
+            "decontaminate": cfg.decontaminate.model_dump(mode="json"), "sources": list(members),
+            "benchmark_files": benchmark_files(cfg)}
     h.update(json.dumps(head, sort_keys=True).encode())
     for k in order:
         h.update(b"\x00d")
