@@ -105,7 +105,8 @@ GOLDEN_CHECKPOINTS = {  # recorded again after the lm head and block GEMMs moved
     "train/web/state_00000008_00000.bin": "9a51a50491963008b171a9da6917955c4621eca2965ce5d841de778aa5ca732e",
     "train/web/state_00000016_00000.bin": "664ec59ca460363fff8f6cce6eb0dffcc22fadd31d20f4f991fe2371cdea1cf2",
 }
-GOLDEN_CPU = ("2.13.0", "x86_64", "AMD EPYC", 2, True, False)  # torch, machine, model, cores, AVX-512, AMX
+# torch, machine, model, cores, AVX-512, AMX, L2 and L3 cache sizes (oneDNN's blocking follows the caches)
+GOLDEN_CPU = ("2.13.0", "x86_64", "AMD EPYC", 2, True, False, "1024K", "32768K")
 GOLDEN_LOSSES = [10.8281, 10.7835, 10.6302, 10.3553, 10.1121, 9.8251, 9.7311, 9.5705, 9.2453, 9.1835, 9.0881,
                  8.9013, 8.8811, 8.4704, 8.7573, 8.1843]  # train/web/main.log's trl, steps 0-15
 
@@ -118,8 +119,11 @@ def cpu_signature() -> tuple:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")), "")
     flags = next((ln.split(":", 1)[1].split() for ln in info.splitlines() if ln.startswith("flags")), [])
+    caches = Path("/sys/devices/system/cpu/cpu0/cache")
+    size = {(caches / f"index{i}/level").read_text().strip(): (caches / f"index{i}/size").read_text().strip()
+            for i in (2, 3) if (caches / f"index{i}/size").exists()}
     return (torch.__version__.split("+")[0], platform.machine(), model, os.cpu_count(), "avx512f" in flags,
-            "amx_tile" in flags)
+            "amx_tile" in flags, size.get("2"), size.get("3"))
 
 
 def test_the_ci_preset_writes_the_recorded_bytes(ci_run):
