@@ -499,9 +499,8 @@ def evaluate_target(t: Target, tasks: list[Task], cfg: EvaluateConfig, stage_dir
                     f"scoring the rest")
     out.mkdir(parents=True, exist_ok=True)
 
-    def finished(name: str, records: list[dict]) -> None:
-        if name.startswith("core_"):
-            _write_jsonl(out / f"items_{name}.jsonl", records)
+    def finished(name: str, records: list[dict]) -> None:  # a benchmark or CORE task: its items, then progress
+        _write_jsonl(out / f"items_{name}.jsonl", records)
         state["tasks"].append(name)
         write_json_atomic(progress, state)
 
@@ -514,7 +513,7 @@ def evaluate_target(t: Target, tasks: list[Task], cfg: EvaluateConfig, stage_dir
     extra = {}
     if suite is not None:
         extra["core_prefix_space"] = state["core_prefix_space"] = core.needs_prefix_space(lm)
-    results, speed = evaluate_lm(lm, [x for x in tasks if x.name not in kept], cfg, out, log, t.label, finished)
+    results, speed = evaluate_lm(lm, [x for x in tasks if x.name not in kept], cfg, None, log, t.label, finished)
     speed["load_s"] = round(load_s, 2)
     if suite is not None:
         core_results, core_speed = core.evaluate_core(lm, suite, cfg.share_context, cfg.batch_tokens, cfg.max_batch,
