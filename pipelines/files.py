@@ -1,5 +1,5 @@
-"""Files that are never seen half-written (atomic JSON writes), the sha256 that manifests record, and
-the lock that keeps one writer per run and stage."""
+"""Files that are never seen half-written (atomic_path / atomic_open: the one atomic write), the sha256
+that manifests record, and the lock that keeps one writer per run and stage."""
 
 from __future__ import annotations
 
@@ -7,21 +7,48 @@ import fcntl
 import hashlib
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Iterator
 
 from pipelines.errors import StudyError
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
+@contextmanager
+def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
+    """A temporary name beside `path` for the block to write; renamed onto `path` when the block ends,
+    removed if it raises, so `path` is never seen half-written. keep_suffix: the name ends in path's
+    suffix too (writers that pick the format from it, e.g. matplotlib's savefig)."""
+    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}" + (path.suffix if keep_suffix else ""))
+    try:
+        yield tmp
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextmanager
+def atomic_open(path: Path, mode: str = "w") -> Iterator[IO]:
+    """open(path, mode) for writing ("w" or "wb"), atomically: flushed to disk, then renamed (atomic_path)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, mode) as f:
+            yield f
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    with atomic_open(path) as f:
+        f.write(text)
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    with atomic_open(path) as f:
         json.dump(obj, f, indent=2, sort_keys=False, default=str)
         f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def file_sha256(path: Path) -> str:
