@@ -33,7 +33,9 @@ sys.path.insert(0, str(ROOT))
 
 import numpy as np  # noqa: E402
 
+from pipelines import classifier as edu  # noqa: E402
 from pipelines.classify import classify as C  # noqa: E402
+from pipelines.classify.metrics import classifier_metrics  # noqa: E402
 from pipelines.config import ClassifierConfig, LabelField  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "web" / "web_sample.jsonl.gz"
@@ -54,7 +56,7 @@ def load(path: Path) -> tuple[list[dict], list[str]]:
     return labelled, web
 
 
-def throughput(model: C.EduClassifier, texts: list[str], batch: int, repeats: int) -> float:
+def throughput(model: edu.EduClassifier, texts: list[str], batch: int, repeats: int) -> float:
     best = 0.0
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -82,7 +84,7 @@ def main() -> None:
     labelled, web = load(Path(args.input))
     texts = [r["text"] for r in labelled]
     y = np.array([r["label"] for r in labelled])
-    train_idx, val_idx = C.stratified_split(C.int_scores(y), 0.2, args.seed)
+    train_idx, val_idx = C.stratified_split(edu.int_scores(y), 0.2, args.seed)
     docs = web[: args.docs]
     import torch
 
@@ -95,7 +97,7 @@ def main() -> None:
         t0 = time.perf_counter()
         model, _, feat_s = C.train(kind, texts, y, train_idx, cfg, args.seed)
         train_s = time.perf_counter() - t0
-        val = C.evaluate(y[val_idx], model.predict([texts[i] for i in val_idx]), 3)
+        val = classifier_metrics(y[val_idx], model.predict([texts[i] for i in val_idx]), 3)
         pages = docs * (args.hashed_repeat if kind == "hashed" else 1)
         model.predict(docs[: args.batch_size])  # warm-up (model load, caches)
         rate = throughput(model, pages, args.batch_size, args.repeats)

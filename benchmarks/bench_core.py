@@ -35,7 +35,7 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
-from pipelines.data.core import load_core  # noqa: E402
+from pipelines.data.core_tasks import load_core  # noqa: E402
 from pipelines.evaluate import core  # noqa: E402
 from pipelines.evaluate.lmeval import (  # noqa: E402
     Timing,
@@ -45,6 +45,7 @@ from pipelines.evaluate.lmeval import (  # noqa: E402
     score_lmeval,
     write_core_tasks,
 )
+from pipelines.evaluate.scoring import Batching  # noqa: E402
 
 LMEVAL_TASKS = ("piqa", "winogrande", "copa", "boolq", "openbook_qa", "lambada_openai")
 
@@ -77,7 +78,7 @@ def main() -> int:
         def ours_round() -> tuple[dict, Timing]:
             t0, c0 = time.perf_counter(), time.process_time()
             out = {x: core.score_task(ours_lm, data.tasks[x], core.build_prompts(data.tasks[x], prefix, args.limit),
-                                      batch_tokens=args.batch_tokens) for x in labels}
+                                      Batching(batch_tokens=args.batch_tokens)) for x in labels}
             return out, Timing(time.perf_counter() - t0, time.process_time() - c0)
 
         print(f"model {desc}; {n} items in {len(labels)} CORE tasks ({', '.join(labels)}), first {args.limit} each")

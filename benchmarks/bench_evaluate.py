@@ -45,7 +45,8 @@ from pipelines.evaluate.lmeval import (  # noqa: E402
     score_lmeval,
     score_ours,
 )
-from pipelines.evaluate.scoring import HFCausalLM, token_count  # noqa: E402
+from pipelines.evaluate.models import HFCausalLM  # noqa: E402
+from pipelines.evaluate.scoring import Batching, token_count  # noqa: E402
 
 
 def main() -> int:
@@ -90,7 +91,7 @@ def main() -> int:
             best[key] = t if old is None else type(t)(min(old.wall, t.wall), min(old.cpu, t.cpu))
 
         for r in range(args.repeats):  # interleaved rounds: a slow spell on a shared machine hits all
-            ours, t = score_ours(ours_lm, tasks, items, batch_tokens=args.batch_tokens)
+            ours, t = score_ours(ours_lm, tasks, items, Batching(batch_tokens=args.batch_tokens))
             keep("ours", t)
             print(f"round {r + 1}: ours {t.wall:.1f}s wall, {t.cpu:.1f}s CPU ({n / t.wall:.2f} items/s)")
             for b in sizes:
@@ -133,7 +134,7 @@ def bf16_agreement(model, tok, tasks, items, fp32: dict, args) -> dict:
     score_ours(lm, tasks[:1], {tasks[0].name: items[tasks[0].name][:2]})  # warm-up
     best = None
     for _ in range(args.repeats):
-        got, t = score_ours(lm, tasks, items, batch_tokens=args.batch_tokens)
+        got, t = score_ours(lm, tasks, items, Batching(batch_tokens=args.batch_tokens))
         best = t if best is None else type(t)(min(best.wall, t.wall), min(best.cpu, t.cpu))
     n = flips = flips_norm = 0
     max_diff = 0.0

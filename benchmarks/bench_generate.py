@@ -34,7 +34,8 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from pipelines.config import load_config  # noqa: E402
-from pipelines.llm.backends import bundled_model, make_backend  # noqa: E402
+from pipelines.engines.factory import make_backend  # noqa: E402
+from pipelines.engines.transformers_backend import bundled_model  # noqa: E402
 from pipelines.synthetic.prompts import Seed, build_prompts, extract, load_templates  # noqa: E402
 
 SAMPLE = ROOT.parent / "shared" / "data" / "web" / "web_sample.jsonl.gz"

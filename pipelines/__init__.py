@@ -6,7 +6,8 @@ One package per stage family, named as the stages are in `study --help` and the 
   ingest/     ingest (web pages -> document shards), tokenize (-> llm.c token shards)
   synthetic/  prompts (Cosmopedia-style), generate (LLM completions -> synthetic documents), templates/
   annotate/   annotate (FineWeb-Edu's 5-point prompt through an LLM)
-  classify/   classify (train the educational classifier), filter (score + keep int_score >= t)
+  classify/   classify (train the educational classifier)
+  filter/     filter (score pages with the classifier, keep int_score >= t)
   mix/        mix: plan (weights, budgets), inmemory and streaming executors, dedup, decontaminate
   train/      train: llm.c as a subprocess, or the PyTorch reference trainer
   evaluate/   evaluate: benchmark scoring of checkpoints and reference models; lm-eval bridge
@@ -18,8 +19,10 @@ package imports another (they meet through files and manifests; tests/test_layou
   6  cli, sweep, notebooks, mixsearch the `study` command, parameter grids, papermill, mixture search
   5  the stage packages above          no imports between them
   4  runs/                             manifests and stage states, the stage runner, typed readers
-  3  data/, llm/, model                documents, page sources, benchmark items; LLM backends and the
-                                       resumable part files; GPT-2 in torch (llm.c checkpoints, HF export)
+  3  data/, engines/, model,           documents, page sources, benchmark items; LLM backends and the
+     classifier                        resumable part files; GPT-2 in torch (llm.c checkpoints, HF export);
+                                       the educational classifier (features, saved format) classify and
+                                       filter share
   2  config                            the typed study config
   1  llmc/, files, onednn              llm.c formats (shards, tokenizer, shapes, eval file); atomic files;
                                        CPU kernels (oneDNN matmul, a heap that keeps its blocks)

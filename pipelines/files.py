@@ -7,6 +7,7 @@ import fcntl
 import hashlib
 import json
 import os
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator
@@ -16,9 +17,9 @@ from pipelines.errors import StudyError
 
 @contextmanager
 def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
-    """A temporary name beside `path` for the block to write; renamed onto `path` when the block ends,
-    removed if it raises, so `path` is never seen half-written. keep_suffix: the name ends in path's
-    suffix too (writers that pick the format from it, e.g. matplotlib's savefig)."""
+    """A temporary name beside `path` for the block to write (a file, or a folder); renamed onto `path`
+    when the block ends, removed if it raises, so `path` is never seen half-written. keep_suffix: the
+    name ends in path's suffix too (writers that pick the format from it, e.g. matplotlib's savefig)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}" + (path.suffix if keep_suffix else ""))
@@ -26,7 +27,10 @@ def atomic_path(path: Path, keep_suffix: bool = False) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, path)
     except BaseException:
-        tmp.unlink(missing_ok=True)
+        if tmp.is_dir():
+            shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            tmp.unlink(missing_ok=True)
         raise
 
 

@@ -15,7 +15,7 @@ N(0, 0.02), with the two projections back into the residual stream (attprojw, fc
 0.02 / sqrt(2 L); biases 0, LayerNorm weights 1. torch's CPU generator is the same Mersenne
 Twister and the same normal_ (llm.c's rand.h copies it), so seed 42 gives llm.c's weights.
 
-Checkpoint `model_%08d.bin` (DESIGN.md): 256 int32 header ([0]=20240326, [1]=3 fp32 or 5 bf16,
+Checkpoint `model_%08d.bin` (docs/design.md, "Formats fixed by others"): 256 int32 header ([0]=20240326, [1]=3 fp32 or 5 bf16,
 [2]=maxT, [3]=V, [4]=L, [5]=NH, [6]=C, [7]=Vp), then the 16 tensors of shapes.PARAM_ORDER flat,
 per-layer tensors stacked over layers.
 """
@@ -23,7 +23,6 @@ per-layer tensors stacked over layers.
 from __future__ import annotations
 
 import math
-import os
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +32,7 @@ import torch.nn.functional as F
 
 from pipelines import onednn
 from pipelines.errors import StudyError
+from pipelines.files import atomic_open
 from pipelines.llmc.shapes import PARAM_ORDER, GPT2Shape, parse_descriptor
 from pipelines.llmc.tokenizer import _valid, cached_bpe_path
 
@@ -321,18 +321,16 @@ def _bf16_bytes(t: torch.Tensor) -> bytes:
 
 
 def write_checkpoint(model: GPT2, path: str | Path, dtype: str = "fp32") -> Path:
-    """Write llm.c's model file (v3 fp32 or v5 bf16) atomically: a temporary name, then rename."""
+    """Write llm.c's model file (v3 fp32 or v5 bf16) atomically (files.atomic_open)."""
     if dtype not in ("fp32", "bf16"):
         raise ValueError(f"dtype must be fp32 or bf16, not {dtype!r}")
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     version = VERSION_FP32 if dtype == "fp32" else VERSION_BF16
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         f.write(checkpoint_header(model.shape, version).tobytes())
         for t in model.llmc_tensors().values():  # one tensor at a time: no full-model copy in memory
             f.write(t.detach().float().contiguous().numpy().astype("<f4", copy=False).tobytes()
                     if dtype == "fp32" else _bf16_bytes(t))
-    os.replace(tmp, path)
     return path
 
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.config import load_config
+from pipelines.config import StudyConfig, load_config, parse_override, updates_of, with_updates
 from pipelines.errors import StudyError
 from pipelines.figures.plots import benchmark_comparison, save
 from pipelines.notebooks import run_notebooks
@@ -59,19 +59,31 @@ def points(spec: SweepSpec) -> list[dict]:
     return [dict(zip(keys, values)) for values in itertools.product(*(spec.grid[k] for k in keys))]
 
 
+def shared_with(run: str, names: list[str], overrides: list[str]) -> list[str]:
+    """share_with of one of several runs `names`: the others, then the runs that the overrides' share_with
+    items name (`--set share_with=[smoke]`: a sweep on top of a finished run reuses its done stages)."""
+    given = [r for item in overrides for parts, value in [parse_override(item)] if parts == ["share_with"]
+             for r in (value or [])]
+    return [n for n in names if n != run] + [r for r in given if r not in names]
+
+
+def point_config(spec: SweepSpec, name: str, point: dict, names: list[str], extra: list[str]) -> StudyConfig:
+    """The point's config: the preset with the sweep's and the command line's overrides, then its grid
+    values and share_with (typed updates: config.with_updates)."""
+    shared = shared_with(name, names, [*spec.set, *extra])
+    return with_updates(load_config(spec.preset), updates_of([*spec.set, *extra]), point, {"share_with": shared})
+
+
 def override(key: str, value) -> str:
     """One `--set key=value` with the value as flow YAML (one line, however long)."""
     return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}"
 
 
 def point_overrides(spec: SweepSpec, name: str, point: dict, names: list[str], extra: list[str]) -> list[str]:
-    """The point's --set list: the sweep's, the command line's, its grid values, and share_with naming
-    the other points plus any runs the command line names (`--set share_with=[smoke]`: a sweep on
-    top of a finished run reuses its done stages)."""
-    given = [r for item in [*spec.set, *extra] if item.split("=", 1)[0].strip() == "share_with"
-             for r in (yaml.safe_load(item.split("=", 1)[1]) or [])]
-    others = [n for n in names if n != name] + [r for r in given if r not in names]
-    return [*spec.set, *extra, *(override(k, v) for k, v in point.items()), override("share_with", others)]
+    """The same point as --set text, what the notebooks take (papermill's `overrides`): the sweep's, the
+    command line's, its grid values, share_with."""
+    shared = shared_with(name, names, [*spec.set, *extra])
+    return [*spec.set, *extra, *(override(k, v) for k, v in point.items()), override("share_with", shared)]
 
 
 def _short(v) -> str:
@@ -82,8 +94,8 @@ def _short(v) -> str:
     return str(v)
 
 
-def _run_point(preset: str, name: str, overrides: list[str], notebooks: bool) -> str:
-    cfg = load_config(preset, overrides)
+def _run_point(cfg: StudyConfig, name: str, overrides: list[str], notebooks: bool, preset: str) -> str:
+    """The point's stages: through the notebooks (which load its config from the --set text), or directly."""
     if notebooks:
         run_notebooks(cfg, name, overrides, preset=preset)
     else:
@@ -96,27 +108,25 @@ def run_sweep(path: str | Path, extra: list[str] = (), jobs: int | None = None, 
     pts = points(spec)
     names = [f"{sweep}-{i:02d}" for i in range(len(pts))]
     overrides = [point_overrides(spec, n, p, names, list(extra)) for n, p in zip(names, pts)]
-    cfg0 = load_config(spec.preset, overrides[0])  # validates the first point before anything runs
-    for o in overrides[1:]:
-        load_config(spec.preset, o)
-    out = Path(cfg0.results_dir) / "sweeps" / sweep
+    cfgs = [point_config(spec, n, p, names, list(extra)) for n, p in zip(names, pts)]  # every point checked first
+    out = Path(cfgs[0].results_dir) / "sweeps" / sweep
     record = {"sweep": sweep, "preset": spec.preset, "grid": spec.grid,
               "points": [{"run": n, "values": p} for n, p in zip(names, pts)]}
     write_json_atomic(out / "points.json", record)
     use_nb = spec.notebooks if notebooks is None else notebooks
     print(f"[sweep] {sweep}: {len(pts)} point(s) -> {', '.join(names)}")
     # the first point alone: it computes what the others can share
-    _run_point(spec.preset, names[0], overrides[0], use_nb)
-    rest = list(zip(names[1:], overrides[1:]))
+    _run_point(cfgs[0], names[0], overrides[0], use_nb, spec.preset)
+    rest = list(zip(cfgs[1:], names[1:], overrides[1:]))
     workers = jobs or spec.jobs
     if workers > 1 and len(rest) > 1:
         with ProcessPoolExecutor(workers) as pool:
-            for f in [pool.submit(_run_point, spec.preset, n, o, use_nb) for n, o in rest]:
+            for f in [pool.submit(_run_point, c, n, o, use_nb, spec.preset) for c, n, o in rest]:
                 f.result()
     else:
-        for n, o in rest:
-            _run_point(spec.preset, n, o, use_nb)
-    record["table"] = gather(cfg0.results_dir, record, out)
+        for c, n, o in rest:
+            _run_point(c, n, o, use_nb, spec.preset)
+    record["table"] = gather(cfgs[0].results_dir, record, out)
     write_json_atomic(out / "points.json", record)
     return record
 

@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import time  # noqa: E402
 
 from pipelines.data.benchmarks import BENCHMARKS, default_data_dir  # noqa: E402
-from pipelines.data.core import load_core  # noqa: E402
+from pipelines.data.core_tasks import load_core  # noqa: E402
 from pipelines.evaluate import core  # noqa: E402
 from pipelines.evaluate.lmeval import (  # noqa: E402
     agreement_items,

@@ -16,7 +16,7 @@ from pipelines.annotate import prompt as prompt_module
 from pipelines.annotate.prompt import PROMPT_TEMPLATE, int_score, parse_score, render_prompt
 from pipelines.config import PROJECT_ROOT
 from pipelines.data.documents import read_documents
-from pipelines.llm.backends import Backend, Completion
+from pipelines.engines.backend import Backend, Completion
 from pipelines.runs.manifest import Run
 
 # ---------------------------------------------------------------------------------------------
@@ -192,7 +192,7 @@ def test_changed_sampling_discards_old_answers_and_reuses_unchanged(ci_config):
 KILLED_RUN = textwrap.dedent("""
     import os, signal, sys
     from pipelines.annotate import annotate
-    from pipelines.llm.backends import Backend, Completion
+    from pipelines.engines.backend import Backend, Completion
     from pipelines.config import load_config
     from pipelines.runs.manifest import Run
 

@@ -11,7 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pipelines import classifier as edu
 from pipelines.classify import classify as C
+from pipelines.classify.metrics import classifier_metrics
 from pipelines.cli import build_parser, main
 from pipelines.config import ClassifierConfig, FilterConfig, LabelField
 from pipelines.data.documents import read_documents
@@ -69,24 +71,24 @@ def test_stratified_split_is_seeded_and_keeps_class_shares():
 
 
 def test_hashed_ngrams_are_deterministic_and_stable():
-    a = C.hashed_ngrams("Hello, World! hello world", bits=20, ngrams=2, max_chars=1000)
-    b = C.hashed_ngrams("hello world HELLO WORLD", bits=20, ngrams=2, max_chars=1000)
+    a = edu.hashed_ngrams("Hello, World! hello world", bits=20, ngrams=2, max_chars=1000)
+    b = edu.hashed_ngrams("hello world HELLO WORLD", bits=20, ngrams=2, max_chars=1000)
     assert np.array_equal(a, b)  # lower-cased words, punctuation ignored
     assert len(a) == 4 + 3 and a.min() >= 0 and a.max() < 2**20
     assert a[0] == a[2] and a[4] == a[6]  # repeated unigram / bigram -> same bucket
     # fixed values: a saved hashed model is only valid while these never change
-    assert a[:2].tolist() == C.hashed_ngrams("hello world", 20, 1, 100).tolist()
+    assert a[:2].tolist() == edu.hashed_ngrams("hello world", 20, 1, 100).tolist()
     word = sum(b * pow(0x100000001B3, j, 2**64) for j, b in enumerate(b"hello")) % 2**64  # polynomial hash
-    assert C.hashed_ngrams("hello", 20, 1, 100).tolist() == [((word + 0x632BE5AB) * 0x9E3779B97F4A7C15 % 2**64) >> 44]
-    big = C.hashed_ngrams("café au lait", 20, 2, 100)
+    assert edu.hashed_ngrams("hello", 20, 1, 100).tolist() == [((word + 0x632BE5AB) * 0x9E3779B97F4A7C15 % 2**64) >> 44]
+    big = edu.hashed_ngrams("café au lait", 20, 2, 100)
     assert len(big) == 3 + 2  # "café" is one word (non-ASCII bytes are word bytes)
-    assert C.hashed_ngrams("hello world", 20, 2, 5).size == 1  # only the first 5 characters
+    assert edu.hashed_ngrams("hello world", 20, 2, 5).size == 1  # only the first 5 characters
 
 
 def test_metrics_on_a_known_case():
     y = np.array([0, 1, 2, 3, 4, 5, 3, 4], dtype=float)
     p = np.array([0.2, 1.4, 2.6, 2.4, 4.1, 4.6, 3.5, 1.0])  # rounded: 0 1 3 2 4 5 4 1
-    m = C.evaluate(y, p, threshold=3)
+    m = classifier_metrics(y, p, threshold=3)
     assert m["n"] == 8
     assert m["mse"] == pytest.approx(np.mean((p - y) ** 2))
     assert m["accuracy"] == pytest.approx(4 / 8)
@@ -105,7 +107,7 @@ def test_metrics_on_a_known_case():
 
 def _no_pickle(directory: Path) -> None:
     meta = json.loads((directory / "model.json").read_text())
-    assert meta["format"] == C.FORMAT
+    assert meta["format"] == edu.FORMAT
     with np.load(directory / "weights.npz", allow_pickle=False) as w:  # would raise on object arrays
         assert all(w[k].dtype != object for k in w.files)
     assert not [p for p in directory.iterdir() if p.suffix in (".pkl", ".pickle", ".joblib")]
@@ -114,13 +116,13 @@ def _no_pickle(directory: Path) -> None:
 def test_hashed_train_save_load_identical(tmp_path):
     texts, y = synthetic_corpus(240)
     cfg = ClassifierConfig(kinds=["hashed"], hash_bits=16)
-    train_idx, val_idx = C.stratified_split(C.int_scores(y), 0.25, seed=1)
+    train_idx, val_idx = C.stratified_split(edu.int_scores(y), 0.25, seed=1)
     model, X, _ = C.train("hashed", texts, y, train_idx, cfg, seed=1)
     pred = model.predict([texts[i] for i in val_idx])
-    assert C.evaluate(y[val_idx], pred)["binary"]["f1"] > 0.8  # it learned the signal
+    assert classifier_metrics(y[val_idx], pred)["binary"]["f1"] > 0.8  # it learned the signal
     model.save(tmp_path / "m")
     _no_pickle(tmp_path / "m")
-    loaded = C.load_classifier(tmp_path / "m")
+    loaded = edu.load_classifier(tmp_path / "m")
     assert loaded.kind == "hashed" and loaded.settings == {"hash_bits": 16, "ngrams": 2, "max_chars": 1000}
     assert np.array_equal(loaded.coef, model.coef) and np.array_equal(loaded.idf, model.idf)
     assert np.array_equal(loaded.predict([texts[i] for i in val_idx]), pred)  # bit for bit
@@ -130,25 +132,25 @@ def test_hashed_train_save_load_identical(tmp_path):
 def test_embedding_train_save_load_identical(tmp_path):
     texts, y = synthetic_corpus(48)
     cfg = ClassifierConfig(kinds=["embedding"], max_tokens=32, batch_size=16, threads=1)
-    train_idx, val_idx = C.stratified_split(C.int_scores(y), 0.25, seed=1)
+    train_idx, val_idx = C.stratified_split(edu.int_scores(y), 0.25, seed=1)
     model, X, _ = C.train("embedding", texts, y, train_idx, cfg, seed=1)
     assert X.shape == (48, 384)  # all-MiniLM-L6-v2 from the bundled package, offline
     model.save(tmp_path / "e")
     _no_pickle(tmp_path / "e")
     meta = json.loads((tmp_path / "e" / "model.json").read_text())
     assert meta["settings"] == {"embedder": "all-MiniLM-L6-v2", "max_tokens": 32}
-    loaded = C.load_classifier(tmp_path / "e")
+    loaded = edu.load_classifier(tmp_path / "e")
     assert np.array_equal(loaded.coef, model.coef) and loaded.intercept == model.intercept
     val = [texts[i] for i in val_idx]
     p1, p2 = model.predict(val), loaded.predict(val)  # a fresh embedder, loaded from the saved name
     np.testing.assert_allclose(p2, p1, rtol=0, atol=1e-6)
-    assert np.array_equal(C.int_scores(p2), C.int_scores(p1))
+    assert np.array_equal(edu.int_scores(p2), edu.int_scores(p1))
     assert np.corrcoef(p1, y[val_idx])[0, 1] > 0.5  # the score follows the label
 
 
 def test_unknown_embedder_fails_with_what_to_do():
     with pytest.raises(StudyError, match="all-MiniLM-L6-v2"):
-        C.Embedder("/nonexistent/dir/for/an/embedder-model")
+        edu.Embedder("/nonexistent/dir/for/an/embedder-model")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,7 +207,7 @@ def test_classify_then_filter_keeps_int_score_at_threshold(ci_config, labels_fil
                for d in removed)
     for d in kept + removed:  # the study record, metadata carried through, score written
         assert set(d) == {"id", "text", "source", "metadata"} and d["source"] == "web"
-        assert "truth" in d["metadata"] and d["metadata"]["int_score"] == int(C.int_scores([d["metadata"]["score"]])[0])
+        assert "truth" in d["metadata"] and d["metadata"]["int_score"] == int(edu.int_scores([d["metadata"]["score"]])[0])
         assert "filter_reason" not in d["metadata"] and "file_path" not in d["metadata"]
     assert np.mean([d["metadata"]["truth"] >= 3 for d in kept]) > 0.8  # it kept the lesson-like pages
     h = f["histograms"]

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 import torch
 
-from pipelines.data.core import CoreTask, load_core, read_specs
+from pipelines.data.core_tasks import CoreTask, load_core, read_specs
 from pipelines.data.embedded import CORE_DIR
 from pipelines.errors import StudyError
 from pipelines.evaluate import core
-from pipelines.evaluate.scoring import HFCausalLM
+from pipelines.evaluate.core_prompts import build_prompts, fewshot_indices, needs_prefix_space
+from pipelines.evaluate.models import HFCausalLM
 
 SPECS = read_specs(CORE_DIR / "core_tasks.yaml")
 
@@ -62,7 +63,7 @@ def task_of(label: str, rows: list[dict], **changes) -> CoreTask:
 
 
 def test_embedded_files_are_whole_and_every_offline_task_loads():
-    from pipelines.data.core import check_embedded
+    from pipelines.data.core_tasks import check_embedded
 
     assert check_embedded() == []
     data = load_core()
@@ -122,7 +123,7 @@ def hand_shots(n: int, k: int, idx: int, rng: random.Random) -> list[int]:
 def test_fewshot_prompts_of_arc_easy_are_llm_foundrys():
     data = load_core(["arc_easy"])
     rows = [{k: v.strip() if isinstance(v, str) else v for k, v in r.items()} for r in data.tasks["arc_easy"].rows]
-    ours = core.build_prompts(data.tasks["arc_easy"], prefix_space=True, limit=4)
+    ours = build_prompts(data.tasks["arc_easy"], prefix_space=True, limit=4)
     rng = random.Random(1234)
     for i in range(4):
         shots = hand_shots(len(rows), 10, i, rng)
@@ -133,32 +134,32 @@ def test_fewshot_prompts_of_arc_easy_are_llm_foundrys():
         assert p.preamble == preamble and p.contexts == [context] * 4
         assert p.continuations == [" " + c for c in rows[i]["choices"]] and p.gold == rows[i]["gold"]
     # the limit never changes an item's prompt (the RNG is consumed as for the whole file)
-    assert core.build_prompts(data.tasks["arc_easy"], True, 2) == ours[:2]
+    assert build_prompts(data.tasks["arc_easy"], True, 2) == ours[:2]
     # a SentencePiece-style tokenizer: no space added to the scored continuation
-    assert core.build_prompts(data.tasks["arc_easy"], False, 1)[0].continuations == rows[0]["choices"]
+    assert build_prompts(data.tasks["arc_easy"], False, 1)[0].continuations == rows[0]["choices"]
 
 
 def test_zero_shot_schema_lm_and_hellaswag_prompts():
     data = load_core(["copa", "winograd", "lambada_openai", "hellaswag_zeroshot"])
-    copa = core.build_prompts(data.tasks["copa"], True, 1)[0]
+    copa = build_prompts(data.tasks["copa"], True, 1)[0]
     assert (copa.preamble, copa.contexts, copa.continuations, copa.gold) == (
         "", ["The man turned on the faucet, therefore"] * 2,
         [" the toilet filled with water.", " water flowed from the spout."], 1)
-    wino = core.build_prompts(data.tasks["winograd"], True, 1)[0]
+    wino = build_prompts(data.tasks["winograd"], True, 1)[0]
     assert wino.contexts == ["The city councilmen refused the demonstrators a permit because the city councilmen",
                              "The city councilmen refused the demonstrators a permit because the demonstrators"]
     assert wino.continuations == [" feared violence."] * 2 and wino.gold == 0
-    lam = core.build_prompts(data.tasks["lambada_openai"], True, 1)[0]
+    lam = build_prompts(data.tasks["lambada_openai"], True, 1)[0]
     row = data.tasks["lambada_openai"].rows[0]
     assert lam.contexts == [row["context"].strip()] and lam.continuations == [" " + row["continuation"].strip()]
-    hs = core.build_prompts(data.tasks["hellaswag_zeroshot"], True, 1)[0]
+    hs = build_prompts(data.tasks["hellaswag_zeroshot"], True, 1)[0]
     assert hs.contexts[0] == "Roof shingle removal: A man is sitting on a roof. he" and hs.gold == 3
 
 
 def test_jeopardy_draws_shots_within_its_category_with_a_fresh_rng():
     data = load_core(["jeopardy"])
     rows = [{k: v.strip() if isinstance(v, str) else v for k, v in r.items()} for r in data.tasks["jeopardy"].rows]
-    ours = core.build_prompts(data.tasks["jeopardy"], True, 30)
+    ours = build_prompts(data.tasks["jeopardy"], True, 30)
     cat = rows[0]["category"]
     members = [i for i, r in enumerate(rows) if r["category"] == cat]
     rng = random.Random(1234)
@@ -175,9 +176,9 @@ def test_shots_never_include_the_item_itself():
     rng = random.Random(5)
     for idx in range(6):
         for _ in range(50):
-            s = core.fewshot_indices(6, 5, idx, rng)
+            s = fewshot_indices(6, 5, idx, rng)
             assert idx not in s and len(s) == 5
-    assert core.fewshot_indices(3, 10, 1, random.Random(0)) == {0, 2}  # fewer rows than shots
+    assert fewshot_indices(3, 10, 1, random.Random(0)) == {0, 2}  # fewer rows than shots
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,7 +203,7 @@ def test_multiple_choice_is_the_lowest_mean_per_token_loss(tiny, enc):
     assert planted is not None, "no planted pair found for this seed"
     rows = [{"query": query, "choices": [short.strip(), planted.strip()], "gold": 1}]
     task = task_of("copa", rows, continuation_delimiter="\nAnswer: ")
-    prompts = core.build_prompts(task, core.needs_prefix_space(lm))
+    prompts = build_prompts(task, needs_prefix_space(lm))
     rec = core.score_task(lm, task, prompts)[0]
     hand = [hand_logprobs(model, ctx, enc.encode_ordinary(x)) for x in (short, planted)]
     assert rec["ntok"] == [h[1] for h in hand]
@@ -221,7 +222,7 @@ def test_schema_picks_the_option_under_which_the_continuation_is_likeliest(tiny,
                                  "The trophy did not fit in the suitcase because the suitcase"],
              "continuation": "was too big.", "gold": 0}]
     task = task_of("winograd", rows)
-    rec = core.score_task(lm, task, core.build_prompts(task, True))[0]
+    rec = core.score_task(lm, task, build_prompts(task, True))[0]
     cont = enc.encode_ordinary(" was too big.")
     hand = [hand_logprobs(model, enc.encode_ordinary(o), cont) for o in rows[0]["context_options"]]
     assert np.allclose(rec["lls"], [h[0] for h in hand], atol=1e-4) and rec["ntok"] == [len(cont)] * 2
@@ -250,7 +251,7 @@ def test_language_modeling_is_correct_only_when_greedy_reproduces_every_token(ti
     wrong = enc.decode([greedy[0], other, greedy[2]])  # the same but its middle token
     rows = [{"context": context, "continuation": text.strip()}, {"context": context, "continuation": wrong.strip()}]
     task = task_of("lambada_openai", rows)
-    recs = core.score_task(lm, task, core.build_prompts(task, True))
+    recs = core.score_task(lm, task, build_prompts(task, True))
     assert [r["acc"] for r in recs] == [1, 0]
     assert hand_logprobs(model, enc.encode_ordinary(context), greedy)[2]
     assert recs[0]["lls"][0] == pytest.approx(hand_logprobs(model, enc.encode_ordinary(context), greedy)[0], abs=1e-4)
@@ -261,7 +262,7 @@ def test_contexts_are_cut_from_the_left_to_the_models_length(tiny, enc):
     long_query = " ".join(["word"] * 400) + " end?"
     rows = [{"query": long_query, "choices": ["a b", "c"], "gold": 0}]
     task = task_of("copa", rows)
-    rec = core.score_task(lm, task, core.build_prompts(task, True))[0]
+    rec = core.score_task(lm, task, build_prompts(task, True))[0]
     ctx = enc.encode_ordinary(long_query)
     for j, c in enumerate([" a b", " c"]):
         cont = enc.encode_ordinary(c)
@@ -298,7 +299,7 @@ def test_centered_accuracy_and_core_by_hand():
 
 
 def test_dclm_reference_core_is_reproduced_from_its_per_task_accuracies():
-    from pipelines.data.core import reference_results
+    from pipelines.data.core_tasks import reference_results
 
     for row in reference_results()[:5]:
         for version, col in (("v1", "Core_v1"), ("v2", "Core_v2")):

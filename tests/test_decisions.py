@@ -11,16 +11,11 @@ import math
 import numpy as np
 import pytest
 
+from pipelines.evaluate.bootstrap import ItemBootstrap, bootstrap_ci, item_weights
 from pipelines.evaluate.decisions import (
-    BETTER,
-    SAME,
-    WORSE,
-    ItemBootstrap,
     SeedNoise,
     decide,
     decision_accuracy,
-    findings,
-    item_weights,
     mean_ci,
     order_agreement,
     p_value,
@@ -29,7 +24,7 @@ from pipelines.evaluate.decisions import (
     signal_to_noise,
     verdict,
 )
-from pipelines.evaluate.evaluate import bootstrap_ci
+from pipelines.evaluate.findings import BETTER, SAME, WORSE, findings
 
 # ---------------------------------------------------------------------------------------------
 # each statistic by hand

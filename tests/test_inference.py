@@ -10,8 +10,8 @@ import pytest
 from datatrove.pipeline.inference.servers import sglang_server, vllm_server
 
 from pipelines.config import BackendConfig, InferenceExecutor, load_config
+from pipelines.engines.inference import Runner, endpoint_url, inference_config, rollout, server_kwargs
 from pipelines.errors import StudyError
-from pipelines.llm.inference import Runner, endpoint_url, inference_config, rollout, server_kwargs
 
 
 def _command(server_cls, module, cfg, monkeypatch) -> list[str]:

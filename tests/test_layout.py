@@ -17,10 +17,10 @@ LAYERS = [
     ["pipelines.errors"],
     ["pipelines.llmc", "pipelines.files", "pipelines.onednn"],
     ["pipelines.config"],
-    ["pipelines.data", "pipelines.llm", "pipelines.model"],
+    ["pipelines.data", "pipelines.engines", "pipelines.model", "pipelines.classifier"],
     ["pipelines.runs"],
-    ["pipelines.ingest", "pipelines.synthetic", "pipelines.annotate", "pipelines.classify", "pipelines.mix",
-     "pipelines.train", "pipelines.evaluate", "pipelines.figures"],
+    ["pipelines.ingest", "pipelines.synthetic", "pipelines.annotate", "pipelines.classify", "pipelines.filter",
+     "pipelines.mix", "pipelines.train", "pipelines.evaluate", "pipelines.figures"],
     ["pipelines.cli", "pipelines.sweep", "pipelines.notebooks", "pipelines.mixsearch"],
 ]
 STAGE_LAYER = 5

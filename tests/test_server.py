@@ -20,8 +20,10 @@ import pytest
 
 from pipelines.config import PROJECT_ROOT, BackendConfig, SamplingConfig
 from pipelines.data.documents import read_documents
-from pipelines.llm.backends import BackendError, OpenAIBackend, TransformersBackend, bundled_model, gguf_cache_dir
-from pipelines.llm.serve import LocalServer, ServerOptions, server_command
+from pipelines.engines.backend import BackendError
+from pipelines.engines.openai_backend import OpenAIBackend
+from pipelines.engines.serve import LocalServer, ServerOptions, server_command
+from pipelines.engines.transformers_backend import TransformersBackend, bundled_model, gguf_cache_dir
 from pipelines.runs.manifest import Run
 from pipelines.runs.runner import run_stages
 

@@ -14,7 +14,7 @@ from pipelines.errors import StudyError
 from pipelines.train.flags import LlmcArgs, check_train_config, flag_dict, llmc_flags, parse_llmc_args
 from pipelines.train.launcher import launch_command
 
-# DESIGN.md's GPT-2 1.5B recipe, and what llm.c's scripts/run_gpt2_1558M.sh adds to it (-s, -g)
+# docs/design.md's GPT-2 1.5B recipe ("Formats fixed by others"), and what llm.c's scripts/run_gpt2_1558M.sh adds to it (-s, -g)
 RECIPE_15B = "-e d48 -b 16 -t 1024 -d 1048576 -r 0 -z 1 -c 0.1 -k cosine -l 0.0006 -q 0.1 -u 700 -n 2000 " \
              "-x 32000 -ge 1 -y 1 -h 1 -v 250"
 SCRIPT_15B_EXTRA = "-s 300000 -g 384"

@@ -26,7 +26,8 @@ the expected score (the page's label: every page that can be scored gets one, wh
 writes) and the argmax. Saved like the answers, in
   scores/<k>-<model>/part-*.jsonl   {"prompt_id": "<doc id>#<sha of prompt + prefix>", "probs": [p0..p5]}
 and reported per annotator with the parse-failure rate and, for `both`, the agreement of argmax and
-expected score with the parsed score.
+expected score with the parsed score. What each mode reads, labels and reports is its class in
+scoring.py.
 
 A little over 400 lines as one thing: answers and digit scores are saved, resumed and merged into
 one label set per page together.
@@ -47,30 +48,27 @@ from tqdm.auto import tqdm
 from pipelines.annotate.prompt import (
     DIGITS,
     MAX_SCORE,
-    DigitScore,
-    ParsedScore,
-    digit_score,
     int_score,
     load_template,
-    parse_score,
     reference_agreement,
     render_prompt,
     score_prefix,
-    spearman,
 )
+from pipelines.annotate.scoring import Reading, Scoring, Tally, scoring_for
 from pipelines.config import BackendConfig
 from pipelines.data.documents import ShardedWriter, batched, field_value, read_documents
-from pipelines.errors import StudyError
-from pipelines.files import Lock
-from pipelines.llm.backends import Backend, make_backend
-from pipelines.llm.inference import run_requests
-from pipelines.llm.parts import (
+from pipelines.engines.backend import Backend
+from pipelines.engines.factory import make_backend
+from pipelines.engines.inference import run_requests
+from pipelines.engines.parts import (
     PartWriter,
     completion_record,
     keep_parts_if_same,
     read_row,
     scan_parts,
 )
+from pipelines.errors import StudyError
+from pipelines.files import Lock
 from pipelines.runs.manifest import StageContext
 
 LOG_EVERY_S = 30.0
@@ -159,7 +157,7 @@ def annotate_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, temp
         return stats
     print(f"[annotate] {name}: {total - have:,} of {total:,} pages to go ({have:,} resumed), "
           f"max_new_tokens={cfg.sampling.max_new_tokens}, temperature={cfg.sampling.temperature}")
-    if cfg.executor.kind == "datatrove":  # the same requests through datatrove's InferenceRunner (llm/inference.py)
+    if cfg.executor.kind == "datatrove":  # the same requests through datatrove's InferenceRunner (engines/inference.py)
         t0 = time.perf_counter()
         try:
             dt = run_requests(((pk, p, None) for pk, p in todo), parts_dir, backend_cfg, cfg.sampling, cfg.executor,
@@ -253,117 +251,91 @@ def score_missing(ctx: StageContext, k: int, backend_cfg: BackendConfig, templat
 # labels
 
 
-def _agreement(parsed: list[float | None], dist: list[DigitScore | None]) -> dict:
-    pairs = [(p, d) for p, d in zip(parsed, dist) if p is not None and d is not None]
-    return {
-        "pages": len(pairs),
-        "argmax_equals_parsed": round(sum(d.argmax == int_score(p) for p, d in pairs) / len(pairs), 4) if pairs else None,
-        "mean_abs_diff_expected_parsed": round(sum(abs(d.expected - p) for p, d in pairs) / len(pairs), 4) if pairs else None,
-        "spearman_expected_parsed": spearman([d.expected for _, d in pairs], [p for p, _ in pairs]),
-    }
+def saved(handles: dict[Path, IO[bytes]], index: dict, key: str) -> dict | None:
+    where = index.get(key)
+    return None if where is None else read_row(handles, where)
 
 
-def finalize(ctx: StageContext, template: str) -> dict:
-    """Saved answers (and digit probabilities) -> labels/ (scored pages) and unparsed/, in page order.
-    -> manifest fields."""
+def readings(ctx: StageContext, template: str, scoring: Scoring) -> Iterator[tuple[dict, list[Reading]]]:
+    """Each page, in page order, with every annotator's Reading of it from the saved answers and digits."""
     cfg = ctx.config.annotate
-    mode = cfg.scoring
-    for sub in ("labels", "unparsed"):
-        shutil.rmtree(ctx.dir / sub, ignore_errors=True)
     names = [annotator_name(k, b) for k, b in enumerate(cfg.annotators)]
-    indexes = [scan_parts(ctx.dir / "parts" / n)[0] if mode != "distribution" else {} for n in names]
-    score_indexes = [scan_parts(ctx.dir / "scores" / n)[0] if mode != "parse" else {} for n in names]
-    labelled = ShardedWriter(ctx.dir / "labels", "annotated", cfg.shard_documents)
-    unparsed = ShardedWriter(ctx.dir / "unparsed", "unparsed", cfg.shard_documents)
+    answers = [scan_parts(ctx.dir / "parts" / n)[0] if scoring.reads_answers else {} for n in names]
+    digits = [scan_parts(ctx.dir / "scores" / n)[0] if scoring.reads_digits else {} for n in names]
     handles: dict[Path, IO[bytes]] = {}
-    per_annotator = [Counter() for _ in names]  # parsed / failed / clipped / finish reasons
-    annotator_labels = [Counter() for _ in names]  # int score -> pages, per annotator
-    argmaxes = [Counter() for _ in names]
-    parsed_all: list[list[float | None]] = [[] for _ in names]
-    dist_all: list[list[DigitScore | None]] = [[] for _ in names]
-    labels: Counter[int] = Counter()
-    n_pages = n_no_parse = 0
     missing = []
-    reference_pairs: list[tuple[float, float]] = []  # (label, reference score) of pages that carry one
     try:
-        streams = [score_items(ctx, a, b, template, handles, indexes[a]) if mode != "parse" else None
+        streams = [score_items(ctx, a, b, template, handles, answers[a]) if scoring.reads_digits else None
                    for a, b in enumerate(cfg.annotators)]
         for doc in pages(ctx):
-            n_pages += 1
             pk = prompt_key(doc["id"], render_prompt(doc["text"], cfg.extract_chars, template))
-            scores, answers, models, parsed_raw, parsed_scores, dists = [], [], [], [], [], []
-            for a, index in enumerate(indexes):
-                c = per_annotator[a]
-                p, row = ParsedScore(None, None, False), {}
-                if mode != "distribution":
-                    where = index.get(pk)
-                    if where is None:
-                        missing.append(doc["id"])
-                        break
-                    row = read_row(handles, where)
-                    p = parse_score(row.get("text") or "")
-                    c["finish_" + (row.get("finish_reason") or "?")] += 1
-                    c["parsed" if p.score is not None else "failed"] += 1
-                    c["clipped"] += p.clipped
-                ds = None
-                if mode != "parse":
-                    _, _, _, sk = next(streams[a])  # type: ignore[call-overload]
-                    where = score_indexes[a].get(sk)
-                    if where is None:
-                        missing.append(doc["id"])
-                        break
-                    srow = read_row(handles, where)
-                    ds = digit_score(srow.get("probs"))
-                    c["scored" if ds is not None else "unscored"] += 1
-                    c["mass"] += ds.mass if ds is not None else 0.0
-                    if ds is not None:
-                        argmaxes[a][ds.argmax] += 1
-                    row = row or {"generator": srow.get("generator")}
-                    parsed_all[a].append(p.score)
-                    dist_all[a].append(ds)
-                label = p.score if mode == "parse" else (ds.expected if ds is not None else None)
-                if label is not None:
-                    annotator_labels[a][int_score(label)] += 1
-                scores.append(label)
-                parsed_raw.append(p.raw)
-                parsed_scores.append(p.score)
-                dists.append(ds)
-                answers.append(row.get("text") if mode != "distribution" else None)
-                models.append(row.get("generator"))
-            good = [s for s in scores if s is not None]
-            score = sum(good) / len(good) if good else None
-            ref = field_value(doc.get("metadata") or {}, cfg.reference_field) if cfg.reference_field else None
-            if score is not None and isinstance(ref, (int, float)) and not isinstance(ref, bool):
-                reference_pairs.append((score, float(ref)))
-            n_no_parse += all(s is None for s in parsed_scores)
-            doc["metadata"]["annotation"] = {
-                "score": score,
-                "int_score": int_score(score) if score is not None else None,
-                "scores": scores,  # per annotator; None: unparseable answer
-                "raw_values": parsed_raw,
-                "answers": answers,  # the justification, whole
-                "models": models,
-                "extract_chars": cfg.extract_chars,
-            }
-            if mode != "parse":
-                doc["metadata"]["annotation"].update({
-                    "scoring": mode,  # `scores` are the expected scores from the digits' probabilities
-                    "parsed_scores": parsed_scores,
-                    "expected_scores": [round(d.expected, 6) if d else None for d in dists],
-                    "argmax_scores": [d.argmax if d else None for d in dists],
-                    "digit_probs": [list(d.probs) if d else None for d in dists],
-                    "digit_mass": [round(d.mass, 6) if d else None for d in dists],
-                })
-            if score is None:
-                unparsed.write(doc)
-            else:
-                labels[int_score(score)] += 1
-                labelled.write(doc)
+            found = []
+            for a in range(len(names)):
+                answer = saved(handles, answers[a], pk) if scoring.reads_answers else {}
+                if answer is None:
+                    missing.append(doc["id"])
+                    break
+                digit = saved(handles, digits[a], next(streams[a])[3]) if scoring.reads_digits else {}  # type: ignore[call-overload]
+                if digit is None:
+                    missing.append(doc["id"])
+                    break
+                found.append(scoring.read(answer, digit))
+            yield doc, found
     finally:
         for f in handles.values():
             f.close()
     if missing:  # cannot happen after annotate_missing; a guard against a corrupted folder
         raise StudyError(f"[annotate] {len(missing)} page(s) have no answer (first: {missing[:3]}): rerun to finish")
+
+
+def annotator_entry(name: str, b: BackendConfig, t: Tally, n_pages: int, scoring: Scoring) -> dict:
+    """One annotator in the manifest: parse counts, finish reasons, labels (and the mode's own fields)."""
+    c = t.counts
+    return {"name": name, "model": b.model or "bundled SmolLM2-135M-Instruct GGUF", "kind": b.kind,
+            "parsed": c["parsed"], "failed": c["failed"], "clipped": c["clipped"],
+            "parse_failure_rate": round(c["failed"] / n_pages, 4) if n_pages and scoring.reads_answers else None,
+            "finish_reasons": {k[len("finish_"):]: v for k, v in sorted(c.items()) if k.startswith("finish_")},
+            "label_distribution": {str(s): t.labels.get(s, 0) for s in range(MAX_SCORE + 1)},
+            **scoring.annotator_fields(t, n_pages)}
+
+
+def finalize(ctx: StageContext, template: str, scoring: Scoring) -> dict:
+    """Saved answers (and digit probabilities) -> labels/ (scored pages) and unparsed/, in page order.
+    A jury's label is the mean of its annotators' labels. -> manifest fields."""
+    cfg = ctx.config.annotate
+    for sub in ("labels", "unparsed"):
+        shutil.rmtree(ctx.dir / sub, ignore_errors=True)
+    labelled = ShardedWriter(ctx.dir / "labels", "annotated", cfg.shard_documents)
+    unparsed = ShardedWriter(ctx.dir / "unparsed", "unparsed", cfg.shard_documents)
+    tallies = [Tally() for _ in cfg.annotators]
+    labels: Counter[int] = Counter()
+    n_pages = n_no_parse = 0
+    reference_pairs: list[tuple[float, float]] = []  # (label, reference score) of pages that carry one
+    for doc, found in readings(ctx, template, scoring):
+        n_pages += 1
+        for t, r in zip(tallies, found):
+            t.add(r, scoring)
+        good = [r.label for r in found if r.label is not None]
+        score = sum(good) / len(good) if good else None
+        ref = field_value(doc.get("metadata") or {}, cfg.reference_field) if cfg.reference_field else None
+        if score is not None and isinstance(ref, (int, float)) and not isinstance(ref, bool):
+            reference_pairs.append((score, float(ref)))
+        n_no_parse += all(r.parsed.score is None for r in found)
+        doc["metadata"]["annotation"] = {
+            "score": score,
+            "int_score": int_score(score) if score is not None else None,
+            "scores": [r.label for r in found],  # per annotator; None: unparseable answer
+            "raw_values": [r.parsed.raw for r in found],
+            "answers": [r.answer for r in found],  # the justification, whole
+            "models": [r.model for r in found],
+            "extract_chars": cfg.extract_chars,
+            **scoring.page_fields(found),
+        }
+        if score is None:
+            unparsed.write(doc)
+        else:
+            labels[int_score(score)] += 1
+            labelled.write(doc)
     shards, bad_shards = labelled.close(), unparsed.close()
     n_labelled = sum(s["documents"] for s in shards)
     n_failed = n_pages - n_labelled
@@ -376,40 +348,20 @@ def finalize(ctx: StageContext, template: str) -> dict:
     }
     if cfg.reference_field:  # the signal the labels carry, where a reference score exists
         counts["reference"] = reference_agreement(reference_pairs, cfg.reference_field, ctx.config.seed)
-    if mode != "parse":  # `unparsed`: pages with no label; parse failures counted apart
-        counts.update({"scoring": mode, "label_from": "expected score of the digits 0..5 at the score position",
-                       "unlabelled_rate": counts["parse_failure_rate"],
-                       "parse_failure_rate": (round(n_no_parse / n_pages, 4) if n_pages else None)
-                       if mode == "both" else None})
-    annotators = []
-    for a, (n, b, c, al) in enumerate(zip(names, cfg.annotators, per_annotator, annotator_labels)):
-        entry = {"name": n, "model": b.model or "bundled SmolLM2-135M-Instruct GGUF", "kind": b.kind,
-                 "parsed": c["parsed"], "failed": c["failed"], "clipped": c["clipped"],
-                 "parse_failure_rate": round(c["failed"] / n_pages, 4) if n_pages and mode != "distribution" else None,
-                 "finish_reasons": {k[len("finish_"):]: v for k, v in sorted(c.items()) if k.startswith("finish_")},
-                 "label_distribution": {str(s): al.get(s, 0) for s in range(MAX_SCORE + 1)}}
-        if mode != "parse":
-            scored = [d for d in dist_all[a] if d is not None]
-            entry["distribution"] = {
-                "scored": c["scored"], "unscored": c["unscored"],
-                "mean_digit_mass": round(c["mass"] / n_pages, 4) if n_pages else None,
-                "mean_expected_score": round(sum(d.expected for d in scored) / len(scored), 4) if scored else None,
-                "argmax_distribution": {str(s): argmaxes[a].get(s, 0) for s in range(MAX_SCORE + 1)},
-            }
-            if mode == "both":
-                entry["agreement"] = _agreement(parsed_all[a], dist_all[a])
-        annotators.append(entry)
+    counts.update(scoring.count_fields(counts, n_pages, n_no_parse))
+    names = [annotator_name(k, b) for k, b in enumerate(cfg.annotators)]
     return {
         "outputs": [{"path": f"labels/{s['path']}", "documents": s["documents"], "chars": s["chars"]} for s in shards],
         "unparsed": [{"path": f"unparsed/{s['path']}", "documents": s["documents"]} for s in bad_shards],
         "counts": counts,
-        "annotators": annotators,
+        "annotators": [annotator_entry(n, b, t, n_pages, scoring) for n, b, t in zip(names, cfg.annotators, tallies)],
         "prompt_sha256": hashlib.sha256(template.encode()).hexdigest(),
     }
 
 
 def run(ctx: StageContext, backend_factory: Callable[..., Backend] = make_backend) -> dict:
     cfg = ctx.config.annotate
+    scoring = scoring_for(cfg.scoring)
     template = load_template(cfg.prompt_path)
     ctx.dir.mkdir(parents=True, exist_ok=True)
     with Lock(ctx.dir / ".lock", f"into {ctx.dir}"):
@@ -423,28 +375,21 @@ def run(ctx: StageContext, backend_factory: Callable[..., Backend] = make_backen
         for k, b in enumerate(cfg.annotators):
             lazy = LazyBackend(backend_factory, b, ctx.config.seed)
             try:
-                t = (annotate_missing(ctx, k, b, template, lazy) if cfg.scoring != "distribution"
+                t = (annotate_missing(ctx, k, b, template, lazy) if scoring.reads_answers
                      else {"annotator": annotator_name(k, b), "answered_now": 0, "wall_s_now": 0.0})
-                if cfg.scoring != "parse":
+                if scoring.reads_digits:
                     t.update(score_missing(ctx, k, b, template, lazy))
                     t.setdefault("model_load_s", lazy.load_s)
             finally:
                 lazy.close()
             throughput.append(t)
-        result = finalize(ctx, template)
+        result = finalize(ctx, template, scoring)
     for t in throughput:
         t["docs_per_s"] = round(t["answered_now"] / t["wall_s_now"], 3) if t.get("wall_s_now") else None
         t["completion_tokens_per_s"] = (round(t["completion_tokens_now"] / t["wall_s_now"], 2)
                                         if t.get("wall_s_now") else None)
     result["throughput"] = throughput
-    c = result["counts"]
-    if cfg.scoring == "parse":
-        print(f"[annotate] {c['documents']:,} of {c['pages']:,} pages scored, parse failure rate "
-              f"{c['parse_failure_rate']:.1%}; labels {c['label_distribution']}")
-    else:
-        pf = c["parse_failure_rate"]
-        print(f"[annotate] {c['documents']:,} of {c['pages']:,} pages labelled from the digits' distribution"
-              + (f" (parse failure rate {pf:.1%})" if pf is not None else "") + f"; labels {c['label_distribution']}")
+    print(f"[annotate] {scoring.summary(result['counts'])}")
     return result
 
 

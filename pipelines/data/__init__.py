@@ -5,7 +5,7 @@
   pages.py       web pages from the hub (streamed) or local files, validated into documents;
                  the seeded held-out split; a mix's or classifier's path / hub source
   benchmarks.py  ARC-Easy, ARC-Challenge, HellaSwag, MMLU items (offline copy or hub), prompts, few-shot
-  core.py        DCLM CORE task files (data/core, a local folder or a hub dataset), hash-checked
+  core_tasks.py  DCLM CORE task files (data/core, a local folder or a hub dataset), hash-checked
   executors.py   where a datatrove pipeline runs (local, Slurm, Ray): filter, and generate / annotate
                  with executor.kind=datatrove
 """

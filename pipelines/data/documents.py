@@ -140,6 +140,8 @@ class ShardedWriter:
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"{self.prefix}_{len(self.shards):05d}.jsonl.gz"
         self._final = self.dir / name
+        # not files.atomic_path: gzip writes the file's name into its header, and atomic_path's name
+        # carries the pid, which would make the shard's bytes differ from run to run
         self._tmp = self.dir / f".{name}.tmp"
         self._f = gzip.open(self._tmp, "wt", encoding="utf-8", compresslevel=self.level)
         self._n = self._chars = 0

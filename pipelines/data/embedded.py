@@ -20,7 +20,7 @@ EMBEDDED = "embedded"
 DATA_DIR = PROJECT_ROOT / "data"
 WEB_PAGES = DATA_DIR / "web" / "web_pages.jsonl.gz"
 EVAL_DIR = DATA_DIR / "eval"
-CORE_DIR = DATA_DIR / "core"  # DCLM CORE task files (pipelines/data/core.py)
+CORE_DIR = DATA_DIR / "core"  # DCLM CORE task files (pipelines/data/core_tasks.py)
 README = "data/README.md"
 
 

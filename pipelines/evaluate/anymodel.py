@@ -26,20 +26,11 @@ from pipelines.config import CoreConfig, EvaluateConfig
 from pipelines.data.benchmarks import BENCHMARKS
 from pipelines.errors import StudyError
 from pipelines.evaluate import core
-from pipelines.evaluate.evaluate import (
-    BUNDLED_SMOLLM2,
-    Target,
-    build_tasks,
-    bundled_smollm2,
-    evaluate_target,
-    format_summary,
-    llmc_checkpoints,
-    load_benchmarks,
-    load_core_suite,
-    pick_device,
-    target_rows,
-    write_csv,
-)
+from pipelines.evaluate.evaluate import evaluate_target
+from pipelines.evaluate.models import pick_device
+from pipelines.evaluate.tables import format_summary, target_rows, write_csv
+from pipelines.evaluate.targets import BUNDLED_SMOLLM2, Target, bundled_smollm2, llmc_checkpoints
+from pipelines.evaluate.tasks import build_tasks, load_benchmarks, load_core_suite
 
 DEFAULT_OUT = Path("results") / "eval"
 SEED = 1337  # the study's default seed (bootstrap draws)

@@ -1,21 +1,7 @@
 """DCLM's CORE score: 22 in-context tasks scored as MosaicML llm-foundry (v0.9.0, the version DCLM pins)
-scores them, through the batched scorer of scoring.py; centered accuracy per task and their mean.
+scores them, through the batched scorer of scoring.py; centered accuracy per task and their mean. The
+prompts and their tokens, as llm-foundry builds them, are core_prompts.py's.
 
-Prompts (llm-foundry's InContextLearningDataset, for every task type):
-  - every top-level string field of a row is stripped (`strip_data`); lists (choices, context_options) are not;
-  - few-shot: one random.Random(fewshot_random_seed) per task (per category for jeopardy), consumed item by
-    item in file order: rng.sample(range(N), k); if the item itself was drawn, it is removed and one
-    rng.choice(range(N)) redraw (not the item, not already drawn) replaces it; the shots are used in set order;
-  - a shot is `[example_delimiter] query|context + continuation_delimiter + answer` (the delimiter only when
-    text precedes it; the answer with no added space); the test item is the same without its answer,
-    right-stripped (multiple choice, language modelling) so "\\nAnswer: " ends as "\\nAnswer:";
-  - schema (winograd, winogrande): one context per option, `[example_delimiter] option
-    [continuation_delimiter.rstrip() when shots precede]`, not stripped, then the shared continuation;
-  - the scored continuation gets a leading space when the tokenizer is GPT-2-style BPE (" a" is one token)
-    and it has none; the preamble (prompt string + shots) is tokenized with the tokenizer's special tokens
-    (a trailing EOS dropped), the test context and continuation without, and the three are concatenated;
-  - a context that does not fit is cut from the left to min(max_seq_len, the model's length) minus the
-    continuation (llm-foundry's trim_context, per option).
 Scoring (llm-foundry's metrics):
   - multiple_choice: the option with the lowest mean per-token cross-entropy (= highest mean log-likelihood
     per token; the first on ties);
@@ -37,176 +23,20 @@ items, resampled within each task (and within each jeopardy category), the same 
 from __future__ import annotations
 
 import math
-import random
 import time
-import zlib
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipelines.data.core import CoreData, CoreTask, TaskSpec, load_core
-from pipelines.errors import StudyError
-from pipelines.evaluate.scoring import LM, Encoded, score_encoded
+from pipelines.config import EvaluateConfig
+from pipelines.data.core_tasks import CoreData, CoreTask, TaskSpec, load_core
+from pipelines.evaluate.bootstrap import percentile_ci, resampled_means, task_rng
+from pipelines.evaluate.core_prompts import CorePrompt, build_prompts, encode_core, needs_prefix_space
+from pipelines.evaluate.models import LM
+from pipelines.evaluate.scoring import Batching, score_encoded
 
 CORE_SIZE = 22  # DCLM's low-variance task set
 CONTINUOUS = ("bpb", "prob_norm", "margin")  # multiple_choice and schema items only
-
-
-# ---------------------------------------------------------------------------------------------
-# prompts (strings), as llm-foundry builds them
-
-
-def strip_row(row: dict) -> dict:
-    """llm-foundry's strip_data: top-level strings stripped, everything else as it is."""
-    return {k: v.strip() if isinstance(v, str) else v for k, v in row.items()}
-
-
-def fewshot_indices(n: int, k: int, idx: int, rng: random.Random) -> set[int]:
-    """llm-foundry's get_fewshot_sample_idxs: k distinct rows of n, never `idx`, in a set (its order is used)."""
-    k = min(n - 1, k)
-    picked = set(rng.sample(range(0, n), k))
-    if idx in picked:
-        picked.remove(idx)
-        if len(picked) >= n - 1:
-            return picked
-        redraw = rng.choice(range(0, n))
-        while redraw in picked or redraw == idx:
-            redraw = rng.choice(range(0, n))
-        picked.add(redraw)
-    return picked
-
-
-def add_prefix_space(text: str, prefix_space: bool) -> str:
-    return f" {text}" if prefix_space and not text.startswith(" ") else text
-
-
-def shot_text(spec: TaskSpec, row: dict, preceding: str) -> str:
-    """One solved example (construct_context with add_answer=True)."""
-    t = spec.icl_task_type
-    if t == "schema":
-        body = row["context_options"][row["gold"]]
-        head = spec.example_delimiter if preceding else ""
-        return f"{head}{body}{spec.continuation_delimiter}{row['continuation']}"
-    body, answer = (row["query"], row["choices"][row["gold"]]) if t == "multiple_choice" else \
-        (row["context"], row["continuation"])
-    head = spec.example_delimiter if preceding else ""
-    return f"{head}{body}{spec.continuation_delimiter}{answer}"
-
-
-@dataclass(frozen=True)
-class CorePrompt:
-    """One item: the preamble (prompt string + shots), and per option its context and continuation."""
-
-    row: int  # position in the task file
-    category: str | None
-    gold: int | None  # None for language_modeling
-    preamble: str
-    contexts: list[str]
-    continuations: list[str]
-    shots: tuple[int, ...] = ()  # the few-shot rows (positions in the task file), in preamble order
-
-
-def item_prompt(spec: TaskSpec, row: dict, row_index: int, preamble: str, prefix_space: bool,
-                shots: tuple[int, ...] = ()) -> CorePrompt:
-    t = spec.icl_task_type
-    head = spec.example_delimiter if preamble else ""
-    if t == "schema":
-        tail = spec.continuation_delimiter.rstrip() if preamble else ""
-        contexts = [f"{head}{c}{tail}" for c in row["context_options"]]
-        cont = add_prefix_space(row["continuation"], prefix_space)
-        return CorePrompt(row_index, row.get("category"), row["gold"], preamble, contexts, [cont] * len(contexts),
-                          shots)
-    body = row["query"] if t == "multiple_choice" else row["context"]
-    ctxt = f"{head}{body}{spec.continuation_delimiter}".rstrip()
-    if t == "multiple_choice":
-        conts = [add_prefix_space(c, prefix_space) for c in row["choices"]]
-        return CorePrompt(row_index, row.get("category"), row["gold"], preamble, [ctxt] * len(conts), conts, shots)
-    return CorePrompt(row_index, row.get("category"), None, preamble, [ctxt],
-                      [add_prefix_space(row["continuation"], prefix_space)], shots)
-
-
-def build_prompts(task: CoreTask, prefix_space: bool, limit: int | None = None) -> list[CorePrompt]:
-    """Prompts of the first `limit` rows (all: None), in file order. The few-shot RNG is consumed as for
-    the whole file, so an item's prompt never depends on the limit. Jeopardy-style tasks (has_categories):
-    each category is its own data set (llm-foundry's partition_dataset_by_category), with its own RNG."""
-    spec = task.spec
-    rows = [strip_row(r) for r in task.rows]
-    keep = len(rows) if limit is None else min(limit, len(rows))
-    if spec.has_categories:
-        parts: dict[str, list[int]] = {}
-        for i, r in enumerate(rows):
-            parts.setdefault(r["category"], []).append(i)
-        groups = [parts[c] for c in sorted(parts)]
-    else:
-        groups = [list(range(len(rows)))]
-    out: dict[int, CorePrompt] = {}
-    for members in groups:
-        rng = random.Random(spec.fewshot_random_seed)
-        for j, i in enumerate(members):
-            if i >= keep:
-                break  # file order: the rest of this group lies beyond the limit too
-            preamble = spec.prompt_string
-            shots = tuple(members[s] for s in fewshot_indices(len(members), spec.num_fewshot, j, rng)) \
-                if spec.num_fewshot > 0 else ()
-            for s in shots:
-                preamble += shot_text(spec, rows[s], preamble)
-            out[i] = item_prompt(spec, rows[i], i, preamble, prefix_space, shots)
-    return [out[i] for i in range(keep)]
-
-
-# ---------------------------------------------------------------------------------------------
-# tokens, as llm-foundry tokenizes
-
-
-def needs_prefix_space(lm: LM) -> bool:
-    """llm-foundry's tokenizer_needs_prefix_space: " a" is one token (GPT-2-style BPE)."""
-    return len(lm.encode([" a"], add_special_tokens=False)[0]) == 1
-
-
-def _encode_unique(lm: LM, texts: list[str], special: bool) -> dict[str, list[int]]:
-    unique = list(dict.fromkeys(texts))
-    return dict(zip(unique, lm.encode(unique, add_special_tokens=special))) if unique else {}
-
-
-def trim_context(context: list[int], continuation: list[int], max_len: int) -> list[int]:
-    """llm-foundry's trim_context: cut from the left so that context + continuation <= max_len."""
-    if len(context) + len(continuation) > max_len:
-        room = max_len - len(continuation)
-        if room <= 0:
-            raise StudyError(f"a continuation of {len(continuation)} tokens does not fit the model's "
-                             f"{max_len}-token context")
-        context = context[-room:]
-    return context
-
-
-def encode_core(lm: LM, prompts: list[CorePrompt], max_len: int) -> tuple[list[Encoded], list[list[tuple[int, int]]]]:
-    """Scorer inputs: options of one item that share their (trimmed) context are one Encoded (the context
-    is run once); owners[k] = the (item, option) of each continuation of encoded[k]. Also each option's
-    token count (the continuation's)."""
-    pre = _encode_unique(lm, [p.preamble for p in prompts], special=True)
-    ctx = _encode_unique(lm, [c for p in prompts for c in p.contexts], special=False)
-    cont = _encode_unique(lm, [c for p in prompts for c in p.continuations], special=False)
-    eos = lm.eos_token_id
-    encoded, owners = [], []
-    for i, p in enumerate(prompts):
-        head = pre[p.preamble]
-        if eos is not None and len(head) > 1 and head[-1] == eos:  # _fix_eos_on_preamble
-            head = head[:-1]
-        by_context: dict[tuple[int, ...], int] = {}
-        for j, (c, x) in enumerate(zip(p.contexts, p.continuations)):
-            toks = cont[x]
-            if not toks:
-                raise StudyError(f"item {p.row}: continuation {x!r} encodes to no tokens: nothing to score")
-            context = trim_context(head + ctx[c], toks, max_len) or [lm.prefix_token_id]
-            key = tuple(context)
-            if key not in by_context:
-                by_context[key] = len(encoded)
-                encoded.append(Encoded(list(context), []))
-                owners.append([])
-            k = by_context[key]
-            encoded[k].continuations.append(toks)
-            owners[k].append((i, j))
-    return encoded, owners
 
 
 # ---------------------------------------------------------------------------------------------
@@ -240,11 +70,11 @@ def rescore(spec: TaskSpec, prompts: list[CorePrompt], saved: list[dict]) -> lis
             for r, p in zip(saved, prompts)]
 
 
-def score_task(lm: LM, task: CoreTask, prompts: list[CorePrompt], share_context: bool = True,
-               batch_tokens: int = 4096, max_batch: int = 64, progress: bool = False, desc: str = "") -> list[dict]:
+def score_task(lm: LM, task: CoreTask, prompts: list[CorePrompt], batching: Batching | EvaluateConfig = Batching(),
+               desc: str = "") -> list[dict]:
     max_len = min(task.spec.max_seq_len, lm.max_length)
     encoded, owners = encode_core(lm, prompts, max_len)
-    scores = score_encoded(lm, encoded, share_context, batch_tokens, max_batch, progress, desc or task.spec.label)
+    scores = score_encoded(lm, encoded, batching, desc or task.spec.label)
     n_opt = [len(p.continuations) for p in prompts]
     lls = [[0.0] * n for n in n_opt]
     ntok = [[0] * n for n in n_opt]
@@ -291,9 +121,8 @@ def task_name(label: str) -> str:
     return f"core_{label}"
 
 
-def evaluate_core(lm: LM, suite: CoreSuite, share_context: bool = True, batch_tokens: int = 4096,
-                  max_batch: int = 64, progress: bool = False, log=print, label: str = "",
-                  skip: frozenset[str] = frozenset(), on_task=None) -> tuple[dict, dict]:
+def evaluate_core(lm: LM, suite: CoreSuite, batching: Batching | EvaluateConfig = Batching(), log=print,
+                  label: str = "", skip: frozenset[str] = frozenset(), on_task=None) -> tuple[dict, dict]:
     """The suite's tasks with one model, but those whose task_name is in `skip` (already scored):
     ({task_name: records}, speed); on_task(task_name, records) after each task."""
     prefix_space = needs_prefix_space(lm)
@@ -304,8 +133,7 @@ def evaluate_core(lm: LM, suite: CoreSuite, share_context: bool = True, batch_to
         task = suite.data.tasks[t]
         prompts = suite.prompts(t, prefix_space)
         t0 = time.perf_counter()
-        records = score_task(lm, task, prompts, share_context, batch_tokens, max_batch, progress,
-                             f"{label} core {t}".strip())
+        records = score_task(lm, task, prompts, batching, f"{label} core {t}".strip())
         dt = time.perf_counter() - t0
         results[task_name(t)] = records
         if on_task is not None:
@@ -349,20 +177,13 @@ def task_accuracy(records: list[dict], spec: TaskSpec) -> float:
 def resampled_accuracy(records: list[dict], spec: TaskSpec, n_boot: int, seed: int, chunk: int = 100) -> np.ndarray:
     """(n_boot,) bootstrap replicates of task_accuracy, resampled within each stratum; the draws depend
     only on the seed, the task and the item counts, so models scored on the same items are paired."""
-    rng = np.random.default_rng([seed, zlib.crc32(spec.label.encode())])
-    parts = strata(records, spec)
-    reps = np.zeros(n_boot)
-    for x in parts:
-        reps += np.concatenate([x[rng.integers(0, len(x), size=(min(chunk, n_boot - i), len(x)))].mean(axis=1)
-                                for i in range(0, n_boot, chunk)]) / len(parts)
-    return reps
+    return resampled_means(strata(records, spec), n_boot, task_rng(seed, spec.label), chunk)
 
 
 def summarize(results: dict[str, list[dict]], suite_specs: dict[str, TaskSpec], version: str, n_boot: int = 1000,
               level: float = 0.95, seed: int = 0) -> dict:
     """Per task: acc and centered accuracy with CIs; CORE (mean centered accuracy over the tasks scored)
     with its CI and label. `results`: {label: records}."""
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
     tasks, core_reps = {}, []
     for label, records in results.items():
         if not records:
@@ -374,14 +195,13 @@ def summarize(results: dict[str, list[dict]], suite_specs: dict[str, TaskSpec], 
         creps = centered(reps, b)
         core_reps.append(creps)
         tasks[label] = {"type": spec.icl_task_type, "shots": spec.num_fewshot, "n": len(records), "baseline": b,
-                        "acc": acc, "acc_ci": [float(np.quantile(reps, lo_q)), float(np.quantile(reps, hi_q))],
-                        "centered": centered(acc, b),
-                        "centered_ci": [float(np.quantile(creps, lo_q)), float(np.quantile(creps, hi_q))]}
+                        "acc": acc, "acc_ci": list(percentile_ci(reps, level)), "centered": centered(acc, b),
+                        "centered_ci": list(percentile_ci(creps, level))}
     n = len(tasks)
     core = float(np.mean([t["centered"] for t in tasks.values()])) if n else float("nan")
     reps = np.mean(core_reps, axis=0) if n else np.array([np.nan])
     return {"label": core_label(version, n), "version": version, "tasks_scored": n, "of": CORE_SIZE,
-            "core": core, "ci": [float(np.quantile(reps, lo_q)), float(np.quantile(reps, hi_q))],
+            "core": core, "ci": list(percentile_ci(reps, level)),
             "tasks": tasks}
 
 
@@ -401,10 +221,10 @@ def table_rows(results: dict[str, list[dict]], suite_specs: dict[str, TaskSpec],
         for m in CONTINUOUS:
             if records and m in records[0]:
                 x = np.array([r[m] for r in records], dtype=np.float64)
-                rng = np.random.default_rng([seed, zlib.crc32(label.encode())])
-                reps = x[rng.integers(0, len(x), size=(n_boot, len(x)))].mean(axis=1)
-                rows.append({**base, "metric": m, "value": float(x.mean()), "ci_low": float(np.quantile(reps, (1 - level) / 2)),
-                             "ci_high": float(np.quantile(reps, 1 - (1 - level) / 2)), "random_baseline": None})
+                # the task's draws (as acc's, for a task without categories), all items in one group
+                lo, hi = percentile_ci(resampled_means([x], n_boot, task_rng(seed, label)), level)
+                rows.append({**base, "metric": m, "value": float(x.mean()), "ci_low": lo, "ci_high": hi,
+                             "random_baseline": None})
     if s["tasks"]:
         rows.append({"benchmark": "core", "subject": None, "form": "icl", "metric": "core", "value": s["core"],
                      "ci_low": s["ci"][0], "ci_high": s["ci"][1], "n": s["tasks_scored"], "random_baseline": 0.0,

@@ -3,15 +3,14 @@
 The evaluate stage scores every trained run (mix x model size x seed, at its last evaluated
 checkpoints) on the same items, so one metric of one benchmark is, per mix, a matrix of seeds x items.
 This module turns those matrices into decisions (numpy only; evaluate.py assembles the matrices and
-writes decisions.json and summary.csv):
+writes decisions.json and summary.csv). The per-item metrics and their direction are metrics.METRICS: acc,
+acc_norm (argmax of the answer log-likelihoods, raw / per character), and the continuous ones of
+DataDecide: bpb (bits per byte of the correct answer; lower is better), prob_norm (probability of the
+correct answer normalised over the choices), margin (log-likelihood of the correct answer minus that of
+the best wrong one, nats). The item bootstrap is bootstrap.py's (item_weights: a benchmark score is the
+mean over items, MMLU's the macro average over subjects; ItemBootstrap: one seeded set of resampled items,
+shared by every run); the report in words is findings.py's.
 
-  METRICS              the per-item metrics and their direction: acc, acc_norm (argmax of the answer
-                       log-likelihoods, raw / per character), and the continuous ones of DataDecide:
-                       bpb (bits per byte of the correct answer; lower is better), prob_norm (probability
-                       of the correct answer normalised over the choices), margin (log-likelihood of the
-                       correct answer minus that of the best wrong one, nats)
-  item_weights         a benchmark score is the mean over items; MMLU's the macro average over subjects
-  ItemBootstrap        the paired item bootstrap: one seeded set of resampled items, shared by every run
   seed_noise           how far a score moves with the training seed (pooled over the mixes of a scale)
   mean_ci              a mix's score (mean over seeds) with its CI over items and seeds
   paired_difference    a - b: the difference, its CI, a two-sided p-value and a verdict
@@ -24,7 +23,7 @@ Where the uncertainty comes from, and how each interval holds both parts:
   items  a benchmark is a sample of questions. Items are resampled with replacement (within subject for
          MMLU), and every run is resampled on the same items (paired), so an item that is hard for every
          model adds nothing to a difference. ItemBootstrap draws the resamples exactly as
-         evaluate.bootstrap_ci does, so with one seed a mix's interval equals table.csv's.
+         bootstrap_ci does, so with one seed a mix's interval equals table.csv's.
   seeds  a training run is one draw of initialisation and data order. Three seeds cannot usefully be
          resampled (a bootstrap over 3 values understates their spread by a third and has no tails), so
          the seed part is a variance component: the within-mix variance of the per-seed scores, pooled
@@ -41,9 +40,6 @@ difference, p = 2 min(P*(d <= 0), P*(d >= 0)) with the +1 correction ((1 + count
 is `better` / `worse` (for the first mix, in the metric's direction) when p < 1 - level, else `no
 detectable difference`. tests/test_decisions.py checks the rate of detections on many synthetic null
 pairs (same mix, different seeds) against 5%, and that a planted difference is found.
-
-Over 400 lines as one thing: the paired bootstrap, seed noise, verdicts, SNR and decision accuracy
-share one resampling scheme and must be read together to trust a verdict.
 """
 
 from __future__ import annotations
@@ -55,73 +51,12 @@ from typing import Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-METRICS: dict[str, dict] = {
-    "acc": {"higher_is_better": True, "label": "accuracy", "percent": True},
-    "acc_norm": {"higher_is_better": True, "label": "accuracy (per-character normalised)", "percent": True},
-    "bpb": {"higher_is_better": False, "label": "bits per byte of the correct answer", "percent": False},
-    "prob_norm": {"higher_is_better": True, "label": "probability of the correct answer among the choices",
-                  "percent": True},
-    "margin": {"higher_is_better": True, "label": "log-likelihood margin over the best wrong answer (nats)",
-               "percent": False},
-    # DCLM's CORE (evaluate/core.py): (acc - random) / (1 - random) per task; its macro average over tasks is CORE
-    "centered": {"higher_is_better": True, "label": "centered accuracy", "percent": True},
-    "core": {"higher_is_better": True, "label": "CORE (mean centered accuracy over tasks)", "percent": True},
-}
-BETTER, WORSE, SAME = "better", "worse", "no detectable difference"
+from pipelines.evaluate.bootstrap import ItemBootstrap
+from pipelines.evaluate.findings import BETTER, SAME, WORSE, findings
+from pipelines.evaluate.metrics import METRICS
+
 BENCHMARK_LABELS = {"arc_easy": "ARC-Easy", "arc_challenge": "ARC-Challenge", "hellaswag": "HellaSwag",
                     "mmlu": "MMLU", "core": "CORE"}
-
-
-# ---------------------------------------------------------------------------------------------
-# items
-
-
-def item_weights(n: int, groups: Sequence | np.ndarray | None = None) -> np.ndarray:
-    """Weights of the benchmark score as a weighted mean of its items: 1/n each, or (groups: MMLU's
-    subjects) the macro average, 1 / (number of groups x items in the item's group)."""
-    if groups is None:
-        return np.full(n, 1.0 / n)
-    _, inverse, counts = np.unique(np.asarray(groups), return_inverse=True, return_counts=True)
-    return 1.0 / (len(counts) * counts[inverse])
-
-
-class ItemBootstrap:
-    """`n_boot` seeded resamples of n items as a matrix (n_boot, n): row b holds, per item, how often
-    resample b drew it times the item's weight, so the score of a value vector x in resample b is
-    `matrix[b] @ x` (every statistic here is a weighted mean of items). One instance per benchmark and
-    form is shared by every run: all runs are resampled on the same items (paired).
-
-    The draws are those of evaluate.bootstrap_ci (same seed, same order: per group, chunks of 100
-    resamples of rng.integers), so the two agree replicate for replicate."""
-
-    def __init__(self, n: int, groups: Sequence | np.ndarray | None = None, n_boot: int = 1000, seed: int = 0,
-                 chunk: int = 100):
-        if n < 1:
-            raise ValueError("no items to resample")
-        rng = np.random.default_rng(seed)
-        self.n, self.n_boot = n, n_boot
-        self.weights = item_weights(n, groups)
-        self.matrix = np.zeros((n_boot, n))
-        g = None if groups is None else np.asarray(groups)
-        parts = [np.arange(n)] if g is None else [np.flatnonzero(g == x) for x in np.unique(g)]
-        for pos in parts:
-            m = len(pos)
-            for i in range(0, n_boot, chunk):
-                rows = min(chunk, n_boot - i)
-                idx = rng.integers(0, m, size=(rows, m))
-                counts = np.bincount((idx + m * np.arange(rows)[:, None]).ravel(), minlength=rows * m)
-                self.matrix[i:i + rows, pos] += counts.reshape(rows, m) / (m * len(parts))
-
-    def score(self, x: np.ndarray) -> float:
-        return float(self.weights @ x)
-
-    def replicates(self, x: np.ndarray) -> np.ndarray:
-        return self.matrix @ x
-
-
-def _quantiles(reps: np.ndarray, level: float) -> tuple[float, float]:
-    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -194,6 +129,14 @@ def _replicates(y: np.ndarray, boot: ItemBootstrap, noise: SeedNoise, inv_k: flo
 
 # ---------------------------------------------------------------------------------------------
 # one mix, two mixes
+
+
+def _quantiles(reps: np.ndarray, level: float) -> tuple[float, float]:
+    """The percentile interval of replicates (items and seeds). Its upper quantile is written (1 + level) / 2,
+    as before bootstrap.py: for levels below ~1e-6 it can differ from percentile_ci's 1 - (1 - level) / 2
+    in the last bit."""
+    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
 
 
 def mean_ci(x, boot: ItemBootstrap, noise: SeedNoise = SeedNoise(), level: float = 0.95,
@@ -455,91 +398,3 @@ def decide(runs: list[dict], tasks: Mapping[str, dict], scales: list[str], level
     }
     report["findings"] = findings(report)
     return report
-
-
-# ---------------------------------------------------------------------------------------------
-# words
-
-
-def format_value(metric: str, x: float | None, signed: bool = False) -> str:
-    """Accuracy-like metrics in percentage points, the others as they are."""
-    if x is None or not np.isfinite(x):
-        return "n/a"
-    if METRICS.get(metric, {}).get("percent"):
-        return f"{100 * x:+.1f} pt" if signed else f"{100 * x:.1f}%"
-    return f"{x:+.3f}" if signed else f"{x:.3f}"
-
-
-def _pair_text(r: dict, p: dict) -> str:
-    m = r["metric"]
-    return f"{r['label']} {format_value(m, p['diff'], True)} [{format_value(m, p['ci_low'], True)}, " \
-           f"{format_value(m, p['ci_high'], True)}]"
-
-
-def findings(report: dict) -> list[str]:
-    """Plain sentences, the evaluate log's and the paper's Results paragraph: per scale (largest first)
-    how many comparisons are decided, what separates which mixes and what does not; the metrics with the
-    highest signal-to-noise; decision accuracy between scales; the same-mix check."""
-    out = []
-    level = report["settings"]["level"]
-    for scale in reversed(report["scales"]):
-        rs = [r for r in report["results"] if r["scale"] == scale]
-        if not rs:
-            continue
-        seeds = report["seeds"].get(scale, {})
-        k = sorted({len(v) for v in seeds.values()})
-        pairs = [(r, p) for r in rs for p in r["pairs"]]
-        detected = [(r, p) for r, p in pairs if p["verdict"] != SAME]
-        avg = report["settings"]["average_last"]
-        out.append(f"At scale {scale} ({'/'.join(map(str, k))} seed(s) per mix"
-                   f"{f', each metric averaged over the last {avg} evaluated checkpoints' if avg > 1 else ''}, "
-                   f"{len(rs)} metrics): {len(detected)} of {len(pairs)} mix comparisons show a difference at "
-                   f"{level:.0%} confidence (about {(1 - level) * len(pairs):.1f} would by chance alone)."
-                   + ("" if all(r["seed_noise"] for r in rs) else
-                      " With one seed per mix the intervals cover the items only, not the training seed."))
-        by_pair: dict[tuple, list] = {}
-        for r, p in pairs:
-            by_pair.setdefault((p["a"], p["b"]), []).append((r, p))
-        for (a, b), items in by_pair.items():
-            sep = [(r, p) for r, p in items if p["verdict"] != SAME]
-            if not sep:
-                out.append(f"{a} vs {b}: no detectable difference on any of the {len(items)} metrics.")
-                continue
-            better = [(r, p) for r, p in sep if p["verdict"] == BETTER]
-            worse = [(r, p) for r, p in sep if p["verdict"] == WORSE]
-            parts = []
-            if better:
-                parts.append(f"{a} is better on " + "; ".join(_pair_text(r, p) for r, p in better[:4])
-                             + (f" and {len(better) - 4} more" if len(better) > 4 else ""))
-            if worse:
-                parts.append(f"{a} is worse on " + "; ".join(_pair_text(r, p) for r, p in worse[:4])
-                             + (f" and {len(worse) - 4} more" if len(worse) > 4 else ""))
-            out.append(f"{a} vs {b} (difference {a} - {b}): " + "; ".join(parts)
-                       + f"; no detectable difference on the other {len(items) - len(sep)} metrics.")
-        ranked = [x for x in report["snr_ranking"].get(scale, []) if x["snr"] is not None]
-        if ranked:
-            top = ", ".join(f"{x['label']} ({x['snr']:.1f})" for x in ranked[:3])
-            low = ", ".join(f"{x['label']} ({x['snr']:.1f})" for x in ranked[-3:])
-            deciding = [x for x in ranked if x["decisive"]]
-            out.append(f"Highest signal-to-noise at {scale}: {top}; lowest: {low}. "
-                       f"{len(deciding)} of {len(ranked)} metrics decide at least one pair at this scale.")
-    for small in report["scales"][:-1]:
-        acc = [a for a in report["decision_accuracy"] if a["small"] == small and a["value"] is not None]
-        if not acc:
-            continue
-        vals = np.array([a["value"] for a in acc])
-        # ranked by the interval's low end: an agreement of 1.00 with CI [0, 1] says nothing
-        low_end = [a["ci_low"] if a["ci_low"] is not None and np.isfinite(a["ci_low"]) else -np.inf for a in acc]
-        top = [acc[i] for i in sorted(range(len(acc)), key=lambda i: (-low_end[i], -acc[i]["value"]))][:3]
-        out.append(f"Decision accuracy of {small} against {acc[0]['large']} ({acc[0]['pairs']} pairs of mixes per "
-                   f"metric): median {np.median(vals):.2f} over {len(acc)} metrics, "
-                   f"{int((vals == 1).sum())} of them order every pair as {acc[0]['large']} does; surest (highest CI low end): "
-                   + ", ".join(f"{a['key']} {a['value']:.2f} [{a['ci_low']:.2f}, {a['ci_high']:.2f}]" for a in top)
-                   + ".")
-    n = report["null_check"]
-    if n["comparisons"]:
-        out.append(f"Same mix, different seeds (seed noise estimated from the other mixes): {n['detected']} of "
-                   f"{n['comparisons']} comparisons ({n['rate']:.1%}) are called a difference; {1 - level:.0%} is "
-                   f"expected when the test is calibrated and the mixes' seed noise is alike (the comparisons share "
-                   f"seeds and items, so the count varies more than a binomial one).")
-    return out

@@ -27,17 +27,14 @@ from pathlib import Path
 import yaml
 
 from pipelines.data.benchmarks import HUB, Item, load_benchmark, local_file, prompt
-from pipelines.data.core import CoreTask, TaskSpec
+from pipelines.data.core_tasks import CoreTask, TaskSpec
+from pipelines.engines.transformers_backend import load_causal_lm
 from pipelines.errors import StudyError
-from pipelines.evaluate import core
-from pipelines.evaluate.evaluate import (
-    BUNDLED_SMOLLM2,
-    bundled_smollm2,
-    item_record,
-    load_llmc,
-)
-from pipelines.evaluate.scoring import HFCausalLM, score
-from pipelines.llm.backends import load_causal_lm
+from pipelines.evaluate.core_prompts import build_prompts, needs_prefix_space
+from pipelines.evaluate.metrics import item_record
+from pipelines.evaluate.models import HFCausalLM, load_llmc
+from pipelines.evaluate.scoring import Batching, score
+from pipelines.evaluate.targets import BUNDLED_SMOLLM2, bundled_smollm2
 from pipelines.model import export_hf
 
 
@@ -181,17 +178,16 @@ def agreement_items(data_dir: Path, benchmarks: list[str], subjects: list[str], 
     return tasks, {t.name: items_for(t, loaded[t.benchmark], limit) for t in tasks}
 
 
-def score_ours(lm, tasks: list[LmevalTask], items: dict[str, list[Item]], batch_tokens: int = 4096,
-               max_batch: int = 64, share_context: bool = True) -> tuple[dict[str, tuple], "Timing"]:
+def score_ours(lm, tasks: list[LmevalTask], items: dict[str, list[Item]],
+               batching: Batching = Batching()) -> tuple[dict[str, tuple], "Timing"]:
     """Our prompts + scorer + per-item metrics on each task: ({task: (prompts, records)}, Timing)."""
     import time
-
 
     t0, c0 = time.perf_counter(), time.process_time()
     out = {}
     for t in tasks:
         prompts = [prompt(it, t.form) for it in items[t.name]]
-        lls = score(lm, prompts, share_context=share_context, batch_tokens=batch_tokens, max_batch=max_batch)
+        lls = score(lm, prompts, batching)
         out[t.name] = (prompts, [item_record(it, p, ll) for it, p, ll in zip(items[t.name], prompts, lls)])
     return out, Timing(time.perf_counter() - t0, time.process_time() - c0)
 
@@ -359,4 +355,4 @@ def compare_core_task(spec: TaskSpec, prompts: list, records: list[dict], sample
 
 def core_prompts(task: CoreTask, lm, limit: int | None) -> list:
     """Our prompts of the first `limit` rows of a CORE task for this model (its prefix-space rule)."""
-    return core.build_prompts(task, core.needs_prefix_space(lm), limit)
+    return build_prompts(task, needs_prefix_space(lm), limit)

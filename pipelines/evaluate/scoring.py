@@ -23,175 +23,43 @@ Tokenization is lm-evaluation-harness's `_encode_pair`: trailing spaces of the c
 continuation; continuation tokens = encode(context + continuation)[len(encode(context)):].
 An item whose context + continuation does not fit the model's length is scored as rows, truncated
 from the left exactly as lm-evaluation-harness does. A model without custom-mask support
-(`CallableLM`) is always scored as rows.
+(`CallableLM`) is always scored as rows. The models (LM and its subclasses) are models.py's.
 
 `score_encoded` takes token ids already split into context and continuations (DCLM's CORE tokenizes
-as llm-foundry does, pipelines/evaluate/core.py) and also reports, per continuation, its token count
-and whether every token is the model's argmax (greedy decoding would reproduce it).
+as llm-foundry does, pipelines/evaluate/core_prompts.py) and also reports, per continuation, its token
+count and whether every token is the model's argmax (greedy decoding would reproduce it).
+
+How it batches (share_context, batch_tokens, max_batch, progress) is one argument: the stage's
+EvaluateConfig (evaluate.batch_tokens ... in the YAML), or a Batching for any other caller; the numbers
+are read once, where they are used (score_encoded -> batches).
 """
 
 from __future__ import annotations
 
 import bisect
-from contextlib import nullcontext
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import torch
 
-from pipelines import onednn
+from pipelines.config import EvaluateConfig
 from pipelines.data.benchmarks import Prompt
 from pipelines.errors import StudyError
-from pipelines.llm.backends import load_causal_lm
-from pipelines.onednn import available as onednn_available
+from pipelines.evaluate.models import LM
 
 PAD_SEGMENT = -2  # padding positions
 CONTEXT_SEGMENT = -1  # shared context: every token of the sequence may attend to it
 
 
-class LM:
-    """What the scorer needs from a model. Subclasses: HFCausalLM (tree or rows), CallableLM (rows)."""
+@dataclass(frozen=True)
+class Batching:
+    """How the scorer runs, for callers outside a study (tests, lm-eval checks, benchmarks). The evaluate
+    stage passes its EvaluateConfig instead, which has these four fields under the same names."""
 
-    max_length: int  # longest input the model takes (lm-evaluation-harness's max_length)
-    prefix_token_id: int  # stands in for an empty context
-    supports_tree: bool = False  # takes a 4D additive attention mask and position ids
-    eos_token_id: int | None = None  # the tokenizer's end-of-sequence token, when it has one
-
-    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
-        """Token ids; `add_special_tokens` as transformers' tokenizers (a BOS for Llama-style ones);
-        a plain encode function (tiktoken's GPT-2 BPE) adds none either way."""
-        raise NotImplementedError
-
-    def logprobs(self, input_ids: torch.Tensor, position_ids: torch.Tensor | None, mask: torch.Tensor | None,
-                 rows: torch.Tensor, cols: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """input_ids (B, T); position_ids (B, T) or None (0..T-1); mask (B, 1, T, T) additive or None
-        (causal); rows, cols, targets (N,) -> (N, 2) float64 on the CPU: [:, 0] log p(targets[n] | prefix
-        ending at (rows[n], cols[n])), [:, 1] 1.0 where targets[n] is the argmax there (first on ties)."""
-        raise NotImplementedError
-
-
-HEAD_CHUNK = 128  # positions per lm-head call: (128, V) float32 logits, ~25 MB. glibc maps blocks over 32 MB
-# afresh on every call: 1,024 rows took 4.2 s of page faults and zeroing for 25k positions, 128 rows 1.8 s
-
-
-def target_logprobs(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """logits (N, V), targets (N,) -> (N, 2) float64 on the CPU: log p(target), log-softmax in float32
-    then gather (as lm-evaluation-harness; torch's fused log_softmax beats logsumexp on CPU); and
-    whether the target is the argmax (llm-foundry's greedy check)."""
-    lp = torch.log_softmax(logits.float(), dim=-1).gather(1, targets[:, None])[:, 0]
-    greedy = logits.argmax(dim=-1) == targets
-    return torch.stack([lp.double(), greedy.double()], dim=1).cpu()
-
-
-def _full_logits_logprobs(logits: torch.Tensor, rows, cols, targets) -> torch.Tensor:
-    # logits (B, T, V) -> the N selected positions only, in chunks
-    return torch.cat([target_logprobs(logits[rows[i : i + HEAD_CHUNK], cols[i : i + HEAD_CHUNK]],
-                                      targets[i : i + HEAD_CHUNK]) for i in range(0, len(targets), HEAD_CHUNK)])
-
-
-class CallableLM(LM):
-    """Any torch causal LM as a function input_ids (B, T) -> logits (B, T, V), plus its tokenizer.
-    Scored as right-padded causal rows (no custom masks needed)."""
-
-    def __init__(self, forward: Callable[[torch.Tensor], torch.Tensor], encode: Callable[[list[str]], list[list[int]]],
-                 max_length: int, prefix_token_id: int, device: str | torch.device = "cpu"):
-        self.forward, self._encode, self.max_length = forward, encode, max_length
-        self.prefix_token_id, self.device = prefix_token_id, torch.device(device)
-
-    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
-        return self._encode(texts)
-
-    @torch.inference_mode()
-    def logprobs(self, input_ids, position_ids, mask, rows, cols, targets):
-        if mask is not None or position_ids is not None:
-            raise StudyError("CallableLM scores plain causal rows only (share_context must be off for it)")
-        logits = self.forward(input_ids.to(self.device))
-        return _full_logits_logprobs(logits, rows.to(logits.device), cols.to(logits.device), targets.to(logits.device))
-
-
-class HFCausalLM(LM):
-    """A transformers causal LM (`AutoModelForCausalLM`), a GGUF file included.
-
-    The body runs with our 4D mask and position ids; the lm head runs on the selected positions only
-    (unless the model post-processes its logits: soft-capping or a logit scale, then full logits)."""
-
-    supports_tree = True
-
-    def __init__(self, model, tokenizer=None, encode: Callable[[list[str]], list[list[int]]] | None = None,
-                 max_length: int | None = None, prefix_token_id: int | None = None, onednn: bool | None = None):
-        if tokenizer is None and encode is None:
-            raise StudyError("HFCausalLM needs a tokenizer or an encode function")
-        self.model = model.eval()
-        self.tokenizer, self._encode = tokenizer, encode
-        self.device = next(model.parameters()).device
-        # linear layers through oneDNN (onednn.linear_mode); None: on a CPU where torch has it
-        self.onednn = (self.device.type == "cpu" and onednn_available()) if onednn is None else onednn
-        self.max_length = max_length or resolve_max_length(model.config, tokenizer)
-        if prefix_token_id is None and tokenizer is not None:
-            prefix_token_id = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-        if prefix_token_id is None:
-            prefix_token_id = getattr(model.config, "bos_token_id", None) or 0
-        self.prefix_token_id = int(prefix_token_id)
-        self.eos_token_id = tokenizer.eos_token_id if tokenizer is not None else prefix_token_id
-        cfg = model.config
-        self.head = model.get_output_embeddings()
-        self.body = getattr(model, "base_model", None)
-        self.head_only = (self.head is not None and self.body is not None and self.body is not model
-                          and getattr(cfg, "final_logit_softcapping", None) is None
-                          and getattr(cfg, "logit_scale", None) is None)
-
-    @classmethod
-    def from_pretrained(cls, path: str, gguf_file: str | None = None, dtype: str = "float32",
-                        device: str = "cpu", gguf_cache: bool = True) -> "HFCausalLM":
-        """A hub id or local folder (with `gguf_file`: a GGUF file inside it), or a .gguf path. A GGUF
-        model loads through the de-quantized copy the generate backend keeps (pipelines.llm.backends
-        .load_causal_lm: one cache, converted once for every stage), unless `gguf_cache` is off."""
-        p = Path(path)
-        if gguf_file is None and p.suffix == ".gguf":
-            path, gguf_file = str(p.parent), p.name
-        try:
-            model, tok = load_causal_lm(path, gguf_file, dtype, cache=gguf_cache, attn_implementation="sdpa")
-        except (OSError, ValueError) as e:
-            raise StudyError(f"could not load the model {path!r}{' (' + gguf_file + ')' if gguf_file else ''}: {e}\n"
-                             f"give a hub id, a local folder with config.json, or a .gguf file "
-                             f"(GGUF needs the `gguf` package)") from None
-        return cls(model.to(device), tok)
-
-    def encode(self, texts: list[str], add_special_tokens: bool = True) -> list[list[int]]:
-        if self._encode is not None:
-            return self._encode(texts)
-        # default: the tokenizer's own defaults for special tokens, as lm-evaluation-harness's tok_encode
-        return self.tokenizer(texts, add_special_tokens=add_special_tokens)["input_ids"]
-
-    @torch.inference_mode()
-    def logprobs(self, input_ids, position_ids, mask, rows, cols, targets):
-        dev = self.device
-        kw = {"input_ids": input_ids.to(dev), "use_cache": False}
-        if mask is not None:
-            kw["attention_mask"] = mask.to(dev, self.model.dtype)
-        if position_ids is not None:
-            kw["position_ids"] = position_ids.to(dev)
-        rows, cols, targets = rows.to(dev), cols.to(dev), targets.to(dev)
-        with onednn.linear_mode() if self.onednn else nullcontext():
-            if not self.head_only:
-                return _full_logits_logprobs(self.model(**kw).logits, rows, cols, targets)
-            hidden = self.body(**kw).last_hidden_state[rows, cols]  # (N, C): positions that predict an answer
-            return torch.cat([target_logprobs(self.head(hidden[i : i + HEAD_CHUNK]), targets[i : i + HEAD_CHUNK])
-                              for i in range(0, len(targets), HEAD_CHUNK)])
-
-
-def resolve_max_length(config, tokenizer=None, default: int = 2048) -> int:
-    """lm-evaluation-harness's rule: n_positions / max_position_embeddings / n_ctx, else the
-    tokenizer's model_max_length when it is set, else 2048."""
-    for attr in ("n_positions", "max_position_embeddings", "n_ctx"):
-        v = getattr(getattr(config, "text_config", None) or config, attr, None)
-        if isinstance(v, int) and v > 0:
-            return v
-    n = getattr(tokenizer, "model_max_length", None)
-    if isinstance(n, int) and 0 < n < 10**12:
-        return n
-    return default
+    share_context: bool = True  # one forward per item (context once, tree mask); False: one row per choice
+    batch_tokens: int = 4096  # padded tokens per forward pass
+    max_batch: int = 64  # sequences per forward pass
+    progress: bool = False  # a tqdm bar per task
 
 
 # ---------------------------------------------------------------------------------------------
@@ -322,9 +190,9 @@ MAX_PADDING = 0.1  # a sequence joins a batch only if it is at most 10% shorter 
 
 
 def batches(seqs: list[Packed], batch_tokens: int, max_batch: int) -> list[list[Packed]]:
-    """Longest first; a batch holds at most batch_tokens padded tokens and max_batch sequences, of
-    lengths within MAX_PADDING of each other: on a CPU a padded token costs as much as a real one,
-    and batching gains less than padding loses."""
+    """Longest first; a batch holds at most batch_tokens padded tokens and max_batch sequences (evaluate.
+    batch_tokens, max_batch), of lengths within MAX_PADDING of each other: on a CPU a padded token costs as
+    much as a real one, and batching gains less than padding loses."""
     order = sorted(seqs, key=lambda s: -len(s.tokens))
     out, cur = [], []
     for s in order:
@@ -372,12 +240,10 @@ def collate(batch: list[Packed], pad_id: int = 0):
     return ids, pos, mask, torch.tensor(rows), torch.tensor(cols), torch.tensor(targets), owners
 
 
-def score(lm: LM, prompts: Sequence[Prompt], share_context: bool = True, batch_tokens: int = 4096,
-          max_batch: int = 64, progress: bool = False, desc: str = "scoring",
-          pack_tokens: int = PACK_TOKENS) -> list[list[float]]:
+def score(lm: LM, prompts: Sequence[Prompt], batching: Batching | EvaluateConfig = Batching(),
+          desc: str = "scoring", pack_tokens: int = PACK_TOKENS) -> list[list[float]]:
     """Sum of log-probabilities of each continuation given its context: one list per prompt."""
-    return score_encoded(lm, encode_prompts(lm, prompts), share_context, batch_tokens, max_batch, progress,
-                         desc, pack_tokens).lls
+    return score_encoded(lm, encode_prompts(lm, prompts), batching, desc, pack_tokens).lls
 
 
 @dataclass
@@ -386,20 +252,19 @@ class Scores:
     greedy: list[list[bool]]  # every continuation token is the argmax of its position
 
 
-def score_encoded(lm: LM, encoded: Sequence[Encoded], share_context: bool = True, batch_tokens: int = 4096,
-                  max_batch: int = 64, progress: bool = False, desc: str = "scoring",
-                  pack_tokens: int = PACK_TOKENS) -> Scores:
+def score_encoded(lm: LM, encoded: Sequence[Encoded], batching: Batching | EvaluateConfig = Batching(),
+                  desc: str = "scoring", pack_tokens: int = PACK_TOKENS) -> Scores:
     """The scorer on token ids: one forward per packed batch (tree or rows, as `score`); tree items
     merged into rows of up to `pack_tokens` tokens (capped by the model's length; 0: one item a row)."""
-    tree = share_context and lm.supports_tree
+    tree = batching.share_context and lm.supports_tree
     seqs = pack(list(encoded), lm.max_length, tree=tree)
     if tree and pack_tokens:
         seqs = merge(seqs, min(pack_tokens, lm.max_length))
     lls = [[0.0] * len(e.continuations) for e in encoded]
     greedy = [[True] * len(e.continuations) for e in encoded]
-    groups = batches(seqs, batch_tokens, max_batch)
+    groups = batches(seqs, batching.batch_tokens, batching.max_batch)
     bar = None
-    if progress:
+    if batching.progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=sum(len(s.tokens) for s in seqs), desc=desc, unit="tok", leave=False)

@@ -1,7 +1,7 @@
 """Ingest real web documents (FineWeb from the hub, or local files of the same fields).
 
 Output, in results/<run>/ingest/:
-  train/train_00000.jsonl.gz ...  documents in the DESIGN.md record
+  train/train_00000.jsonl.gz ...  documents in the record of docs/design.md ("The spine")
   val/val_00000.jsonl.gz ...      the held-out slice: a seeded hash of the id picks it, so a
                                   document's split never depends on order or on max_documents
   removed/<reason>.jsonl          first examples of each drop reason (counts in the manifest)

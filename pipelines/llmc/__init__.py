@@ -1,4 +1,4 @@
-"""llm.c's file formats (DESIGN.md, "Formats fixed by others"): what llm.c reads and writes, in numpy.
+"""llm.c's file formats (docs/design.md, "Formats fixed by others"): what llm.c reads and writes, in numpy.
 
   shards.py     token shards (256-int32 header, uint16 tokens): write, read, validate, ShardWriter
   tokenizer.py  GPT-2 BPE through tiktoken (offline rank file), batch encoding with EOT per document

@@ -12,7 +12,6 @@ not fit are left out (and counted); for T = 1024 every HellaSwag validation exam
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable
@@ -20,6 +19,7 @@ from typing import Iterable
 import numpy as np
 
 from pipelines.errors import StudyError
+from pipelines.files import atomic_open
 from pipelines.llmc.shards import HEADER_BYTES, HEADER_INTS
 from pipelines.llmc.tokenizer import gpt2
 
@@ -72,13 +72,10 @@ def write_eval_file(path: str | Path, items: Iterable[dict], source: str, seq_le
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:4] = (EVAL_MAGIC, 1, len(streams), longest)
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:  # makes the parent folder too
         f.write(header.tobytes())
         for s in streams:
             f.write(s.tobytes())
-    os.replace(tmp, path)
     return {"path": str(path), "source": source,
             "examples": len(streams), "skipped": skipped, "longest_bytes": longest}
 

@@ -5,12 +5,12 @@ Every document starts with <|endoftext|> (50256), so a shard splits back into do
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from pipelines.errors import StudyError
+from pipelines.files import atomic_open
 from pipelines.llmc.tokenizer import EOT, VOCAB, gpt2
 
 MAGIC = 20240520
@@ -24,7 +24,7 @@ def shard_name(name: str, split: str, idx: int) -> str:
 
 
 def write_shard(path: Path, tokens: np.ndarray) -> None:
-    """Write atomically (temporary name, then rename): a killed writer leaves no valid-looking shard."""
+    """Write atomically (files.atomic_open): a killed writer leaves no valid-looking shard."""
     tokens = np.asarray(tokens)
     if tokens.size and (tokens.min() < 0 or tokens.max() >= VOCAB):
         raise ValueError(f"token ids must be in [0, {VOCAB}), got [{tokens.min()}, {tokens.max()}]")
@@ -32,12 +32,9 @@ def write_shard(path: Path, tokens: np.ndarray) -> None:
         raise ValueError(f"{tokens.size} tokens do not fit an llm.c shard header (int32)")
     header = np.zeros(HEADER_INTS, dtype="<i4")
     header[:3] = (MAGIC, VERSION, tokens.size)
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(Path(path), "wb") as f:
         f.write(header.tobytes())
         f.write(tokens.astype("<u2", copy=False).tobytes())
-    os.replace(tmp, path)
 
 
 def read_header(path: Path) -> np.ndarray:

@@ -23,6 +23,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from pipelines.errors import StudyError
+from pipelines.files import atomic_open
 
 EOT = 50256  # <|endoftext|>, starts every document in an llm.c shard
 VOCAB = 50257
@@ -83,9 +84,8 @@ def ensure_gpt2_bpe(log=print) -> Path:
             data = tar.extractfile(member).read()
     if hashlib.sha256(data).hexdigest() != BPE_SHA256:
         raise StudyError(f"{WHISPER_MEMBER} from {WHISPER_SDIST} does not have the expected sha256 {BPE_SHA256}")
-    tmp_target = target.with_suffix(".tmp")
-    tmp_target.write_bytes(data)
-    os.replace(tmp_target, target)
+    with atomic_open(target, "wb") as f:
+        f.write(data)
     log(f"GPT-2 BPE from {WHISPER_SDIST} -> {target}")
     return target
 

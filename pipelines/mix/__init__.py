@@ -1,7 +1,7 @@
 """The `mix` stage: token-budgeted blends of sources, deduplicated and decontaminated, as llm.c shards.
 
   mix.py            the stage: picks the executor
-  plan.py           one plan for both executors: weights, per-source targets, seeded generator,
+  plan.py           one plan for both executors: weights, each source's part of the budget, seeded generator,
                     the manifest's records
   inmemory.py       the default executor: union of sources, exact + near-duplicate removal
   streaming.py      `mix.streaming: true`: sources streamed into shards, resumable per shard

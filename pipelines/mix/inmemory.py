@@ -48,22 +48,22 @@ from pipelines.runs.manifest import Run, StageContext
 from pipelines.runs.readers import stage_documents
 
 
-def sample_source(lengths: np.ndarray, target: int, rng: np.random.Generator, on_short: str,
+def sample_source(lengths: np.ndarray, tokens: int, rng: np.random.Generator, on_short: str,
                   what: str) -> tuple[np.ndarray, float]:
-    """Indices of documents whose tokens reach `target` (overshooting by less than the last
-    document), in seeded random order; epochs > 1 when the source had to be repeated."""
+    """Indices of documents whose lengths reach `tokens` (the source's part of the budget, overshooting
+    by less than the last document), in seeded random order; epochs > 1 when the source had to be repeated."""
     total = int(lengths.sum())
     if total == 0:
         raise StudyError(f"{what}: the source has no documents left after dedup and decontamination")
-    if total < target and on_short == "fail":
-        raise StudyError(f"{what}: needs {target:,} tokens but the source has {total:,} after dedup and "
+    if total < tokens and on_short == "fail":
+        raise StudyError(f"{what}: needs {tokens:,} tokens but the source has {total:,} after dedup and "
                          f"decontamination; lower the mix's tokens, or set mix.on_short=repeat to repeat it")
     picked: list[np.ndarray] = []
     got = 0
-    while got < target:
+    while got < tokens:
         perm = rng.permutation(len(lengths))
         csum = np.cumsum(lengths[perm])
-        k = int(np.searchsorted(csum, target - got, side="left")) + 1  # first prefix reaching the need
+        k = int(np.searchsorted(csum, tokens - got, side="left")) + 1  # first prefix reaching the need
         k = min(k, len(perm))
         picked.append(perm[:k])
         got += int(csum[k - 1])
@@ -146,7 +146,7 @@ def run(ctx: StageContext) -> dict:
         for share in p.sources:
             pool = [k for k in members[share.name] if k not in removed]
             lengths = np.array([len(tokens[k]) for k in pool], dtype=np.int64)
-            idx, epochs = sample_source(lengths, share.target_tokens, rng, cfg.on_short,
+            idx, epochs = sample_source(lengths, share.tokens, rng, cfg.on_short,
                                         f"mix {p.name!r}, source {share.name!r}")
             chosen = [pool[i] for i in idx]
             picks += chosen

@@ -1,9 +1,11 @@
 """The mix plan: what every executor of `mix.mixes` shares, so a mix's weights are read here only.
 
-For each mix: its budget, each source's normalised share and token target
-(round(tokens * w / sum(w))), the seeded generator that samples and shuffles it
-(default_rng([seed, crc32(name)])), its shard patterns, and the manifest records both executors
-write (per source, per mix, per input source, the stage's result).
+For each mix: its budget (`tokens`, the config's mix.mixes[].tokens), each source's normalised share
+and its part of the budget (SourceShare.tokens = round(tokens * w / sum(w))), the seeded generator that
+samples and shuffles it (default_rng([seed, crc32(name)])), its shard patterns, and the manifest records
+both executors write (per source, per mix, per input source, the stage's result). In those records the
+budget sits beside the tokens actually written (`tokens`), so it is stored as `budget_tokens` (a mix)
+and `target_tokens` (a source).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from pipelines.config import MixConfig, MixSource, MixSpec
 class SourceShare:
     name: str
     weight: float  # share of the budget, the mix's weights normalised to sum to 1
-    target_tokens: int
+    tokens: int  # its part of the mix's budget: round(budget * weight)
 
 
 @dataclass(frozen=True)
@@ -35,7 +37,8 @@ class MixPlan:
         return self.spec.name
 
     @property
-    def budget_tokens(self) -> int:
+    def tokens(self) -> int:
+        """The mix's budget: mix.mixes[].tokens."""
         return self.spec.tokens
 
     @property
@@ -56,7 +59,7 @@ class MixPlan:
 
     def entry(self, shards: list[dict], per_source: dict[str, dict]) -> dict:
         """The manifest's record of this mix, from its train shards (paths relative to the mix folder)."""
-        return {"name": self.name, "budget_tokens": self.budget_tokens, "tokens": sum(s["tokens"] for s in shards),
+        return {"name": self.name, "budget_tokens": self.tokens, "tokens": sum(s["tokens"] for s in shards),
                 "documents": sum(s["documents"] for s in shards), "per_source": per_source,
                 "train_pattern": self.train_pattern, "val_pattern": self.val_pattern,
                 "shards": [{**s, "path": f"{self.name}/{s['path']}"} for s in shards]}
@@ -74,7 +77,7 @@ def plan(cfg: MixConfig) -> list[MixPlan]:
 def source_record(share: SourceShare, *, tokens: int, documents: int, unique_documents: int,
                   available_documents: int | None, available_tokens: int | None, epochs: float | None) -> dict:
     """One source's part of one mix (None: not known, e.g. a stream that was not read to its end)."""
-    return {"weight": share.weight, "target_tokens": share.target_tokens, "tokens": tokens, "documents": documents,
+    return {"weight": share.weight, "target_tokens": share.tokens, "tokens": tokens, "documents": documents,
             "unique_documents": unique_documents, "available_documents": available_documents,
             "available_tokens": available_tokens, "epochs": epochs}
 

@@ -12,11 +12,11 @@ ingest.select keeps to drop repeated ids (~100 bytes a document).
      exact-text hash (dedup.exact_key, 64 bits), its benchmark n-gram match (decontaminate.NgramIndex)
      and its GPT-2 tokens; the parent then drops, in stream order, exact duplicates (of a val page or
      of any document the mix's sources have passed in their current pass) and contaminated documents
-  4. the next document comes from the source furthest behind its target (tokens taken / target); a
-     source stops at its target, overshooting by less than one document; documents reach the shards
+  4. the next document comes from the source furthest behind its part of the budget (tokens taken /
+     share.tokens); a source stops there, overshooting by less than one document; documents reach the shards
      (tokenize.ShardWriter) through a shuffle buffer of mix.shuffle_buffer documents drawn by the
      mix's seeded rng, so every shard mixes the sources
-  5. a source that ends before its target stops the run (mix.on_short: fail) or starts over (repeat,
+  5. a source that ends before its part of the budget stops the run (mix.on_short: fail) or starts over (repeat,
      epochs recorded); the dedup set is per pass, so a repeated document passes again
 
 Unlike the in-memory mix: there is no near-duplicate (MinHash) pass (the manifest says
@@ -68,6 +68,7 @@ from pipelines.mix.decontaminate import NgramIndex, _WordHasher
 from pipelines.mix.dedup import exact_key
 from pipelines.mix.plan import (
     MixPlan,
+    SourceShare,
     input_record,
     mkdir,
     plan,
@@ -219,9 +220,9 @@ class _Source:
     time. Positions count the stream's documents (validation pages included), so a pass's stream is
     the same sequence every time it is opened."""
 
-    def __init__(self, mix: "_StreamingMix", i: int, name: str, target: int,
-                 opener: Callable[[DropLog], Iterator[dict]]):
-        self.mix, self.i, self.name, self.target, self.opener = mix, i, name, target, opener
+    def __init__(self, mix: "_StreamingMix", i: int, share: SourceShare, opener: Callable[[DropLog], Iterator[dict]]):
+        self.mix, self.i, self.share, self.opener = mix, i, share, opener
+        self.name = share.name
         self.passno = 1
         self.consumed = 0  # documents of this pass's stream the mix has gone past
         self.taken = self.tokens = self.taken_in_pass = 0  # documents and tokens given to the mix (all passes)
@@ -348,7 +349,7 @@ class _Source:
                 raise StudyError(f"{self.what()}: no documents left after dedup and decontamination "
                                  f"(pass {self.passno}); check the source, or drop it from the mix")
             if self.mix.cfg.on_short == "fail":
-                raise StudyError(f"{self.what()}: needs {self.target:,} tokens but the source has "
+                raise StudyError(f"{self.what()}: needs {self.share.tokens:,} tokens but the source has "
                                  f"{self.tokens:,} after dedup and decontamination; lower the mix's tokens, or "
                                  f"set mix.on_short=repeat to repeat it")
             self.passno += 1
@@ -373,7 +374,7 @@ class _Source:
         self.new_hashes = []
 
     def state(self) -> dict:
-        return {"name": self.name, "target": self.target, "pass": self.passno, "consumed": self.consumed,
+        return {"name": self.name, "target": self.share.tokens, "pass": self.passno, "consumed": self.consumed,
                 "taken": self.taken, "tokens": self.tokens, "taken_in_pass": self.taken_in_pass, "hashes": self.hashes,
                 "pass_start": self.pass_start, "stats": self.stats, "available": self.available,
                 "input_drops": dict(self.input_drops.counts)}
@@ -441,7 +442,7 @@ class _StreamingMix:
                 opener = lambda drops, stage=src.stage: stage_documents(run, stage)  # noqa: E731
             else:
                 opener = lambda drops, src=src: external_documents(src, self.ctx.config.seed, drops)  # noqa: E731
-            self.sources.append(_Source(self, i, share.name, share.target_tokens, opener))
+            self.sources.append(_Source(self, i, share, opener))
 
     def _start_over(self) -> None:
         _remove_shards(self.out, self.spec.name, keep=0)
@@ -507,9 +508,9 @@ class _StreamingMix:
         return None
 
     def _behind(self) -> _Source | None:
-        """The source furthest behind its target (ties: config order); None when all reached theirs."""
-        live = [s for s in self.sources if s.tokens < s.target]
-        return min(live, key=lambda s: s.tokens / s.target) if live else None
+        """The source furthest behind its part of the budget (ties: config order); None when all reached theirs."""
+        live = [s for s in self.sources if s.tokens < s.share.tokens]
+        return min(live, key=lambda s: s.tokens / s.share.tokens) if live else None
 
     def _emit(self, doc: _Doc) -> None:
         n = len(doc.tokens)

@@ -7,9 +7,9 @@
   <search>-proposed,  the proposed mix and the prior mix (validate), at the proxy scale or with
   <search>-prior      validate.set's overrides
 
-Each run's overrides come from the sweep's point_overrides (sweep.py): `share_with` names every other
-run of the search, so a stage whose config and inputs equal a done stage elsewhere is linked (symlink),
-never recomputed; ingest, generation and the classifier run once, in the census. A run is only
+Each run's config is the base preset with typed updates (config.with_updates), as a sweep point's
+(sweep.py): `share_with` names every other run of the search, so a stage whose config and inputs equal a
+done stage elsewhere is linked (symlink), never recomputed; ingest, generation and the classifier run once, in the census. A run is only
 started when its last stage is not done, so a rerun executes nothing done.
 
 Targets: `val_bpb` is the trainer's last validation loss (nats per token, llm.c's main.log) over the
@@ -27,14 +27,14 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from pipelines.config import StudyConfig, load_config
+from pipelines.config import StudyConfig, load_config, updates_of, with_updates
 from pipelines.errors import StudyError
 from pipelines.llmc.tokenizer import EOT, gpt2
 from pipelines.mixsearch.spec import MixSearchSpec
 from pipelines.runs.manifest import Run, stages_through
 from pipelines.runs.runner import run_stages
 from pipelines.runs.trainlog import parse_main_log
-from pipelines.sweep import SweepSpec, override, point_overrides
+from pipelines.sweep import shared_with
 from pipelines.train.data import DataLoader
 
 MIX = "mix"  # the one mix of every proxy run (one name: the same seeded document draws across runs)
@@ -49,48 +49,53 @@ def last_stage(spec: MixSearchSpec) -> str:
     return "evaluate" if spec.target.kind == "benchmark" else "train"
 
 
+# every run of a search: one mix, no staged schedules, one model and seed
+ONE_RUN = {"train.schedules": [], "train.mixes": None, "train.seeds": None, "train.models": None}
+
+
 class Runs:
-    """The overrides of every run of a search, built once from the spec (and the command line's `extra`)."""
+    """The configs of every run of a search: the base preset with the spec's and the command line's
+    overrides (`extra`, --set text) and the search's own typed updates, in the order a sweep point applies
+    them (sweep.py): the spec's set, the search's settings, the proxy scale, proxy.set (validate.set),
+    the command line's, then the run's mix and share_with."""
 
     def __init__(self, name: str, spec: MixSearchSpec, extra: list[str]):
         self.name, self.spec, self.extra = name, spec, list(extra)
-        base = load_config(spec.preset, [*spec.set, *extra])
-        tps = load_config(spec.preset, [*spec.set, *extra, *spec.proxy.set]).train.tokens_per_step
+        self.preset = load_config(spec.preset)
+        self.user = updates_of(spec.set)
+        self.user_extra = updates_of(self.extra)
+        base = with_updates(self.preset, self.user, self.user_extra)
+        tps = with_updates(self.preset, self.user, self.user_extra, updates_of(spec.proxy.set)).train.tokens_per_step
         self.steps = spec.proxy.tokens // tps
         if self.steps < 1:
             raise StudyError(f"proxy.tokens {spec.proxy.tokens:,} is less than one training step of {tps:,} tokens")
         self.proxy_tokens = self.steps * tps
-        # every run: one mix, no staged schedules, one model and seed, the search's stages only
-        one = ["train.schedules=[]", "train.mixes=null", "train.seeds=null", "train.models=null"]
         census = mix_entry(dict.fromkeys(spec.sources, 1.0), spec.mix_tokens, "census")
-        full = load_config(spec.preset, [*spec.set, *one, *extra, override("mix.mixes", [census]), "stages=null"])
+        full = with_updates(self.preset, self.user, ONE_RUN, self.user_extra, {"mix.mixes": [census], "stages": None})
         self.stages = stages_through(full, last_stage(spec))
         self.census_stages = stages_through(full, "mix")
         self.results_dir = Path(base.results_dir)
         # keep_prepared: the census keeps its deduplicated, decontaminated, tokenized union and every proxy
         # with the same sources reuses it (pipelines/mix/prepared.py), so a proxy's mix only samples and writes
-        self.common = [*spec.set, *one, "mix.keep_prepared=true", override("stages", self.stages)]
+        self.common = {**ONE_RUN, "mix.keep_prepared": True, "stages": self.stages}
         if spec.target.kind == "benchmark":
-            self.common += ["evaluate.models=[]", override("evaluate.benchmarks", [spec.target.benchmark]),
-                            "evaluate.checkpoints=last", "evaluate.average_last=1"]
-        self.proxy_set = [f"train.model={spec.proxy.model}", f"train.steps={self.steps}", *spec.proxy.set]
+            self.common |= {"evaluate.models": [], "evaluate.benchmarks": [spec.target.benchmark],
+                            "evaluate.checkpoints": "last", "evaluate.average_last": 1}
+        self.proxy_scale = {"train.model": spec.proxy.model, "train.steps": self.steps}
 
     def names(self, n: int) -> dict[str, str]:
         """role -> run name: census, p00 ..., proposed, prior."""
         roles = ["census", *(f"p{i:02d}" for i in range(n)), "proposed", "prior"]
         return {r: f"{self.name}-{r}" for r in roles}
 
-    def overrides(self, role: str, mix: dict, n: int) -> list[str]:
-        """The run's --set list (sweep.point_overrides: its own, then share_with naming the other runs)."""
-        names = self.names(n)
-        own = list(self.proxy_set)
-        if role in ("proposed", "prior"):
-            own += self.spec.validate_runs.set
-        sweep = SweepSpec(preset=self.spec.preset, set=[*self.common, *own], grid={"mix.mixes": [[mix]]})
-        return point_overrides(sweep, names[role], {"mix.mixes": [mix]}, list(names.values()), self.extra)
-
     def config(self, role: str, mix: dict, n: int) -> StudyConfig:
-        return load_config(self.spec.preset, self.overrides(role, mix, n))
+        """The run's config: its mix, and share_with naming every other run of the search (plus the runs
+        the overrides share with), so a stage done in another run is linked (sweep.shared_with)."""
+        names = self.names(n)
+        own = [*self.spec.proxy.set, *(self.spec.validate_runs.set if role in ("proposed", "prior") else [])]
+        share = shared_with(names[role], list(names.values()), [*self.spec.set, *own, *self.extra])
+        return with_updates(self.preset, self.user, self.common, self.proxy_scale, updates_of(own), self.user_extra,
+                            {"mix.mixes": [mix], "share_with": share})
 
     def done(self, cfg: StudyConfig, run: str, stage: str) -> bool:
         return Run(cfg, run).state(stage).status == "done"

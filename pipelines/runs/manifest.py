@@ -34,7 +34,7 @@ from typing import Any, Callable
 
 from pipelines.config import PROJECT_ROOT, StudyConfig, config_hash, dump_yaml
 from pipelines.errors import StudyError
-from pipelines.files import Lock, file_sha256, write_json_atomic  # noqa: F401 - callers import them from here too
+from pipelines.files import Lock, file_sha256, write_json_atomic, write_text_atomic  # noqa: F401 - callers import them from here too
 from pipelines.llmc.shards import validate_shard
 from pipelines.model import read_checkpoint_header
 from pipelines.runs.provenance import data_line, data_read
@@ -43,6 +43,7 @@ from pipelines.runs.provenance import data_line, data_read
 @dataclass(frozen=True)
 class StageSpec:
     runner: str  # "module:function", imported only when the stage runs (optional deps stay optional)
+    result: str  # "module:Class", the stage's typed result (its package's result.py), imported when used
     sections: tuple[str, ...]  # config sections that define the stage's output (hashed)
     inputs: tuple[str, ...] = ()  # upstream stages
     resumable: bool = False  # keeps its folder on rerun and skips work already written
@@ -54,47 +55,54 @@ class StageSpec:
     def load_preflight(self) -> Callable[["StageContext"], object] | None:
         return None if self.preflight is None else _function(self.preflight)
 
-    def load(self) -> Callable[["StageContext"], dict]:
+    def load(self) -> Callable[["StageContext"], Any]:
         return _function(self.runner)
 
+    def load_result(self) -> type[BaseModel]:
+        return _function(self.result)
 
-def _function(ref: str) -> Callable:
-    """A "module:function" reference, imported now."""
-    module, func = ref.split(":")
-    return getattr(importlib.import_module(module), func)
+
+def _function(ref: str) -> Any:
+    """A "module:name" reference (a function, a class), imported now."""
+    module, name = ref.split(":")
+    return getattr(importlib.import_module(module), name)
 
 
 # Stages in execution order; each new stage registers here (and its config section in config.py).
 STAGES: dict[str, StageSpec] = {
-    "ingest": StageSpec("pipelines.ingest.ingest:run", ("ingest",), command="study ingest"),
-    "tokenize": StageSpec("pipelines.ingest.tokenize:run", ("tokenize",), ("ingest",), command="study tokenize"),
+    "ingest": StageSpec("pipelines.ingest.ingest:run", "pipelines.ingest.result:IngestResult", ("ingest",),
+                        command="study ingest"),
+    "tokenize": StageSpec("pipelines.ingest.tokenize:run", "pipelines.ingest.result:TokenizeResult", ("tokenize",),
+                          ("ingest",), command="study tokenize"),
     # web-extract seeds come from ingest; topic seeds (prompts.seeds: topics) need no upstream stage
-    "prompts": StageSpec("pipelines.synthetic.prompts:run", ("prompts",), inputs_from="prompts.input_stages",
-                         command="study prompts"),
-    "generate": StageSpec("pipelines.synthetic.generate:run", ("generate",), ("prompts",), resumable=True,
-                          command="study generate"),
+    "prompts": StageSpec("pipelines.synthetic.prompts:run", "pipelines.synthetic.result:PromptsResult", ("prompts",),
+                         inputs_from="prompts.input_stages", command="study prompts"),
+    "generate": StageSpec("pipelines.synthetic.generate:run", "pipelines.synthetic.result:GenerateResult",
+                          ("generate",), ("prompts",), resumable=True, command="study generate"),
     # FineWeb-Edu-style: LLM labels (resumable like generate), a classifier trained on labels, and the
     # classifier applied as datatrove steps (resumable: datatrove skips tasks already completed)
-    "annotate": StageSpec("pipelines.annotate.annotate:run", ("annotate",), ("ingest",), resumable=True,
-                          command="study annotate"),
-    "classify": StageSpec("pipelines.classify.classify:run", ("classifier",), inputs_from="classifier.input_stages",
-                          command="study classifier train"),
-    "filter": StageSpec("pipelines.classify.filter:run", ("filter",), inputs_from="filter.input_stages", resumable=True,
-                        command="study classifier apply"),
+    "annotate": StageSpec("pipelines.annotate.annotate:run", "pipelines.annotate.result:AnnotateResult",
+                          ("annotate",), ("ingest",), resumable=True, command="study annotate"),
+    "classify": StageSpec("pipelines.classify.classify:run", "pipelines.classify.result:ClassifyResult",
+                          ("classifier",), inputs_from="classifier.input_stages", command="study classifier train"),
+    "filter": StageSpec("pipelines.filter.filter:run", "pipelines.filter.result:FilterResult", ("filter",),
+                        inputs_from="filter.input_stages", resumable=True, command="study classifier apply"),
     # resumable: a streaming mix (mix.streaming) continues after its last complete shard; the in-memory
     # mix empties its folder itself
-    "mix": StageSpec("pipelines.mix.mix:run", ("mix",), ("ingest",), inputs_from="mix.source_stages", resumable=True,
-                     command="study mix"),
+    "mix": StageSpec("pipelines.mix.mix:run", "pipelines.mix.result:MixResult", ("mix",), ("ingest",),
+                     inputs_from="mix.source_stages", resumable=True, command="study mix"),
     # one llm.c-format run per shard set; resumable: a rerun continues from the last DONE checkpoint
-    "train": StageSpec("pipelines.train.train:run", ("train",), ("mix",), resumable=True,
-                       command="study train", preflight="pipelines.train.train:preflight"),
+    "train": StageSpec("pipelines.train.train:run", "pipelines.train.result:TrainResult", ("train",), ("mix",),
+                       resumable=True, command="study train", preflight="pipelines.train.train:preflight"),
     # after train: its checkpoints (evaluate.trained) plus reference models; resumable: a finished
     # (model, checkpoint) keeps its per-item results while its evaluation settings are unchanged
-    "evaluate": StageSpec("pipelines.evaluate.evaluate:run", ("evaluate",), inputs_from="evaluate.upstream_stages",
-                          resumable=True, command="study evaluate"),
+    "evaluate": StageSpec("pipelines.evaluate.evaluate:run", "pipelines.evaluate.result:EvaluateResult",
+                          ("evaluate",), inputs_from="evaluate.upstream_stages", resumable=True,
+                          command="study evaluate"),
     # last: paper figures and tables (pipelines/figures/figures.py); `study figures` also draws a partial run's figures
-    "figures": StageSpec("pipelines.figures.figures:run", (), ("ingest", "generate", "classify", "filter", "mix", "train",
-                                                     "evaluate"), command="study figures", reads_what_ran=True),
+    "figures": StageSpec("pipelines.figures.figures:run", "pipelines.figures.result:FiguresResult", (),
+                         ("ingest", "generate", "classify", "filter", "mix", "train", "evaluate"),
+                         command="study figures", reads_what_ran=True),
 }
 
 
@@ -276,10 +284,7 @@ class Run:
 
     def save_config(self) -> None:
         """The config of the latest invocation: what `study status RUN` compares against."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        tmp = self.root / f".config.yaml.tmp-{os.getpid()}"
-        tmp.write_text(dump_yaml(self.config))
-        os.replace(tmp, self.root / "config.yaml")
+        write_text_atomic(self.root / "config.yaml", dump_yaml(self.config))
 
     def lock(self, stage: str) -> Lock:
         """One writer per run and stage: results/<run>/.locks/<stage>.lock (outside the stage folder,
@@ -315,26 +320,56 @@ class Run:
                              f"(no manifest; what it wrote stays in {self.dir(stage)}); free space or make the "
                              f"results folder writable, then rerun the same command: it {resumes}") from None
 
-    def _execute(self, stage: str, fn: Callable[[StageContext], dict] | None, force: bool,
+    def _execute(self, stage: str, fn: Callable[[StageContext], Any] | None, force: bool,
                  log: Callable[[str], None]) -> dict:
+        """skip a done stage; share one done elsewhere; else check its inputs, empty its folder, run it and
+        write its manifest."""
         st = self.state(stage)
         if st.status == "done" and not force:
             log(f"[{stage}] done, config {st.manifest['config_hash']}: skipped "
                 f"(use --force to rerun)")
             return st.manifest
+        shared = self._share(stage, st, log)
+        if shared is not None:
+            return shared
+        inputs = self._done_inputs(stage)
+        fn, result_type = self._checked(stage, fn, inputs)
+        self._start(stage, st, log)
+        data = data_read(self.config, stage)
+        for what, desc in data.items():
+            log(f"[{stage}] {what}: {data_line(desc)}")
+        started = dt.datetime.now(dt.timezone.utc)
+        t0 = time.perf_counter()
+        returned = fn(StageContext(self, stage, self.dir(stage), inputs))
+        wall = time.perf_counter() - t0
+        # a typed result, or (until every stage returns one) a dict validated into the stage's type
+        result = result_type.of(returned).fields()
+        manifest = self._manifest(stage, inputs, data, result, started, wall)
+        write_json_atomic(self.manifest_path(stage), manifest)
+        return manifest
+
+    def _share(self, stage: str, st: StageState, log: Callable[[str], None]) -> dict | None:
+        """A stage shared from another run that no longer fits loses its link; a stage done in a run of
+        `share_with` with the same config and inputs becomes a link to it (-> its manifest)."""
         d = self.dir(stage)
         if d.is_symlink():  # a stage shared from another run that no longer fits: drop the link only
             self._remove(d)
-        elif st.status != "done":
-            donor = self.find_donor(stage)
-            if donor is not None:
-                self.save_config()
-                d.parent.mkdir(parents=True, exist_ok=True)
-                if d.exists():
-                    self._remove(d)
-                d.symlink_to(os.path.relpath(donor.dir(stage), d.parent), target_is_directory=True)
-                log(f"[{stage}] done in run `{donor.name}` with the same config and inputs: shared (symlink)")
-                return self.read_manifest(stage)
+            return None
+        if st.status == "done":
+            return None
+        donor = self.find_donor(stage)
+        if donor is None:
+            return None
+        self.save_config()
+        d.parent.mkdir(parents=True, exist_ok=True)
+        if d.exists():
+            self._remove(d)
+        d.symlink_to(os.path.relpath(donor.dir(stage), d.parent), target_is_directory=True)
+        log(f"[{stage}] done in run `{donor.name}` with the same config and inputs: shared (symlink)")
+        return self.read_manifest(stage)
+
+    def _done_inputs(self, stage: str) -> dict[str, dict]:
+        """{upstream stage: its manifest}, each done; else an error naming the command to run first."""
         inputs = {}
         for dep in self.inputs(stage):
             dep_state = self.state(dep)
@@ -345,27 +380,34 @@ class Run:
                     f"run `{STAGES[dep].command} --run {self.name}` (or `study run`) first"
                 )
             inputs[dep] = dep_state.manifest
+        return inputs
+
+    def _checked(self, stage: str, fn: Callable[[StageContext], Any] | None, inputs: dict[str, dict]
+                 ) -> tuple[Callable[[StageContext], Any], type]:
+        """(the stage function, its result type), after its preflight: a config or environment error stops
+        here, leaving the last manifest as it was. A given fn (tests, notebooks) checks itself."""
         spec = STAGES[stage]
-        check = spec.load_preflight() if fn is None else None  # a given fn (tests, notebooks) checks itself
-        if check is not None:  # a config or environment error stops here, leaving the last manifest as it was
-            check(StageContext(self, stage, d, inputs))
-        fn = fn or spec.load()
+        check = spec.load_preflight() if fn is None else None
+        if check is not None:
+            check(StageContext(self, stage, self.dir(stage), inputs))
+        return fn or spec.load(), spec.load_result()
+
+    def _start(self, stage: str, st: StageState, log: Callable[[str], None]) -> None:
+        """Save the config, remove the manifest (first: a kill from here on never leaves a complete-looking
+        stage), empty the folder of a stage that does not resume."""
+        d = self.dir(stage)
         self.save_config()
-        # the manifest goes first, so a kill from here on never leaves a complete-looking stage
         self.manifest_path(stage).unlink(missing_ok=True)
-        if not spec.resumable and d.exists():
+        if not STAGES[stage].resumable and d.exists():
             self._remove(d)
         d.mkdir(parents=True, exist_ok=True)
         if st.status != "missing":
             log(f"[{stage}] {st.status}{': ' + st.reason if st.reason else ''}; running")
-        data = data_read(self.config, stage)
-        for what, desc in data.items():
-            log(f"[{stage}] {what}: {data_line(desc)}")
-        started = dt.datetime.now(dt.timezone.utc)
-        t0 = time.perf_counter()
-        result = fn(StageContext(self, stage, d, inputs))
-        wall = time.perf_counter() - t0
-        manifest = {
+
+    def _manifest(self, stage: str, inputs: dict[str, dict], data: dict, result: dict, started: dt.datetime,
+                  wall: float) -> dict:
+        """The record around the stage's result fields (pipelines/runs/results.py Record: the same keys)."""
+        return {
             "stage": stage,
             "run": self.name,
             "status": "complete",
@@ -390,8 +432,6 @@ class Run:
             "git": git_state(),
             "argv": sys.argv,
         }
-        write_json_atomic(self.manifest_path(stage), manifest)
-        return manifest
 
     def verify(self, stage: str) -> list[str]:
         """What is wrong with the outputs a done stage's manifest lists: missing files, and llm.c files

@@ -30,17 +30,18 @@ from tqdm.auto import tqdm
 
 from pipelines.config import GenerateConfig
 from pipelines.data.documents import ShardedWriter, batched, read_documents
-from pipelines.errors import StudyError
-from pipelines.files import Lock
-from pipelines.llm.backends import Backend, Completion, make_backend, prompt_seed
-from pipelines.llm.inference import run_requests
-from pipelines.llm.parts import (
+from pipelines.engines.backend import Backend, Completion, prompt_seed
+from pipelines.engines.factory import make_backend
+from pipelines.engines.inference import run_requests
+from pipelines.engines.parts import (
     PartWriter,
     completion_record,
     keep_parts_if_same,
     read_row,
     scan_parts,
 )
+from pipelines.errors import StudyError
+from pipelines.files import Lock
 from pipelines.runs.manifest import StageContext
 from pipelines.synthetic.prompts import length_summary
 
@@ -140,10 +141,6 @@ def postprocess(row: dict, cfg: GenerateConfig) -> tuple[str, dict, str | None]:
 
 
 # ---------------------------------------------------------------------------------------------
-# the part files
-
-
-# ---------------------------------------------------------------------------------------------
 # generation
 
 
@@ -220,7 +217,7 @@ def generate_missing(ctx: StageContext, backend_factory=make_backend) -> dict:
 
 
 def _generate_with_datatrove(ctx: StageContext, done: dict, stats: dict) -> dict:
-    """The same requests (and per-prompt seeds) through datatrove's InferenceRunner (llm/inference.py)."""
+    """The same requests (and per-prompt seeds) through datatrove's InferenceRunner (engines/inference.py)."""
     cfg = ctx.config.generate
     t0 = time.perf_counter()
     todo = ((p["id"], p["text"], prompt_seed(ctx.config.seed, p["id"])) for p in _prompts(ctx) if p["id"] not in done)
@@ -251,6 +248,53 @@ def _histogram(values: list[int]) -> dict:
     return {"edges": edges, "counts": counts}  # bin k: edges[k] <= tokens < edges[k+1] (None: no upper end)
 
 
+def saved_completions(ctx: StageContext, done: dict) -> Iterator[tuple[dict, dict]]:
+    """(prompt, its saved completion row) in prompt order."""
+    handles: dict[Path, IO[bytes]] = {}
+    missing = []
+    try:
+        for prompt in _prompts(ctx):
+            where = done.get(prompt["id"])
+            if where is None:
+                missing.append(prompt["id"])
+                continue
+            yield prompt, read_row(handles, where)
+    finally:
+        for f in handles.values():
+            f.close()
+    if missing:  # cannot happen after generate_missing; a guard against a corrupted folder
+        raise StudyError(f"[generate] {len(missing)} prompt(s) have no completion (first: {missing[:3]}): rerun to finish")
+
+
+def synthetic_document(prompt: dict, row: dict, text: str, info: dict, cfg: GenerateConfig) -> dict:
+    """The documents record of one cleaned completion: its prompt's metadata, the generator's, the cleaning's."""
+    return {
+        "id": f"{cfg.source}/{prompt['id']}",
+        "text": text,
+        "source": cfg.source,
+        "metadata": {
+            "prompt_id": prompt["id"], **prompt["metadata"],
+            "generator": row.get("generator"), "backend": cfg.backend.kind,
+            "finish_reason": row.get("finish_reason"), "prompt_tokens": row.get("prompt_tokens"),
+            "completion_tokens": row.get("completion_tokens"), **info,
+            "sampling": {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
+                         "max_new_tokens": cfg.sampling.max_new_tokens},
+        },
+    }
+
+
+def write_removed(doc: dict, row: dict, reason: str, removed: dict[str, ShardedWriter], folder: Path,
+                  shard_documents: int) -> None:
+    """A dropped output, whole, into removed/<reason>_*.jsonl.gz (one writer per reason, opened when first used)."""
+    doc["metadata"]["dropped_reason"] = reason
+    if not doc["text"]:
+        doc["text"] = row.get("text") or ""  # keep what the model said, even if only an opener
+    w = removed.get(reason)
+    if w is None:
+        w = removed[reason] = ShardedWriter(folder, reason, shard_documents)
+    w.write(doc)
+
+
 def finalize(ctx: StageContext) -> dict:
     """Saved completions -> documents/ and removed/, in prompt order. -> manifest fields."""
     cfg = ctx.config.generate
@@ -259,63 +303,29 @@ def finalize(ctx: StageContext) -> dict:
     done, _ = scan_parts(ctx.dir / "parts")
     kept = ShardedWriter(ctx.dir / "documents", "synthetic", cfg.shard_documents)
     removed: dict[str, ShardedWriter] = {}
-    handles: dict[Path, IO[bytes]] = {}
-    counts: Counter[str] = Counter()
-    dropped: Counter[str] = Counter()
-    finish: Counter[str] = Counter()
-    per = {"audience": Counter(), "style": Counter(), "cell": Counter()}
+    counts, dropped, finish, generators = Counter(), Counter(), Counter(), Counter()
+    per = {"audience": Counter(), "style": Counter(), "cell": Counter()}  # kept documents
     tokens: list[int] = []
     chars: list[int] = []
-    generators: Counter[str] = Counter()
-    missing = []
-    try:
-        for prompt in _prompts(ctx):
-            where = done.get(prompt["id"])
-            if where is None:
-                missing.append(prompt["id"])
-                continue
-            row = read_row(handles, where)
-            finish[row.get("finish_reason") or "?"] += 1
-            generators[row.get("generator") or "?"] += 1
-            text, info, reason = postprocess(row, cfg)
-            pm = prompt["metadata"]
-            doc = {
-                "id": f"{cfg.source}/{prompt['id']}",
-                "text": text,
-                "source": cfg.source,
-                "metadata": {
-                    "prompt_id": prompt["id"], **pm,
-                    "generator": row.get("generator"), "backend": cfg.backend.kind,
-                    "finish_reason": row.get("finish_reason"), "prompt_tokens": row.get("prompt_tokens"),
-                    "completion_tokens": row.get("completion_tokens"), **info,
-                    "sampling": {"temperature": cfg.sampling.temperature, "top_p": cfg.sampling.top_p,
-                                 "max_new_tokens": cfg.sampling.max_new_tokens},
-                },
-            }
-            if reason:
-                dropped[reason] += 1
-                doc["metadata"]["dropped_reason"] = reason
-                if not doc["text"]:
-                    doc["text"] = row.get("text") or ""  # keep what the model said, even if only an opener
-                w = removed.get(reason)
-                if w is None:
-                    w = removed[reason] = ShardedWriter(ctx.dir / "removed", reason, cfg.shard_documents)
-                w.write(doc)
-                continue
-            kept.write(doc)
-            counts["documents"] += 1
-            counts["stripped_openers"] += bool(info["stripped_opener"])
-            counts["trimmed"] += info["trimmed"]
-            tokens.append(info["tokens"])
-            chars.append(len(text))
-            per["audience"][pm["audience"]] += 1
-            per["style"][pm["style"]] += 1
-            per["cell"][f"{pm['audience']}/{pm['style']}"] += 1
-    finally:
-        for f in handles.values():
-            f.close()
-    if missing:  # cannot happen after generate_missing; a guard against a corrupted folder
-        raise StudyError(f"[generate] {len(missing)} prompt(s) have no completion (first: {missing[:3]}): rerun to finish")
+    for prompt, row in saved_completions(ctx, done):
+        finish[row.get("finish_reason") or "?"] += 1
+        generators[row.get("generator") or "?"] += 1
+        text, info, reason = postprocess(row, cfg)
+        doc = synthetic_document(prompt, row, text, info, cfg)
+        if reason:
+            dropped[reason] += 1
+            write_removed(doc, row, reason, removed, ctx.dir / "removed", cfg.shard_documents)
+            continue
+        kept.write(doc)
+        counts["documents"] += 1
+        counts["stripped_openers"] += bool(info["stripped_opener"])
+        counts["trimmed"] += info["trimmed"]
+        tokens.append(info["tokens"])
+        chars.append(len(text))
+        pm = prompt["metadata"]
+        per["audience"][pm["audience"]] += 1
+        per["style"][pm["style"]] += 1
+        per["cell"][f"{pm['audience']}/{pm['style']}"] += 1
     shards = kept.close()
     removed_shards = {r: w.close() for r, w in sorted(removed.items())}
     return {

@@ -1,6 +1,7 @@
 """Training: llm.c (`train_gpt2cu`) as a subprocess, or the PyTorch reference trainer on CPU.
 
-Both backends take the same llm.c flag list and write the same `-o` directory (DESIGN.md):
+Both backends take the same llm.c flag list and write the same `-o` directory (docs/design.md,
+"Formats fixed by others"):
 
   flags.py      config `train` section -> llm.c flag list; llm.c's own flag parser (for the torch backend)
   data.py       llm.c's DataLoader (shards, Mersenne-Twister shuffle)

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from pipelines.errors import StudyError
+from pipelines.files import atomic_open
 from pipelines.llmc.tokenizer import _valid, cached_bpe_path, gpt2
 from pipelines.runs.trainlog import parse_step_line
 
@@ -104,9 +105,8 @@ def write_llmc_tokenizer(path: Path) -> bool:
     for i in range(enc.n_vocab):
         b = enc.decode_single_token_bytes(i)
         chunks.append(bytes([len(b)]) + b)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(b"".join(chunks))
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        f.write(b"".join(chunks))
     return True
 
 

@@ -21,13 +21,13 @@ the time went (train steps, val loss, HellaSwag, samples, checkpoints). GPU-only
 -z ZeRO, -ge GELU fusion, -f TF32, -lg) are accepted and change nothing here; -pn > 1 (several
 processes) is refused.
 
-Over 400 lines as one thing, like llm.c's train_gpt2.py: one training loop read top to bottom.
+One file, like llm.c's train_gpt2.py, read top to bottom: the output folder, evaluation and sampling,
+then Run (the setup, and one method per part of a step: evaluate, checkpoint, update) and train(), the loop.
 """
 
 from __future__ import annotations
 
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from pipelines import onednn
 from pipelines.errors import StudyError
+from pipelines.files import atomic_open
 from pipelines.llmc.evalfile import LLMC_RELATIVE_PATH, read_eval_file
 from pipelines.llmc.shapes import DECAYED
 from pipelines.llmc.tokenizer import _valid, cached_bpe_path, gpt2
@@ -84,14 +85,6 @@ class Logger:
         self._write(f"s:{step} eval:{acc:.4f}")
 
 
-def _write_atomic(path: Path, chunks: list[bytes]) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        for c in chunks:
-            f.write(c)
-    os.replace(tmp, path)
-
-
 class LlmcRng:
     """train_gpt2cu's stochastic-rounding RNG (xorshift, seeded 13371337 + rank), advanced exactly as
     it advances it: one draw per micro-step's backward (encoder_backward) and, for an update that is
@@ -130,7 +123,9 @@ def save_state(path: Path, step: int, opt: AdamW, loader: DataLoader, master: bo
                    np.array([len(loader.intra)], "<u8").tobytes(),  # samples of the current shard, their order
                    np.array(loader.intra, "<i4").tobytes(),
                    loader.rng.to_bytes()]
-    _write_atomic(path, chunks)
+    with atomic_open(path, "wb") as f:
+        for c in chunks:
+            f.write(c)
 
 
 def state_problem(path: Path, num_parameters: int) -> str | None:
@@ -330,7 +325,7 @@ def measure_peak_flops(seconds: float = 0.3, n: int = 1024) -> float:
 
 
 # ---------------------------------------------------------------------------------------------
-# training
+# training: Run is set up once, in train_gpt2cu's order; train() at the end is the loop
 
 
 def train_step(model: GPT2, opt: AdamW, batches, lr: float, t: int, skip: Callable[[float, float], str] | None = None
@@ -354,164 +349,205 @@ def train_step(model: GPT2, opt: AdamW, batches, lr: float, t: int, skip: Callab
     return mean_loss, norm, reason
 
 
-def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0, workdir: str | Path = ".",
-          on_step: Callable[[int, float], None] | None = None) -> dict:
-    """Run train_gpt2cu's loop with these flags; paths are relative to `workdir` (llm.c's cwd).
-    Returns {"steps", "last_train_loss", "last_val_loss", "hellaswag"}."""
-    if args.num_processes != 1:
-        raise StudyError("the torch backend runs one process; drop the multi-node flags (-pn)")
-    if threads:
-        torch.set_num_threads(threads)
-    onednn.keep_heap()
-    wd = Path(workdir)
-    out = None if args.output_log_dir is None else wd / args.output_log_dir
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-    B, T = args.B, args.T
-    tokens_per_fwdbwd = B * T
+class SkipRule:
+    """llm.c's -sl / -sg: skip the update when the loss's (or grad norm's) z-score against the previous
+    128 steps is above the limit (0: never). Called once a step; keeps the step's z-scores for its line."""
+
+    def __init__(self, loss_limit: float, grad_limit: float):
+        self.loss_limit, self.grad_limit = loss_limit, grad_limit
+        self.loss_detector, self.grad_detector = OutlierDetector(), OutlierDetector()
+        self.loss_z = self.grad_z = math.nan
+
+    def __call__(self, loss: float, norm: float) -> str:
+        self.loss_z, self.grad_z = self.loss_detector.update(loss), self.grad_detector.update(norm)
+        if math.isfinite(self.loss_z) and self.loss_limit and self.loss_z > self.loss_limit:
+            return f"skipping update due to loss z-score of {self.loss_z:f}"
+        if math.isfinite(self.grad_z) and self.grad_limit and self.grad_z > self.grad_limit:
+            return f"skipping update due to grad z-score of {self.grad_z:f}"
+        return ""
+
+
+def batch_sizes(args: LlmcArgs) -> tuple[int, int]:
+    """(tokens per step, micro-batches per step): -d tokens in micro-batches of B*T (-d -1: one of them)."""
+    tokens_per_fwdbwd = args.B * args.T
     total_batch = tokens_per_fwdbwd if args.total_batch_size == -1 else args.total_batch_size
     if total_batch % tokens_per_fwdbwd:
         raise StudyError(f"-d {total_batch} is not a multiple of B*T = {tokens_per_fwdbwd}")
-    grad_accum = total_batch // tokens_per_fwdbwd
-    overfit = args.overfit_single_batch == 1
-    train_pattern = args.val_data_pattern if overfit else args.train_data_pattern
+    return total_batch, total_batch // tokens_per_fwdbwd
 
-    # resume from the highest DONE checkpoint when -y 1
-    resume_at = resume_step(out) if args.resume == 1 else -1
-    resuming = resume_at != -1
-    if resuming:
-        model = load_checkpoint(out / f"model_{resume_at:08d}.bin")
-    else:
-        load = args.load_filename
-        model = build_model(str(wd / load) if load.endswith(".bin") else load, seed=seed)
-    if T > model.shape.max_seq_len:
-        raise StudyError(f"-t {T} exceeds the model's max_seq_len {model.shape.max_seq_len}")
-    model.train()
 
-    train_loader = DataLoader(str(wd / train_pattern), B, T, shuffle=not overfit, seed=seed)
-    val_loader = DataLoader(str(wd / args.val_data_pattern), B, T, shuffle=False)
-    steps = args.max_steps if args.max_steps != -1 else train_loader.num_tokens // total_batch
-    val_steps = args.val_max_steps if args.val_max_steps != -1 else val_loader.num_tokens // tokens_per_fwdbwd
-    if steps < 1 or val_steps < 1:
-        raise StudyError(f"nothing to do: {steps} train steps, {val_steps} val batches "
-                         f"(too little data for -d / -b / -t)")
-    hs_path = wd / LLMC_RELATIVE_PATH
-    examples = None
-    if args.hellaswag_eval and hs_path.exists():
-        if B < 4:
-            raise StudyError(f"HellaSwag EvalLoader: batch size {B} is < 4; disable HellaSwag with -h 0 or raise -b")
-        examples = read_eval_file(hs_path, T)
+class Run:
+    """One train_gpt2cu run. Set up in llm.c's order: the flags, the model (a fresh one, or the newest
+    whole checkpoint with -y 1), the loaders, HellaSwag, the config table, AdamW and the resumed state.
+    Then train() calls, for each step, evaluate, checkpoint and update; spent[] gathers the seconds."""
 
-    shape = model.shape
-    peak = measure_peak_flops()
-    for k, v in [("train data pattern", train_pattern), ("val data pattern", args.val_data_pattern),
-                 ("output log dir", args.output_log_dir or "NULL"), ("micro batch size B", B),
-                 ("sequence length T", T), ("total batch size", total_batch), ("LR scheduler", args.lr_scheduler_type),
-                 ("learning rate (LR)", f"{args.learning_rate:e}"), ("warmup iterations", args.warmup_iterations),
-                 ("final LR fraction", f"{args.final_learning_rate_frac:e}"),
-                 ("weight decay", f"{args.weight_decay:e}"),
-                 ("max_steps", args.max_steps),
-                 ("device", f"CPU (torch {torch.__version__}, {torch.get_num_threads()} threads)"),
-                 ("peak TFlops", f"{peak / 1e12:.3f} (measured fp32 matmul)"), ("precision", "FP32"),
-                 ("weight init method", "intermediate checkpoint" if resuming else args.load_filename),
-                 ("num_layers L", shape.num_layers), ("num_heads NH", shape.num_heads), ("channels C", shape.channels),
-                 ("num_parameters", shape.num_parameters), ("train_num_batches", steps), ("val_num_batches", val_steps),
-                 ("run hellaswag", "yes" if examples is not None else "no")]:
-        print(f"| {k:<21} | {str(v):<50} |")
-    if args.hellaswag_eval and examples is None:
-        print(f"HellaSwag eval not found at {LLMC_RELATIVE_PATH}, skipping its evaluation")
-    print(f"=> setting grad_accum_steps={grad_accum}", flush=True)
+    def __init__(self, args: LlmcArgs, seed: int, dtype: str, threads: int, wd: Path):
+        if args.num_processes != 1:
+            raise StudyError("the torch backend runs one process; drop the multi-node flags (-pn)")
+        if threads:
+            torch.set_num_threads(threads)
+        onednn.keep_heap()
+        self.args, self.dtype = args, dtype
+        self.out = None if args.output_log_dir is None else wd / args.output_log_dir
+        if self.out is not None:
+            self.out.mkdir(parents=True, exist_ok=True)
+        self.total_batch, self.grad_accum = batch_sizes(args)
+        self.overfit = args.overfit_single_batch == 1
+        self.train_pattern = args.val_data_pattern if self.overfit else args.train_data_pattern
 
-    logger = Logger(out, resume=args.resume == 1)
-    named = model.llmc_parameters()
-    opt = AdamW([p for _, _, p in named], [n in DECAYED for n, _, _ in named], args.weight_decay)
-    master = dtype == "bf16" and args.use_master_weights == 1  # bf16 model file: keep exact fp32 weights
-    step = 0
-    rng = LlmcRng()
-    if resuming:
-        step = load_state(out / f"state_{resume_at:08d}_00000.bin", opt, train_loader, rng)
+        resume_at = resume_step(self.out) if args.resume == 1 else -1  # the highest whole DONE checkpoint
+        self.resuming = resume_at != -1
+        self.model = self._load_model(wd, seed, resume_at)
+        self.train_loader = DataLoader(str(wd / self.train_pattern), args.B, args.T, shuffle=not self.overfit, seed=seed)
+        self.val_loader = DataLoader(str(wd / args.val_data_pattern), args.B, args.T, shuffle=False)
+        self.steps = args.max_steps if args.max_steps != -1 else self.train_loader.num_tokens // self.total_batch
+        self.val_steps = (args.val_max_steps if args.val_max_steps != -1
+                          else self.val_loader.num_tokens // (args.B * args.T))
+        if self.steps < 1 or self.val_steps < 1:
+            raise StudyError(f"nothing to do: {self.steps} train steps, {self.val_steps} val batches "
+                             f"(too little data for -d / -b / -t)")
+        self.examples = self._hellaswag_examples(wd)
+        self.peak = measure_peak_flops()
+        self._print_config()
 
-    det_loss, det_grad = OutlierDetector(), OutlierDetector()
-    flops_per_step = shape.flops_per_token(T) * total_batch
-    ema, total_time, result = 0.0, 0.0, {"last_val_loss": None, "hellaswag": None, "last_train_loss": None}
-    spent = dict.fromkeys(("train steps", "val loss", "HellaSwag", "samples", "checkpoints"), 0.0)  # seconds
-    first_step = step
-    for step in range(step, steps + 1):
-        last = step == steps
-        t0 = time.perf_counter()
+        self.logger = Logger(self.out, resume=args.resume == 1)
+        named = self.model.llmc_parameters()
+        self.opt = AdamW([p for _, _, p in named], [n in DECAYED for n, _, _ in named], args.weight_decay)
+        self.master = dtype == "bf16" and args.use_master_weights == 1  # bf16 model file: keep exact fp32 weights
+        self.rng = LlmcRng()
+        self.first_step = 0
+        if self.resuming:
+            self.first_step = load_state(self.out / f"state_{resume_at:08d}_00000.bin", self.opt, self.train_loader,
+                                         self.rng)
+        self.skip = SkipRule(args.skip_update_lossz, args.skip_update_gradz)
+        self.flops_per_step = self.model.shape.flops_per_token(args.T) * self.total_batch
+        self.ema, self.total_time = 0.0, 0.0  # tok/s, and the seconds of the steps after the first (warmup)
+        self.result = {"last_val_loss": None, "hellaswag": None, "last_train_loss": None}
+        self.spent = dict.fromkeys(("train steps", "val loss", "HellaSwag", "samples", "checkpoints"), 0.0)  # seconds
+
+    def _load_model(self, wd: Path, seed: int, resume_at: int) -> GPT2:
+        if self.resuming:
+            model = load_checkpoint(self.out / f"model_{resume_at:08d}.bin")
+        else:
+            load = self.args.load_filename
+            model = build_model(str(wd / load) if load.endswith(".bin") else load, seed=seed)
+        if self.args.T > model.shape.max_seq_len:
+            raise StudyError(f"-t {self.args.T} exceeds the model's max_seq_len {model.shape.max_seq_len}")
+        model.train()
+        return model
+
+    def _hellaswag_examples(self, wd: Path) -> list | None:
+        """The eval file's examples when -h 1 and it exists (None: no HellaSwag in this run)."""
+        hs_path = wd / LLMC_RELATIVE_PATH
+        if not (self.args.hellaswag_eval and hs_path.exists()):
+            return None
+        if self.args.B < 4:
+            raise StudyError(f"HellaSwag EvalLoader: batch size {self.args.B} is < 4; disable HellaSwag with -h 0 "
+                             f"or raise -b")
+        return read_eval_file(hs_path, self.args.T)
+
+    def _print_config(self) -> None:
+        """train_gpt2cu's table of the run's settings."""
+        args, shape = self.args, self.model.shape
+        for k, v in [("train data pattern", self.train_pattern), ("val data pattern", args.val_data_pattern),
+                     ("output log dir", args.output_log_dir or "NULL"), ("micro batch size B", args.B),
+                     ("sequence length T", args.T), ("total batch size", self.total_batch),
+                     ("LR scheduler", args.lr_scheduler_type),
+                     ("learning rate (LR)", f"{args.learning_rate:e}"), ("warmup iterations", args.warmup_iterations),
+                     ("final LR fraction", f"{args.final_learning_rate_frac:e}"),
+                     ("weight decay", f"{args.weight_decay:e}"),
+                     ("max_steps", args.max_steps),
+                     ("device", f"CPU (torch {torch.__version__}, {torch.get_num_threads()} threads)"),
+                     ("peak TFlops", f"{self.peak / 1e12:.3f} (measured fp32 matmul)"), ("precision", "FP32"),
+                     ("weight init method", "intermediate checkpoint" if self.resuming else args.load_filename),
+                     ("num_layers L", shape.num_layers), ("num_heads NH", shape.num_heads),
+                     ("channels C", shape.channels), ("num_parameters", shape.num_parameters),
+                     ("train_num_batches", self.steps), ("val_num_batches", self.val_steps),
+                     ("run hellaswag", "yes" if self.examples is not None else "no")]:
+            print(f"| {k:<21} | {str(v):<50} |")
+        if args.hellaswag_eval and self.examples is None:
+            print(f"HellaSwag eval not found at {LLMC_RELATIVE_PATH}, skipping its evaluation")
+        print(f"=> setting grad_accum_steps={self.grad_accum}", flush=True)
+
+    def evaluate(self, step: int, last: bool) -> None:
+        """Val loss every -v steps; HellaSwag every -v steps and a sample every -s steps, both not at 0;
+        all three at the last step (the model in eval mode for each)."""
+        args, model, t0 = self.args, self.model, time.perf_counter()
         if step % args.val_loss_every == 0 or last:
             model.eval()
-            vl = val_loss(model, val_loader, val_steps)
+            vl = val_loss(model, self.val_loader, self.val_steps)
             model.train()
             print(f"val loss {vl:f}", flush=True)
-            logger.val(step, vl)
-            result["last_val_loss"] = vl
-        t0 = _lap(spent, "val loss", t0)
-        if examples is not None and ((step > 0 and step % args.val_loss_every == 0) or last):
+            self.logger.val(step, vl)
+            self.result["last_val_loss"] = vl
+        t0 = _lap(self.spent, "val loss", t0)
+        if self.examples is not None and ((step > 0 and step % args.val_loss_every == 0) or last):
             model.eval()
-            correct = hellaswag_correct(model, examples, B)
+            correct = hellaswag_correct(model, self.examples, args.B)
             model.train()
-            acc = correct / len(examples)
-            print(f"HellaSwag: {correct}/{len(examples)} = {acc:f}", flush=True)
-            logger.eval(step, acc)
-            result["hellaswag"] = acc
-        t0 = _lap(spent, "HellaSwag", t0)
+            acc = correct / len(self.examples)
+            print(f"HellaSwag: {correct}/{len(self.examples)} = {acc:f}", flush=True)
+            self.logger.eval(step, acc)
+            self.result["hellaswag"] = acc
+        t0 = _lap(self.spent, "HellaSwag", t0)
         if args.sample_every > 0 and ((step > 0 and step % args.sample_every == 0) or last):
             model.eval()
             print(f"generating:\n---\n{sample_text(model, args.genT)}\n---", flush=True)
             model.train()
-        t0 = _lap(spent, "samples", t0)
-        if (args.checkpoint_every > 0 and out is not None and not resuming
+        _lap(self.spent, "samples", t0)
+
+    def checkpoint(self, step: int, last: bool) -> None:
+        """A checkpoint every -n steps (not at 0) and at the end, but not the one just resumed from; then
+        the one -nk checkpoints back is deleted, unless it is a major one (every -nm steps)."""
+        args, t0 = self.args, time.perf_counter()
+        if (args.checkpoint_every > 0 and self.out is not None and not self.resuming
                 and ((step > 0 and step % args.checkpoint_every == 0) or last)):
-            write_llmc_checkpoint(out, step, model, opt, train_loader, dtype, master, rng)
+            write_llmc_checkpoint(self.out, step, self.model, self.opt, self.train_loader, self.dtype, self.master,
+                                  self.rng)
             old = step - args.checkpoints_keep * args.checkpoint_every
             if args.checkpoints_keep > 0 and old > 0 and (args.major_checkpoint_every == 0
                                                           or old % args.major_checkpoint_every):
-                delete_checkpoint(out, old)
-        _lap(spent, "checkpoints", t0)
-        resuming = False
-        if last:
-            break
+                delete_checkpoint(self.out, old)
+        self.resuming = False
+        _lap(self.spent, "checkpoints", t0)
 
-        t0 = time.perf_counter()
-        if overfit:
-            train_loader.reset()
-        batches = [train_loader.next_batch() for _ in range(grad_accum)]
-        lr = learning_rate(args.lr_scheduler_type, step, args.learning_rate, args.warmup_iterations, steps,
+    def update(self, step: int) -> float:
+        """Step `step + 1` of -x: grad_accum micro-batches (the same one again with -a 1), llm.c's lr,
+        the skip rule, AdamW; prints llm.c's step line and logs it. Returns the mean loss."""
+        args, t0 = self.args, time.perf_counter()
+        if self.overfit:
+            self.train_loader.reset()
+        batches = [self.train_loader.next_batch() for _ in range(self.grad_accum)]
+        lr = learning_rate(args.lr_scheduler_type, step, args.learning_rate, args.warmup_iterations, self.steps,
                            args.final_learning_rate_frac)
-        z = {}
-
-        def skip(loss: float, norm: float) -> str:
-            z["loss"], z["grad"] = det_loss.update(loss), det_grad.update(norm)
-            if math.isfinite(z["loss"]) and args.skip_update_lossz and z["loss"] > args.skip_update_lossz:
-                return f"skipping update due to loss z-score of {z['loss']:f}"
-            if math.isfinite(z["grad"]) and args.skip_update_gradz and z["grad"] > args.skip_update_gradz:
-                return f"skipping update due to grad z-score of {z['grad']:f}"
-            return ""
-
-        loss, norm, reason = train_step(model, opt, batches, lr, step + 1, skip)
-        rng.step(grad_accum, updated=not reason)
+        loss, norm, reason = train_step(self.model, self.opt, batches, lr, step + 1, self.skip)
+        self.rng.step(self.grad_accum, updated=not reason)
         if reason:
             print(reason)
         dt = time.perf_counter() - t0
-        spent["train steps"] += dt
-        tok_s = total_batch / dt
-        shown = tok_s
-        if step > first_step:  # the first step of a process is warmup, as in llm.c
-            total_time += dt
-            ema = 0.95 * ema + 0.05 * tok_s
-            shown = ema / (1 - 0.95 ** (step - first_step))
-        mfu = flops_per_step / dt / peak
-        print(f"step {step + 1:4d}/{steps} | loss {loss:7.6f} ({z['loss']:+.2f}z)| norm {norm:6.4f} ({z['grad']:+.2f}z)"
-              f"| lr {lr:.2e} | {dt * 1000:.2f} ms | {100 * mfu:.1f}% fp32 MFU | {shown:.0f} tok/s", flush=True)
-        logger.train(step, loss, lr, norm)
-        result["last_train_loss"] = loss
-        if on_step is not None:
-            on_step(step, loss)
-    if steps - first_step > 1:
-        print(f"total average iteration time: {total_time / (steps - first_step - 1) * 1000:f} ms")
-    print("time spent: " + ", ".join(f"{k} {v:.1f} s" for k, v in spent.items()), flush=True)
-    return {"steps": steps, **result}
+        self.spent["train steps"] += dt
+        mfu = self.flops_per_step / dt / self.peak
+        print(f"step {step + 1:4d}/{self.steps} | loss {loss:7.6f} ({self.skip.loss_z:+.2f}z)"
+              f"| norm {norm:6.4f} ({self.skip.grad_z:+.2f}z)| lr {lr:.2e} | {dt * 1000:.2f} ms "
+              f"| {100 * mfu:.1f}% fp32 MFU | {self._tokens_per_second(step, dt):.0f} tok/s", flush=True)
+        self.logger.train(step, loss, lr, norm)
+        self.result["last_train_loss"] = loss
+        return loss
+
+    def _tokens_per_second(self, step: int, dt: float) -> float:
+        """This step's tok/s; after the process's first step (warmup, as in llm.c) an EMA of it, bias-corrected."""
+        tok_s = self.total_batch / dt
+        if step == self.first_step:
+            return tok_s
+        self.total_time += dt
+        self.ema = 0.95 * self.ema + 0.05 * tok_s
+        return self.ema / (1 - 0.95 ** (step - self.first_step))
+
+    def report(self) -> None:
+        """The closing lines: the mean step time after warmup, and where the time went."""
+        if self.steps - self.first_step > 1:
+            print(f"total average iteration time: {self.total_time / (self.steps - self.first_step - 1) * 1000:f} ms")
+        print("time spent: " + ", ".join(f"{k} {v:.1f} s" for k, v in self.spent.items()), flush=True)
 
 
 def _lap(spent: dict[str, float], what: str, t0: float) -> float:
@@ -519,6 +555,24 @@ def _lap(spent: dict[str, float], what: str, t0: float) -> float:
     now = time.perf_counter()
     spent[what] += now - t0
     return now
+
+
+def train(args: LlmcArgs, seed: int = 42, dtype: str = "fp32", threads: int = 0, workdir: str | Path = ".",
+          on_step: Callable[[int, float], None] | None = None) -> dict:
+    """Run train_gpt2cu's loop with these flags; paths are relative to `workdir` (llm.c's cwd).
+    on_step(step, loss) after each update. Returns {"steps", "last_train_loss", "last_val_loss", "hellaswag"}."""
+    run = Run(args, seed, dtype, threads, Path(workdir))
+    for step in range(run.first_step, run.steps + 1):
+        last = step == run.steps  # the last pass only evaluates and checkpoints
+        run.evaluate(step, last)
+        run.checkpoint(step, last)
+        if last:
+            break
+        loss = run.update(step)
+        if on_step is not None:
+            on_step(step, loss)
+    run.report()
+    return {"steps": run.steps, **run.result}
 
 
 def split_options(argv: list[str]) -> tuple[dict, list[str]]:

@@ -69,7 +69,7 @@ class ShardSet:
     name: str  # the mix name: the output folder results/<run>/train/<name>/
     train_pattern: Path  # glob of train shards
     val_pattern: Path  # glob of val shards
-    train_tokens: int
+    tokens: int  # train tokens in the shards: the mix's `tokens` (its budget, mix.mixes[].tokens, once written)
 
 
 def shard_sets(ctx: StageContext) -> list[ShardSet]:
@@ -155,7 +155,7 @@ def plan(cfg, sets: list[ShardSet], verbose: bool = True) -> list[list[Job]]:
                 s = by_name[name]
                 steps = final_step(train, s)
                 if steps < 1:
-                    raise StudyError(f"[train] {name}: {s.train_tokens:,} train tokens make no step of "
+                    raise StudyError(f"[train] {name}: {s.tokens:,} train tokens make no step of "
                                      f"{train.tokens_per_step:,} tokens; lower train.total_batch_tokens or add data")
                 data_seed = seed if train.backend == "llmc" and seed != train.seed else None
                 runs.append([Job(name, run_folder(train, name, model, seed), s, jcfg, steps, seed=seed, scale=model,
@@ -206,7 +206,7 @@ def schedule_record(jobs: list[Job]) -> dict:
 
 def final_step(cfg, s: ShardSet) -> int:
     """-x, or llm.c's one-epoch default: train tokens // tokens per step."""
-    return cfg.steps if cfg.steps is not None else s.train_tokens // cfg.tokens_per_step
+    return cfg.steps if cfg.steps is not None else s.tokens // cfg.tokens_per_step
 
 
 def prepare_hellaswag(cfg, stage_dir: Path, seq_len: int | None = None) -> dict | None:

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import IO
 
 from pipelines.config import config_hash
+from pipelines.engines.backend import Completion
 from pipelines.files import write_json_atomic
-from pipelines.llm.backends import Completion
 
 
 def scan_parts(parts_dir: Path) -> tuple[dict[str, tuple[Path, int]], dict[str, int]]:

@@ -1,6 +1,6 @@
-"""Score pages with the trained educational classifier and keep `int_score >= threshold`, as datatrove
-pipeline steps, so one config runs on this machine (LocalPipelineExecutor) or on a cluster
-(SlurmPipelineExecutor, RayPipelineExecutor) by `filter.executor`.
+"""The `filter` stage: score pages with the classifier the `classify` stage saved (pipelines/classifier.py)
+and keep `int_score >= threshold`, as datatrove pipeline steps, so one config runs on this machine
+(LocalPipelineExecutor) or on a cluster (SlurmPipelineExecutor, RayPipelineExecutor) by `filter.executor`.
 
   JsonlReader / ParquetReader  ->  EduScoreFilter (batches through the classifier, writes
   metadata.score / int_score / edu_classifier, drops the rest with metadata.dropped_reason)  ->  JsonlWriter
@@ -30,12 +30,13 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.readers import JsonlReader, ParquetReader
 from datatrove.pipeline.writers import JsonlWriter
 
-from pipelines.classify.classify import MAX_SCORE, int_scores, load_classifier
+from pipelines.classifier import MAX_SCORE, int_scores, load_classifier
 from pipelines.config import FilterConfig, config_hash
 from pipelines.data.documents import read_documents
 from pipelines.data.executors import make_executor, wait_for_tasks
 from pipelines.errors import StudyError
-from pipelines.runs.manifest import StageContext, write_json_atomic
+from pipelines.files import write_json_atomic
+from pipelines.runs.manifest import StageContext
 
 SCORE_BINS = np.linspace(0.0, MAX_SCORE, 21)  # 0.25 wide; scores outside 0..5 land in the end bins
 _SOURCE = "_study_source"  # where a page's `source` rides through datatrove (Document has no such field)

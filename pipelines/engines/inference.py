@@ -8,13 +8,13 @@ The stage hands over the requests its part files do not answer yet; this module
      to an OpenAI-compatible endpoint that already runs, or starts a vLLM / SGLang server on its GPUs.
      Chunk checkpoints (<parts>/datatrove/checkpoints/) let a killed task resume after its last chunk;
      datatrove's completion markers let a rerun skip finished tasks.
-  3. imports every answer into a new part file (llm/parts.py), the stage's only record; once every
+  3. imports every answer into a new part file (parts.py), the stage's only record; once every
      request is answered the datatrove folder goes.
 scan_parts keeps the first line per request, so an import that is interrupted and redone can not
 duplicate an answer, and a request no task answered is asked again by the next run. A request the
 server refuses (skip_bad_requests) is saved as an error, as the openai backend saves an HTTP 4xx.
 
-The request bodies are those of the openai backend (backends.chat_body): greedy through either path
+The request bodies are those of the openai backend (openai_backend.chat_body): greedy through either path
 gives the same text. An API key is never put into the runner's config (Slurm pickles the pipeline to
 disk): for a remote endpoint the OpenAI client reads OPENAI_API_KEY from the task's environment.
 """
@@ -23,9 +23,9 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import shutil
 from collections.abc import Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -36,10 +36,11 @@ from datatrove.pipeline.writers import JsonlWriter
 
 from pipelines.config import BackendConfig, InferenceExecutor, SamplingConfig
 from pipelines.data.executors import completed_tasks, make_executor, wait_for_tasks
+from pipelines.engines.backend import Completion, Prompt
+from pipelines.engines.openai_backend import chat_body
+from pipelines.engines.parts import PartWriter, completion_record, scan_parts
 from pipelines.errors import StudyError
-from pipelines.files import write_json_atomic
-from pipelines.llm.backends import Completion, Prompt, chat_body
-from pipelines.llm.parts import PartWriter, completion_record, scan_parts
+from pipelines.files import atomic_path, write_json_atomic
 
 WORK = "datatrove"  # inside the stage's part folder, so a changed key (keep_parts_if_same) removes it too
 LOCAL_HOSTS = ("localhost", "127.0.0.1", "::1")
@@ -115,17 +116,13 @@ def inference_config(backend: BackendConfig, ex: InferenceExecutor, log_dir: Pat
 def _write_input(work: Path, requests: list[tuple[str, dict]], tasks: int) -> None:
     d = work / "input"
     d.mkdir(parents=True)
-    files = [open(d / f"requests_{t:05d}.jsonl.tmp", "w", encoding="utf-8") for t in range(tasks)]
-    try:
+    with ExitStack() as files_open:  # every file renamed into place once all are written and closed
+        paths = [files_open.enter_context(atomic_path(d / f"requests_{t:05d}.jsonl")) for t in range(tasks)]
+        files = [files_open.enter_context(open(p, "w", encoding="utf-8")) for p in paths]
         for i, (key, body) in enumerate(requests):
             # datatrove's readers skip a document without text: the prompt's last message is its text
             text = body["messages"][-1]["content"] or key
             files[i % tasks].write(json.dumps({"id": key, "text": text, "body": body}, ensure_ascii=False) + "\n")
-    finally:
-        for f in files:
-            f.close()
-    for t in range(tasks):
-        os.replace(d / f"requests_{t:05d}.jsonl.tmp", d / f"requests_{t:05d}.jsonl")
     write_json_atomic(work / "input.json", {"requests": len(requests), "tasks": tasks})
 
 
