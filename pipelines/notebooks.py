@@ -15,7 +15,6 @@ display), show_tables, show_training (curves and one row per run), mmlu_summary,
 from __future__ import annotations
 
 import io
-import json
 import os
 import re
 import sys
@@ -27,6 +26,7 @@ from pipelines.config import PROJECT_ROOT, StudyConfig, load_config
 from pipelines.errors import StudyError
 from pipelines.figures.plots import training_curves
 from pipelines.runs.manifest import Run, changed_keys, check_run_name
+from pipelines.runs.results import StageResult, as_result, read_result
 from pipelines.runs.trainlog import read_log, run_dirs, run_table
 from pipelines.synthetic.generate import samples_table
 
@@ -230,19 +230,18 @@ def show_tables(tables: dict) -> None:
             display(t.to_frame() if isinstance(t, pd.Series) else t)
 
 
-def show_training(train_dir: str | Path, seconds: float = 0, every: float = 10.0) -> None:
+def show_training(run: Run, seconds: float = 0, every: float = 10.0) -> None:
     """The training curves (paper style: legend outside the axes; a schedule's stage boundaries from the
-    train manifest) and one row per run, redrawn every `every` s for `seconds` s (0: once), also while a
+    train result) and one row per run, redrawn every `every` s for `seconds` s (0: once), also while a
     run trains in another process."""
     from IPython.display import clear_output, display
 
+    train_dir = run.dir("train")
     end = time.monotonic() + seconds
     while True:
         logs = {name: read_log(d) for name, d in run_dirs(train_dir).items()}
-        try:
-            boundaries = json.loads((Path(train_dir) / "manifest.json").read_text()).get("stage_boundaries") or {}
-        except (OSError, ValueError):  # training here or elsewhere right now: no manifest yet
-            boundaries = {}
+        train = read_result(run, "train", missing_ok=True)  # training here or elsewhere right now: none yet
+        boundaries = (train.stage_boundaries or {}) if train is not None else {}
         clear_output(wait=True)
         if any(len(df) for df in logs.values()):
             display(training_curves(logs, boundaries))
@@ -275,15 +274,15 @@ def mmlu_summary(table, shown: int = 5):
     return summary, subjects.round(0).astype("Int64")
 
 
-def annotation_note(manifest: dict, cfg: StudyConfig) -> str:
+def annotation_note(annotate: StageResult | dict, cfg: StudyConfig) -> str:
     """Why the annotation notebook has no label histogram or examples: no answer parsed (Markdown)."""
-    c = manifest["counts"]
-    ann = manifest.get("annotators", [])
-    reasons = {k: v for a in ann for k, v in (a.get("finish_reasons") or {}).items()}
+    annotate = as_result("annotate", annotate)
+    c = annotate.counts
+    reasons = {k: v for a in annotate.annotators for k, v in a.finish_reasons.items()}
     cut = reasons.get("length", 0)
     fb = cfg.classifier.fallback
-    return (f"**No answer parsed**: {c['unparsed']:,} of {c['pages']:,} answers "
-            f"({c['parse_failure_rate']:.0%}) have no final `Educational score: N` line"
+    return (f"**No answer parsed**: {c.unparsed:,} of {c.pages:,} answers "
+            f"({c.parse_failure_rate:.0%}) have no final `Educational score: N` line"
             + (f"; {cut:,} stopped at `annotate.sampling.max_new_tokens` = {cfg.annotate.sampling.max_new_tokens}"
                if cut else "")
             + ". So there is no label histogram and no example per score; the unparsed answers are below. "

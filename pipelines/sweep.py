@@ -24,11 +24,12 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pipelines.config import StudyConfig, load_config, parse_override, updates_of, with_updates
+from pipelines.config import StudyConfig, load_config, parse_override
 from pipelines.errors import StudyError
 from pipelines.figures.plots import benchmark_comparison, save
+from pipelines.files import write_json_atomic
 from pipelines.notebooks import run_notebooks
-from pipelines.runs.manifest import STAGES, write_json_atomic
+from pipelines.runs.manifest import STAGES
 from pipelines.runs.runner import run_stages
 
 
@@ -67,21 +68,15 @@ def shared_with(run: str, names: list[str], overrides: list[str]) -> list[str]:
     return [n for n in names if n != run] + [r for r in given if r not in names]
 
 
-def point_config(spec: SweepSpec, name: str, point: dict, names: list[str], extra: list[str]) -> StudyConfig:
-    """The point's config: the preset with the sweep's and the command line's overrides, then its grid
-    values and share_with (typed updates: config.with_updates)."""
-    shared = shared_with(name, names, [*spec.set, *extra])
-    return with_updates(load_config(spec.preset), updates_of([*spec.set, *extra]), point, {"share_with": shared})
-
-
 def override(key: str, value) -> str:
-    """One `--set key=value` with the value as flow YAML (one line, however long)."""
+    """One `--set key=value` with the value as flow YAML (one line, however long; mapping keys sorted, so a
+    grid mix's sources are sampled in name order)."""
     return f"{key}={yaml.safe_dump(value, default_flow_style=True, width=10**9).strip().removesuffix('...').strip()}"
 
 
 def point_overrides(spec: SweepSpec, name: str, point: dict, names: list[str], extra: list[str]) -> list[str]:
-    """The same point as --set text, what the notebooks take (papermill's `overrides`): the sweep's, the
-    command line's, its grid values, share_with."""
+    """The point's --set list, the text the notebooks take (papermill's `overrides`) and the point's config is
+    loaded from: the sweep's, the command line's, its grid values, and share_with (shared_with)."""
     shared = shared_with(name, names, [*spec.set, *extra])
     return [*spec.set, *extra, *(override(k, v) for k, v in point.items()), override("share_with", shared)]
 
@@ -108,7 +103,7 @@ def run_sweep(path: str | Path, extra: list[str] = (), jobs: int | None = None, 
     pts = points(spec)
     names = [f"{sweep}-{i:02d}" for i in range(len(pts))]
     overrides = [point_overrides(spec, n, p, names, list(extra)) for n, p in zip(names, pts)]
-    cfgs = [point_config(spec, n, p, names, list(extra)) for n, p in zip(names, pts)]  # every point checked first
+    cfgs = [load_config(spec.preset, o) for o in overrides]  # every point checked before anything runs
     out = Path(cfgs[0].results_dir) / "sweeps" / sweep
     record = {"sweep": sweep, "preset": spec.preset, "grid": spec.grid,
               "points": [{"run": n, "values": p} for n, p in zip(names, pts)]}

@@ -83,3 +83,28 @@ def test_hash_ignores_speed_only_fields_but_not_outputs(tmp_path):
     assert Run(load_config("ci", ["tokenize.workers=7"]), "r").stage_hash("tokenize") == base.stage_hash("tokenize")
     assert Run(load_config("ci", ["tokenize.shard_tokens=5000"]), "r").stage_hash("tokenize") != base.stage_hash("tokenize")
     assert Run(load_config("ci", ["seed=1"]), "r").stage_hash("ingest") != base.stage_hash("ingest")
+
+
+def test_typed_updates_equal_the_same_set_text_and_fail_the_same_way():
+    from pipelines.config import updates_of, with_updates
+
+    mixes = [{"name": "m", "tokens": 5000, "weights": {"web": 1.0}}]
+    text = load_config("ci", ["train.steps=3", "mix.mixes=[{name: m, tokens: 5000, weights: {web: 1.0}}]",
+                              "train.mixes=null", "train.schedules=[]"])
+    for typed in (with_updates(load_config("ci"), {"train.steps": 3, "mix.mixes": mixes},
+                               {"train": {"mixes": None, "schedules": []}}),
+                  with_updates(load_config("ci"), updates_of(["train.steps=3", "train.mixes=null"]),
+                               {"mix": {"mixes": mixes}, "train.schedules": []})):
+        assert typed == text
+        assert all(Run(typed, "r").stage_hash(s) == Run(text, "r").stage_hash(s) for s in ("mix", "train"))
+    base = load_config("ci")
+    assert with_updates(base) == base and with_updates(base, {"ingest": {}}) == base
+    with pytest.raises(StudyError, match="unknown key `ingest.max_docs`.*max_documents"):
+        with_updates(base, {"ingest": {"max_docs": 3}})
+    with pytest.raises(StudyError, match="is a value, not a section"):
+        with_updates(base, {"mix.sources.web.path": "x"})
+    with pytest.raises(StudyError, match="ingest.max_documents"):
+        with_updates(base, {"ingest.max_documents": -1})
+    # one validation at the end: a mix named by train.mixes may arrive in a later update
+    cfg = with_updates(base, {"train.mixes": ["m"], "train.schedules": []}, {"mix.mixes": mixes})
+    assert cfg.train.mixes == ["m"]

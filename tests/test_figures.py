@@ -556,9 +556,9 @@ def test_partial_run_still_makes_the_other_figures(tmp_path, ci_config):
     run = _run(tmp_path, ci_config)
     ensure(run, "classify", _classify)
     result = paper.make(run, **QUIET)
-    assert {o["name"] for o in result["outputs"]} == {"classifier_confusion", "classifier_f1", "classifier_metrics",
+    assert {o.name for o in result.outputs} == {"classifier_confusion", "classifier_f1", "classifier_metrics",
                                                       "setup_text", "report"}  # the texts say what is there
-    assert any("`study evaluate --preset ci --run figs` first" in m for m in result["missing"])
+    assert any("`study evaluate --preset ci --run figs` first" in m for m in result.missing)
     assert (run.dir("figures") / "classifier_confusion.png").exists()
     assert (run.dir("figures") / "tables" / "classifier_metrics.tex").exists()
     # drawn, but the stage is not complete until every stage it reads is done

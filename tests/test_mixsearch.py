@@ -104,6 +104,22 @@ def _executions(results, runs: list[str]) -> dict[str, str | None]:
     return out
 
 
+def _check_bits_per_byte(path: str, results, state: dict):
+    """The first proxy's bits per byte: the trainer's loss over the bytes of exactly the tokens it measured.
+    Returns its config."""
+    spec = load_spec(path)[1]
+    runs = Runs("tiny", spec, [])
+    cfg = runs.config("p00", proxies_mod.mix_entry(state["proxies"][0]["weights"], spec.mix_tokens), 3)
+    tokens, nbytes = val_tokens_and_bytes(results / "tiny-p00", cfg)
+    _, y = DataLoader(str(results / "tiny-p00" / "mix" / "val" / "heldout_val_*.bin"), cfg.train.batch_size,
+                      cfg.train.seq_len, shuffle=False).next_batch()
+    text = gpt2().decode_bytes([t for t in y.ravel().tolist() if t != EOT])
+    assert (tokens, nbytes) == (y.size, len(text))
+    d = state["proxies"][0]["detail"]
+    assert d["bpb"] == pytest.approx(d["loss"] * tokens / (np.log(2) * nbytes))
+    return cfg
+
+
 def test_a_killed_search_resumes_with_the_missing_proxies_and_a_rerun_executes_nothing(tmp_path, web_sample,
                                                                                         monkeypatch):
     path = _spec(tmp_path, web_sample)
@@ -168,17 +184,7 @@ def test_a_killed_search_resumes_with_the_missing_proxies_and_a_rerun_executes_n
     for f in ("tables/mixsearch_proposal.tex", "tables/mixsearch_text.tex", "figures/mixsearch_proposed_weights.pdf"):
         assert (results / "tiny" / "paper" / f).stat().st_size > 0, f
 
-    # bits per byte: the trainer's loss over the bytes of exactly the tokens it measured
-    spec = load_spec(path)[1]
-    runs = Runs("tiny", spec, [])
-    cfg = runs.config("p00", proxies_mod.mix_entry(state["proxies"][0]["weights"], spec.mix_tokens), 3)
-    tokens, nbytes = val_tokens_and_bytes(results / "tiny-p00", cfg)
-    _, y = DataLoader(str(results / "tiny-p00" / "mix" / "val" / "heldout_val_*.bin"), cfg.train.batch_size,
-                      cfg.train.seq_len, shuffle=False).next_batch()
-    text = gpt2().decode_bytes([t for t in y.ravel().tolist() if t != EOT])
-    assert (tokens, nbytes) == (y.size, len(text))
-    d = state["proxies"][0]["detail"]
-    assert d["bpb"] == pytest.approx(d["loss"] * tokens / (np.log(2) * nbytes))
+    cfg = _check_bits_per_byte(path, results, state)
 
     # a finished search run again starts no stage and proposes the same weights
     started.clear()

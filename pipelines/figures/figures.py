@@ -30,10 +30,13 @@ from pipelines.data.documents import read_documents
 from pipelines.errors import StudyError
 from pipelines.figures import plots as F
 from pipelines.figures import tables as T
+from pipelines.figures.result import FiguresResult
+from pipelines.files import write_text_atomic
 from pipelines.llmc.tokenizer import gpt2
 from pipelines.runs import report as R
 from pipelines.runs.manifest import STAGES, Run, StageContext, file_sha256, git_state
 from pipelines.runs.readers import composition_table, removals_table
+from pipelines.runs.results import DocumentFile, read_result
 from pipelines.runs.trainlog import read_log
 
 PAPER_DIR = PROJECT_ROOT / "paper"
@@ -50,7 +53,7 @@ class Output:
 
 
 # ---------------------------------------------------------------------------------------------
-# reading a run's stages
+# reading a run's stages: their typed results (pipelines/runs/results.py read_result) and output files
 
 
 def colors(run: Run) -> dict[str, str]:
@@ -103,10 +106,10 @@ def decisions_or_none(run: Run) -> dict | None:
 
 
 def stage_boundaries(run: Run) -> dict[str, list[float]]:
-    """{schedule: training tokens where it switches to its next stage} from the train manifest
-    (`stage_boundaries`); {} when the run has no staged schedule."""
-    m = run.read_manifest("train") or {}
-    b = m.get("stage_boundaries") or {}
+    """{schedule: training tokens where it switches to its next stage} from the train result
+    (`stage_boundaries`); {} when the run has no staged schedule (or no train stage)."""
+    train = read_result(run, "train", missing_ok=True)
+    b = train.stage_boundaries if train is not None else {}
     if not isinstance(b, dict):  # a bare list: boundaries of no particular run
         b = {"": b}
     return {name: sorted(float(x) for x in xs) for name, xs in b.items() if xs}
@@ -115,9 +118,7 @@ def stage_boundaries(run: Run) -> dict[str, list[float]]:
 def train_logs(run: Run) -> dict:
     """{run folder (a mix, at another model size or seed <mix>-<model>-s<seed>) or schedule:
     trainlog.read_log(...)} of each run the train stage lists (a schedule's stages end to end)."""
-    m = run.read_manifest("train") or {}
-    folders = [o.get("dir", o["mix"]) for o in m.get("outputs", [])]
-    logs = {f: read_log(run.dir("train") / f) for f in folders}
+    logs = {o.folder: read_log(run.dir("train") / o.folder) for o in _train_outputs(run)}
     if not any(len(df) for df in logs.values()):
         raise StudyError(f"no main.log rows under {run.dir('train')}: rerun `study train --force`")
     return logs
@@ -126,8 +127,12 @@ def train_logs(run: Run) -> dict:
 def run_colors(run: Run) -> dict[str, str]:
     """colors(), and each run folder of the train stage in its mix's colour."""
     c = colors(run)
-    m = run.read_manifest("train") or {}
-    return {**c, **{o["dir"]: c[o["mix"]] for o in m.get("outputs", []) if o.get("dir") and o["mix"] in c}}
+    return {**c, **{o.dir: c[o.mix] for o in _train_outputs(run) if o.dir and o.mix in c}}
+
+
+def _train_outputs(run: Run) -> list:
+    train = read_result(run, "train", missing_ok=True)
+    return train.outputs if train is not None else []
 
 
 def classifier_metrics(run: Run) -> dict:
@@ -136,14 +141,16 @@ def classifier_metrics(run: Run) -> dict:
 
 def label_name(run: Run) -> str:
     """What the classifier's labels are, as an axis name (this run's LLM annotations, or labels already in
-    the data): from the classify manifest."""
-    return R.label_source(run.read_manifest("classify"), run.read_manifest("annotate"))["short"]
+    the data): from the classify result."""
+    return R.label_source(read_result(run, "classify", missing_ok=True),
+                          read_result(run, "annotate", missing_ok=True))["short"]
 
 
 def _documents(run: Run, stage: str):
-    m = run.read_manifest(stage) or {}
-    paths = [run.dir(stage) / o["path"] for o in m.get("outputs", [])
-             if o.get("split", "train") == "train" and ".jsonl" in o.get("path", "")]
+    """The training documents a stage lists (none: no documents, not an error)."""
+    result = read_result(run, stage, missing_ok=True)
+    paths = [run.dir(stage) / o.path for o in (result.outputs if result is not None else [])
+             if isinstance(o, DocumentFile) and (o.split or "train") == "train" and ".jsonl" in o.path]
     return read_documents(paths)
 
 
@@ -186,8 +193,8 @@ def _core_figure(run: Run, plot):
     return plot(t, colors=colors(run)) if (t["benchmark"] == "core").any() else None
 
 
-def _mix(run: Run) -> dict:
-    return run.read_manifest("mix")
+def _mix(run: Run):
+    return read_result(run, "mix")
 
 
 def _composition(run: Run):
@@ -199,8 +206,9 @@ def _removals(run: Run):
 
 
 def _filter_hist(run: Run):
-    m = run.read_manifest("filter")
-    return F.score_histograms(m["histograms"], int(m.get("classifier", {}).get("threshold", 3)))
+    flt = read_result(run, "filter")
+    threshold = flt.classifier.threshold
+    return F.score_histograms(flt.histograms.model_dump(), int(threshold if threshold is not None else 3))
 
 
 OUTPUTS: list[Output] = [
@@ -218,7 +226,7 @@ OUTPUTS: list[Output] = [
     Output("score_histograms", "figure", ("filter",), _filter_hist),
     Output("mix_composition", "figure", ("mix",), lambda r: F.mix_composition(_composition(r), colors(r))),
     Output("synthetic_audience_style", "figure", ("generate",),
-           lambda r: F.synthetic_audience_style(r.read_manifest("generate")["counts"]["per_cell"])),
+           lambda r: F.synthetic_audience_style(read_result(r, "generate").counts.per_cell)),
     Output("length_distributions", "figure", ("ingest", "generate"), _lengths_figure),
     Output("decontamination_removals", "figure", ("mix",), lambda r: F.decontamination_removals(_removals(r))),
     Output("decision_matrix", "figure", ("evaluate",), lambda r: F.decision_matrix(read_decisions(r))),
@@ -333,16 +341,15 @@ def write(res: Rendered, run: Run, out_dir: Path) -> list[dict]:
     for name, table in res.tables.items():
         paths = table.write(out_dir / "tables")
         outputs.append({"name": name, "kind": "table", "paths": [p.relative_to(out_dir).as_posix() for p in paths]})
-    (out_dir / "tables").mkdir(parents=True, exist_ok=True)
     for name, text in res.texts.items():
-        (out_dir / "tables" / f"{name}.tex").write_text(text)
+        write_text_atomic(out_dir / "tables" / f"{name}.tex", text)
         outputs.append({"name": name, "kind": "text", "paths": [f"tables/{name}.tex"]})
-    (out_dir / "tables" / "study.tex").write_text(macros(run, res))
+    write_text_atomic(out_dir / "tables" / "study.tex", macros(run, res))
     return outputs
 
 
-def draw(run: Run, out_dir: Path, log=print) -> dict:
-    """render() + write() into out_dir; -> the manifest fields. Fails only when nothing can be drawn."""
+def draw(run: Run, out_dir: Path, log=print) -> FiguresResult:
+    """render() + write() into out_dir; -> the stage's result. Fails only when nothing can be drawn."""
     res = render(run, log=log)
     outputs = write(res, run, out_dir)
     if not res.figures and not res.tables:  # the texts alone (a report of nothing) are not a paper
@@ -350,23 +357,24 @@ def draw(run: Run, out_dir: Path, log=print) -> dict:
                          "have yet:\n  " + "\n  ".join(res.missing))
     log(f"[figures] {len(res.figures)} figure(s), {len(res.tables)} table(s) -> {out_dir}"
         + (f"; {len(res.missing)} left out (see above)" if res.missing else ""))
-    return {"outputs": outputs, "missing": res.missing, "notes": res.notes, "read": res.read,
-            "counts": {"figures": len(res.figures), "tables": len(res.tables), "texts": len(res.texts),
-                       "missing": len(res.missing)}}
+    return FiguresResult(outputs=outputs, missing=res.missing, notes=res.notes, read=res.read,
+                         counts={"figures": len(res.figures), "tables": len(res.tables), "texts": len(res.texts),
+                                 "missing": len(res.missing)})
 
 
-def run(ctx: StageContext) -> dict:
+def run(ctx: StageContext) -> FiguresResult:
     """The stage: every input is done here (Run.execute checked)."""
     return draw(ctx.run, ctx.dir)
 
 
-def make(run: Run, force: bool = False, log=print) -> dict:
+def make(run: Run, force: bool = False, log=print) -> FiguresResult:
     """`study figures`: the stage when every input is done (skipped while up to date, unless force);
     otherwise every output whose stages are there, drawn into the stage folder without a manifest."""
     not_done = {s: run.state(s) for s in run.inputs("figures")}
     not_done = {s: st for s, st in not_done.items() if st.status != "done"}
     if not not_done:
-        return run.execute("figures", force=force, log=log)
+        run.execute("figures", force=force, log=log)
+        return read_result(run, "figures")
     log(f"[figures] partial run: {', '.join(f'`{s}` {st.status}' for s, st in not_done.items())}; drawing what "
         f"is there (the figures stage stays incomplete until every input is done)")
     d = run.dir("figures")

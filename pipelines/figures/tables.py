@@ -42,6 +42,7 @@ from pipelines.figures.plots import (
     with_core,
 )
 from pipelines.runs.report import Report
+from pipelines.runs.results import StageResult, as_result
 
 _SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
@@ -371,25 +372,26 @@ def classifier_metrics(metrics: Mapping, labels: str = "") -> Table:
                  to_latex(display, caption, "tab:classifier"))
 
 
-def mix_composition(manifest: Mapping) -> Table:
-    """Per mix (mix manifest): training tokens and documents, and per source its tokens and epochs (how
-    often the source's surviving documents were repeated); the CSV also has each source's share."""
-    sources = list(dict.fromkeys(s for m in manifest["mixes"] for s in m["per_source"]))
+def mix_composition(mix: StageResult | Mapping) -> Table:
+    """Per mix (the mix result, or its manifest): training tokens and documents, and per source its tokens
+    and epochs (how often the source's surviving documents were repeated); the CSV also has each source's
+    share."""
+    mixes = as_result("mix", mix).mixes
+    sources = list(dict.fromkeys(s for m in mixes for s in m.per_source))
     data, disp = [], []
-    for m in manifest["mixes"]:
-        d = {"mix": m["name"], "budget_tokens": m.get("budget_tokens"), "tokens": m["tokens"],
-             "documents": m["documents"]}
-        c = {"Mix": m["name"], "Tokens": human(m["tokens"]), "Documents": f"{m['documents']:,}"}
+    for m in mixes:
+        d = {"mix": m.name, "budget_tokens": m.budget_tokens, "tokens": m.tokens, "documents": m.documents}
+        c = {"Mix": m.name, "Tokens": human(m.tokens), "Documents": f"{m.documents:,}"}
         for s in sources:
-            v = m["per_source"].get(s)
+            v = m.per_source.get(s)
             if v is None:
                 d.update({f"{s}_tokens": 0, f"{s}_share": 0.0, f"{s}_epochs": 0.0})
                 c[s] = "—"
                 continue
-            share = v["tokens"] / m["tokens"] if m["tokens"] else 0.0
-            d.update({f"{s}_tokens": v["tokens"], f"{s}_share": round(share, 4), f"{s}_epochs": v["epochs"]})
+            share = v.tokens / m.tokens if m.tokens else 0.0
+            d.update({f"{s}_tokens": v.tokens, f"{s}_share": round(share, 4), f"{s}_epochs": v.epochs})
             # a streaming mix knows epochs only for a source it read to the end
-            c[s] = f"{human(v['tokens'])} ({v['epochs']:.2f} ep.)" if v["epochs"] is not None else human(v["tokens"])
+            c[s] = f"{human(v.tokens)} ({v.epochs:.2f} ep.)" if v.epochs is not None else human(v.tokens)
         data.append(d)
         disp.append(c)
     display = pd.DataFrame(disp, columns=["Mix", "Tokens", "Documents", *sources])

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -30,7 +29,7 @@ import numpy as np
 
 from pipelines.config import MixConfig
 from pipelines.data.benchmarks import local_path
-from pipelines.files import file_sha256
+from pipelines.files import atomic_path, file_sha256
 
 FORMAT = 2  # bump when the layout or what the key covers changes (2: the benchmark files' bytes)
 TOKENIZER = "gpt2"
@@ -93,18 +92,17 @@ def load(path: Path, k: str) -> Prepared:
 
 
 def save(root: Path, k: str, prep: Prepared, keep: list[str]) -> Path:
-    """Writes root/<key>/ whole or not at all (a temporary folder renamed at the end)."""
+    """Writes root/<key>/ whole or not at all (files.atomic_path: a temporary folder renamed at the end)."""
     final = root / k
-    tmp = root / f".{k}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    lengths = np.array([len(prep.tokens[d]) for d in keep], dtype=np.int64)
-    flat = np.concatenate([prep.tokens[d] for d in keep]) if keep else np.empty(0, dtype=np.uint16)
-    np.save(tmp / "tokens.npy", flat.astype(np.uint16), allow_pickle=False)
-    np.save(tmp / "lengths.npy", lengths, allow_pickle=False)
-    meta = {"format": FORMAT, "key": k, "too_short": prep.too_short, "signed_in_part": prep.signed_in_part,
-            "removed": [[d, reason, details] for d, (reason, details) in prep.removed.items()], "keep": keep}
-    (tmp / "prepared.json").write_text(json.dumps(meta, ensure_ascii=False))  # written last: marks it complete
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
+    with atomic_path(final) as tmp:
+        shutil.rmtree(tmp, ignore_errors=True)  # a killed run's
+        tmp.mkdir(parents=True)
+        lengths = np.array([len(prep.tokens[d]) for d in keep], dtype=np.int64)
+        flat = np.concatenate([prep.tokens[d] for d in keep]) if keep else np.empty(0, dtype=np.uint16)
+        np.save(tmp / "tokens.npy", flat.astype(np.uint16), allow_pickle=False)
+        np.save(tmp / "lengths.npy", lengths, allow_pickle=False)
+        meta = {"format": FORMAT, "key": k, "too_short": prep.too_short, "signed_in_part": prep.signed_in_part,
+                "removed": [[d, reason, details] for d, (reason, details) in prep.removed.items()], "keep": keep}
+        (tmp / "prepared.json").write_text(json.dumps(meta, ensure_ascii=False))  # written last: marks it complete
+        shutil.rmtree(final, ignore_errors=True)  # os.replace does not replace a folder that has files
     return final

@@ -62,6 +62,7 @@ from pipelines.config import MixConfig, config_hash
 from pipelines.data.documents import DropLog, batched, expand_paths
 from pipelines.data.pages import external_documents
 from pipelines.errors import StudyError
+from pipelines.files import atomic_open, file_sha256, write_json_atomic
 from pipelines.llmc.shards import ShardWriter
 from pipelines.llmc.tokenizer import encode_batch, encode_stream, gpt2
 from pipelines.mix.decontaminate import NgramIndex, _WordHasher
@@ -75,7 +76,7 @@ from pipelines.mix.plan import (
     source_record,
     stage_result,
 )
-from pipelines.runs.manifest import StageContext, file_sha256, write_json_atomic
+from pipelines.runs.manifest import StageContext
 from pipelines.runs.readers import stage_documents
 
 MEMO_WORDS = 1_000_000  # a worker's word-hash memo is cleared past this many words (the hashes are stable)
@@ -479,10 +480,8 @@ class _StreamingMix:
         for s in self.sources:
             s.save_hashes()
         name = f"buffer_{len(self.writer.shards):06d}.npy"
-        tmp = self.work / f".{name}.tmp"
-        with open(tmp, "wb") as f:
+        with atomic_open(self.work / name, "wb") as f:
             np.save(f, np.array([d.where for d in self.buffer], dtype=np.int64).reshape(-1, 3))
-        os.replace(tmp, self.work / name)
         write_json_atomic(self.progress_path, {
             "key": self.key, "done": False, "shards": self.writer.shards, "rng": self.rng.bit_generator.state,
             "buffer": name, "pending": list(pending.where), "sources": [s.state() for s in self.sources],

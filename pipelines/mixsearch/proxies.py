@@ -41,8 +41,10 @@ MIX = "mix"  # the one mix of every proxy run (one name: the same seeded documen
 
 
 def mix_entry(weights: dict[str, float], tokens: int, name: str = MIX) -> dict:
-    """A mix.mixes entry; sources with weight 0 are left out (a mix's weights must be positive)."""
-    return {"name": name, "tokens": int(tokens), "weights": {s: round(float(w), 6) for s, w in weights.items() if w > 0}}
+    """A mix.mixes entry; sources with weight 0 are left out (a mix's weights must be positive). Sources in
+    name order: the order the mix samples them in (the order the search's runs have always had)."""
+    return {"name": name, "tokens": int(tokens),
+            "weights": {s: round(float(w), 6) for s, w in sorted(weights.items()) if w > 0}}
 
 
 def last_stage(spec: MixSearchSpec) -> str:

@@ -12,7 +12,6 @@ Every file is written under a temporary name and renamed, so none is ever seen h
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import matplotlib
@@ -21,23 +20,21 @@ import pandas as pd
 from matplotlib.figure import Figure
 
 from pipelines.figures.plots import OKABE_ITO, STYLE
+from pipelines.files import atomic_path, write_text_atomic
 from pipelines.mixsearch.paper import write_paper
 from pipelines.mixsearch.spec import MixSearchSpec
 
 KIND_LABEL = {"lightgbm": "LightGBM", "linear": "linear"}
 
 
-def _replace(path: Path, write) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    write(tmp)
-    os.replace(tmp, path)
-    return path
-
-
 def save(fig: Figure, out: Path, name: str) -> list[str]:
-    out.mkdir(parents=True, exist_ok=True)
+    """out/<name>.pdf and .png, each written atomically (savefig picks the format from the suffix)."""
+    paths = [out / f"{name}.{ext}" for ext in ("pdf", "png")]
     with matplotlib.rc_context(STYLE):
-        return [str(_replace(out / f"{name}.{ext}", fig.savefig)) for ext in ("pdf", "png")]
+        for path in paths:
+            with atomic_path(path, keep_suffix=True) as tmp:
+                fig.savefig(tmp)
+    return [str(p) for p in paths]
 
 
 def proxies_table(state: dict) -> pd.DataFrame:
@@ -123,14 +120,17 @@ def proposed_weights(state: dict) -> Figure:
 
 def write_outputs(out: Path, state: dict, spec: MixSearchSpec) -> dict:
     label = spec.target.label
-    table = _replace(out / "proxies.csv", lambda p: proxies_table(state).to_csv(p, index=False))
+    table = out / "proxies.csv"
+    with atomic_path(table, keep_suffix=True) as tmp:
+        proxies_table(state).to_csv(tmp, index=False)
     figs = {}
     for name, fig in (("predicted_vs_actual", predicted_vs_actual(state, label)),
                       ("target_vs_weights", target_vs_weights(state, label)),
                       ("proposed_weights", proposed_weights(state))):
         figs[name] = save(fig, out / "figures", name)
     paper = write_paper(out, state, spec, figs)
-    report = _replace(out / "report.md", lambda p: p.write_text(markdown(state, spec)))
+    report = out / "report.md"
+    write_text_atomic(report, markdown(state, spec))
     return {"table": str(table), "figures": figs, "report": str(report), "paper": paper}
 
 

@@ -67,18 +67,37 @@ def run_search(path: str | Path, extra: list[str] | tuple[str, ...] = (), jobs: 
 
 
 def _search(name: str, spec: MixSearchSpec, runs: Runs, out: Path, jobs: int, t0: float) -> dict:
-    n, S = spec.proxies, spec.sources
-    names = runs.names(n)
+    n = spec.proxies
     old = _read_state(out)
     state = {"search": name, "spec": spec.model_dump(mode="json", by_alias=True), "stages": runs.stages,
              "proxy": {"model": spec.proxy.model, "tokens": runs.proxy_tokens, "steps": runs.steps,
                        "mix_tokens": spec.mix_tokens}}
+    prior, upper, avail = _census(spec, runs, n, state)
+    W = _proxy_weights(spec, prior, upper, avail, runs.names(n), state)
+    _write_state(out, state, t0)
+    _train_proxies(spec, runs, W, jobs, out, state, t0)
+    X, y = W, np.array([p["target"] for p in state["proxies"]])
+    state["regression"] = _fitted(spec, state, old, X, y, prior, upper)
+    _write_state(out, state, t0)
+    state["validation"] = _validate(spec, runs, n, state["regression"], X, y, prior, avail)
+    _write_state(out, state, t0)
 
-    # 1. census
-    print(f"[mixsearch] {name}: census of {', '.join(S)} in run {names['census']}")
+    # 6. table, figures, report
+    state["outputs"] = write_outputs(out, state, spec)
+    _write_state(out, state, t0)
+    print(f"[mixsearch] report -> {out / 'report.md'}; paper tables and figures -> {out / 'paper'}")
+    _closing(state, spec)
+    return state
+
+
+def _census(spec: MixSearchSpec, runs: Runs, n: int, state: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """1. the census run: tokens per source after dedup and decontamination -> (prior, largest weights,
+    available tokens), each (S,); state["sources"] and state["prior_within_caps"]."""
+    S, run = spec.sources, runs.names(n)["census"]
+    print(f"[mixsearch] {state['search']}: census of {', '.join(S)} in run {run}")
     census_mix = mix_entry(dict.fromkeys(S, 1.0), spec.mix_tokens, "census")
     runs.execute("census", census_mix, n, runs.census_stages)
-    available = available_tokens(runs.config("census", census_mix, n), names["census"], S)
+    available = available_tokens(runs.config("census", census_mix, n), run, S)
     prior = _prior(spec, available)
     upper = upper_bounds(S, spec.caps, available, spec.target_tokens)
     avail = np.array([available[s] for s in S], dtype=float)
@@ -91,17 +110,27 @@ def _search(name: str, spec: MixSearchSpec, runs: Runs, out: Path, jobs: int, t0
     if not prior_ok:
         print(f"[mixsearch] the prior {_weights(spec, prior)} breaks a cap (largest weights {_weights(spec, upper)}); "
               f"it is still trained as the reference")
+    return prior, upper, avail
 
-    # 2. the proxies' weights (the first n of a seeded stream: more proxies keep the ones there are)
-    W = sample(prior, upper, n, spec.seed, temperature=spec.temperature, strength=spec.strength, minimum=spec.minimum)
+
+def _proxy_weights(spec: MixSearchSpec, prior: np.ndarray, upper: np.ndarray, avail: np.ndarray,
+                   names: dict[str, str], state: dict) -> np.ndarray:
+    """2. the proxies' weights (N, S): the first N of a seeded stream (more proxies keep the ones there are);
+    state["proxies"], their targets still None."""
+    W = sample(prior, upper, spec.proxies, spec.seed, temperature=spec.temperature, strength=spec.strength,
+               minimum=spec.minimum)
+    state["proxies"] = [{"run": names[f"p{i:02d}"], "weights": _weights(spec, w),
+                         "epochs_at_target": _weights(spec, epochs_at(w, avail, spec.target_tokens)), "target": None}
+                        for i, w in enumerate(W)]
+    return W
+
+
+def _train_proxies(spec: MixSearchSpec, runs: Runs, W: np.ndarray, jobs: int, out: Path, state: dict,
+                   t0: float) -> None:
+    """3. the proxies: each run executes only what is not done (`jobs` at a time); each one's target
+    into state["proxies"], the state rewritten after each."""
+    n, proxies = len(W), state["proxies"]
     mixes = [mix_entry(_weights(spec, w), spec.mix_tokens) for w in W]
-    proxies = [{"run": names[f"p{i:02d}"], "weights": _weights(spec, w),
-                "epochs_at_target": _weights(spec, epochs_at(w, avail, spec.target_tokens)), "target": None}
-               for i, w in enumerate(W)]
-    state["proxies"] = proxies
-    _write_state(out, state, t0)
-
-    # 3. the proxies: each run executes only what is not done
     roles = [f"p{i:02d}" for i in range(n)]
 
     def record(i: int) -> None:
@@ -122,25 +151,29 @@ def _search(name: str, spec: MixSearchSpec, runs: Runs, out: Path, jobs: int, t0
             runs.execute(roles[i], mixes[i], n)
             record(i)
 
-    # 4. regression, search, bootstrap (refitted only when the proxies' targets or the spec changed)
-    X, y = W, np.array([p["target"] for p in proxies])
+
+def _fitted(spec: MixSearchSpec, state: dict, old: dict, X: np.ndarray, y: np.ndarray, prior: np.ndarray,
+            upper: np.ndarray) -> dict:
+    """4. regression, search, bootstrap: the earlier fit when the proxies' targets and the spec are unchanged."""
     spec_fit = {k: v for k, v in state["spec"].items() if k != "jobs"}  # how many at a time changes no target
     key = config_hash({"spec": spec_fit, "X": X.round(6).tolist(), "y": y.round(10).tolist(),
                        "upper": upper.round(8).tolist(), "prior": prior.round(8).tolist()})
     fitted = old.get("regression") if old.get("regression", {}).get("key") == key else None
-    state["regression"] = fitted or _regression(spec, X, y, prior, upper, key)
-    reg = state["regression"]
+    reg = fitted or _regression(spec, X, y, prior, upper, key)
     print(f"[mixsearch] held-out rank correlation ({spec.regression.folds}-fold Spearman): "
           + ", ".join(f"{k} {_fmt(reg['models'][k]['spearman'])}" for k in regress.KINDS))
     prop = reg["proposal"]
     print(f"[mixsearch] proposed ({reg['propose_with']}): "
-          + ", ".join(f"{s} {prop['weights'][s]:.3f} [{prop['low'][s]:.3f}, {prop['high'][s]:.3f}]" for s in S))
-    _write_state(out, state, t0)
+          + ", ".join(f"{s} {prop['weights'][s]:.3f} [{prop['low'][s]:.3f}, {prop['high'][s]:.3f}]" for s in spec.sources))
+    return reg
 
-    # 5. the proposed and the prior mix, trained: predicted vs actual
-    state["validation"] = {}
+
+def _validate(spec: MixSearchSpec, runs: Runs, n: int, reg: dict, X: np.ndarray, y: np.ndarray, prior: np.ndarray,
+              avail: np.ndarray) -> dict:
+    """5. the proposed and the prior mix, trained: predicted vs actual (state["validation"])."""
+    S, names, out = spec.sources, runs.names(n), {}
     model = None
-    for role, on, w in (("proposed", spec.validate_runs.proposed, np.array([prop["weights"][s] for s in S])),
+    for role, on, w in (("proposed", spec.validate_runs.proposed, np.array([reg["proposal"]["weights"][s] for s in S])),
                         ("prior", spec.validate_runs.prior, prior)):
         if not on:
             continue
@@ -152,19 +185,12 @@ def _search(name: str, spec: MixSearchSpec, runs: Runs, out: Path, jobs: int, t0
         print(f"[mixsearch] {role} mix {mix['weights']}: predicted {predicted:.4f} (run {names[role]})")
         runs.execute(role, mix, n)
         actual, detail = target_of(runs.config(role, mix, n), names[role], spec)
-        state["validation"][role] = {"run": names[role], "weights": _weights(spec, w), "predicted": predicted,
-                                     "actual": actual, "detail": detail,
-                                     "epochs_at_target": _weights(spec, epochs_at(w, avail, spec.target_tokens)),
-                                     "scale": "proxy" if not spec.validate_runs.set else "validate.set"}
+        out[role] = {"run": names[role], "weights": _weights(spec, w), "predicted": predicted,
+                     "actual": actual, "detail": detail,
+                     "epochs_at_target": _weights(spec, epochs_at(w, avail, spec.target_tokens)),
+                     "scale": "proxy" if not spec.validate_runs.set else "validate.set"}
         print(f"[mixsearch] {role}: predicted {predicted:.4f}, actual {actual:.4f}")
-    _write_state(out, state, t0)
-
-    # 6. table, figures, report
-    state["outputs"] = write_outputs(out, state, spec)
-    _write_state(out, state, t0)
-    print(f"[mixsearch] report -> {out / 'report.md'}; paper tables and figures -> {out / 'paper'}")
-    _closing(state, spec)
-    return state
+    return out
 
 
 def _closing(state: dict, spec: MixSearchSpec) -> None:

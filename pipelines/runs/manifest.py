@@ -1,15 +1,16 @@
-"""Runs, stages and their manifests (the ID cards of DESIGN.md).
+"""Runs, stages and their manifests (the ID cards of docs/design.md).
 
 results/<run>/<stage>/ holds a stage's outputs and, written last and atomically, manifest.json:
 stage, resolved config, config hash, input manifests (path + sha256), outputs with counts,
-timings, package versions, git commit, status. A stage is
+timings, package versions, git commit, status, and the stage's typed result (its fields: what the
+stage's run() returns, the type named in STAGES; pipelines/runs/results.py reads it back). A stage is
 
 - done:       manifest complete, config hash equal, every input manifest unchanged and done;
 - stale:      a manifest exists but the config or an upstream stage changed;
 - incomplete: outputs without a manifest (killed, or running now);
 - missing:    nothing there.
 
-A little over 400 lines as one thing: the registry, the states and `execute` decide together when a
+Under 500 lines as one thing: the registry, the states and `execute` decide together when a
 stage runs, and what it may delete.
 """
 
@@ -58,7 +59,7 @@ class StageSpec:
     def load(self) -> Callable[["StageContext"], Any]:
         return _function(self.runner)
 
-    def load_result(self) -> type[BaseModel]:
+    def load_result(self) -> type:  # a pipelines.runs.results.StageResult
         return _function(self.result)
 
 
@@ -301,9 +302,10 @@ class Run:
             raise StudyError(f"refusing to delete {d}: it is not inside this run's folder {self.root}")
         shutil.rmtree(d)
 
-    def execute(self, stage: str, fn: Callable[[StageContext], dict] | None = None, force: bool = False,
+    def execute(self, stage: str, fn: Callable[[StageContext], Any] | None = None, force: bool = False,
                 log: Callable[[str], None] = print) -> dict:
         """Run `fn` for `stage` unless it is done; write its manifest last. Returns the manifest.
+        `fn` (default: the stage's runner) returns the stage's typed result, or a dict of its fields.
 
         A non-resumable stage starts from an empty folder; a resumable one keeps what is there
         (its function must skip work already written). A second process on the same run and stage
@@ -322,7 +324,7 @@ class Run:
 
     def _execute(self, stage: str, fn: Callable[[StageContext], Any] | None, force: bool,
                  log: Callable[[str], None]) -> dict:
-        """skip a done stage; share one done elsewhere; else check its inputs, empty its folder, run it and
+        """Skip a done stage; share one done elsewhere; else check its inputs, empty its folder, run it and
         write its manifest."""
         st = self.state(stage)
         if st.status == "done" and not force:

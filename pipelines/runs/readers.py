@@ -1,7 +1,8 @@
-"""Typed readers of what a stage wrote, for the stages after it, the notebooks and the paper.
+"""Readers of what a stage wrote, for the stages after it, the notebooks and the paper.
 
-A stage reads another stage's outputs only through its manifest; these functions are that reading
-in one place (documents of a stage, the mix tables), so no caller walks raw manifest dicts.
+A stage reads another stage's outputs only through its typed result (pipelines/runs/results.py
+read_result); these functions are that reading in one place (documents of a stage, the mix tables,
+the annotation, filter and evaluation tables). Each takes the stage's result, or its manifest as a dict.
 """
 
 from __future__ import annotations
@@ -13,65 +14,62 @@ import pandas as pd
 from pipelines.data.documents import read_documents
 from pipelines.errors import StudyError
 from pipelines.runs.manifest import Run
+from pipelines.runs.results import DocumentFile, StageResult, as_result, read_result
 
 
 def stage_documents(run: Run, stage: str, split: str = "train") -> Iterator[dict]:
-    """Documents a stage wrote: its manifest's .jsonl(.gz) outputs of `split` (or with no split)."""
-    m = run.read_manifest(stage)
-    if m is None:
-        raise StudyError(f"stage `{stage}` has no manifest in {run.root}: run `study {stage}` first")
-    paths = [run.dir(stage) / o["path"] for o in m.get("outputs", [])
-             if o.get("split", split) == split and ".jsonl" in o["path"]]
+    """Documents a stage wrote: its result's .jsonl(.gz) outputs of `split` (or with no split)."""
+    paths = [run.dir(stage) / o.path for o in read_result(run, stage).outputs
+             if isinstance(o, DocumentFile) and (o.split or split) == split and ".jsonl" in o.path]
     if not paths:
         raise StudyError(f"stage `{stage}` lists no document outputs of split {split!r} in its manifest")
     return read_documents(paths)
 
 
-
-def composition_table(manifest: dict):
-    """Tidy table of a mix manifest: one row per (mix, source) with tokens, documents and epochs."""
-    rows = [{"mix": m["name"], "source": s, "weight": v["weight"], "tokens": v["tokens"],
-             "documents": v["documents"], "unique_documents": v["unique_documents"], "epochs": v["epochs"]}
-            for m in manifest["mixes"] for s, v in m["per_source"].items()]
+def composition_table(mix: StageResult | dict) -> pd.DataFrame:
+    """Tidy table of a mix result: one row per (mix, source) with tokens, documents and epochs."""
+    rows = [{"mix": m.name, "source": s, "weight": v.weight, "tokens": v.tokens, "documents": v.documents,
+             "unique_documents": v.unique_documents, "epochs": v.epochs}
+            for m in as_result("mix", mix).mixes for s, v in m.per_source.items()]
     return pd.DataFrame(rows)
 
 
-
-def removals_table(manifest: dict):
+def removals_table(mix: StageResult | dict) -> pd.DataFrame:
     """One row per source: documents read, exact / near duplicates, contaminated per benchmark, kept.
     A streaming mix has no near-duplicate pass (near_duplicate None in its manifest): 0 removed."""
+    mix = as_result("mix", mix)
     rows = []
-    for name, s in manifest["sources"].items():
-        row = {"source": name, "documents_in": s["documents_in"], "exact_duplicate": s["exact_duplicate"],
-               "near_duplicate": s["near_duplicate"] or 0}
-        row.update({f"contaminated_{b}": s["contaminated"].get(b, 0)
-                    for b in manifest["decontamination"]["benchmarks"]})
-        row.update({"documents_kept": s["documents_kept"], "tokens_kept": s["tokens_kept"]})
+    for name, s in mix.sources.items():
+        row = {"source": name, "documents_in": s.documents_in, "exact_duplicate": s.exact_duplicate,
+               "near_duplicate": s.near_duplicate or 0}
+        row.update({f"contaminated_{b}": s.contaminated.get(b, 0) for b in mix.decontamination.benchmarks})
+        row.update({"documents_kept": s.documents_kept, "tokens_kept": s.tokens_kept})
         rows.append(row)
     return pd.DataFrame(rows)
 
 
-def label_distribution(annotate_manifest: dict) -> pd.Series:
+def label_distribution(annotate: StageResult | dict) -> pd.Series:
     """Pages per int_score of an annotate stage (pages whose answer parsed)."""
-    return pd.Series(annotate_manifest["counts"]["label_distribution"], name="pages").rename_axis("int_score")
+    dist = as_result("annotate", annotate).counts.label_distribution
+    return pd.Series(dist, name="pages").rename_axis("int_score")
 
 
-def kept_per_source(filter_manifest: dict) -> pd.DataFrame:
+def kept_per_source(filtered: StageResult | dict) -> pd.DataFrame:
     """Pages scored and kept by the filter stage, per source."""
-    counts = filter_manifest["counts"]
-    return pd.DataFrame({"scored": counts["scored_per_source"], "kept": counts["kept_per_source"]}).fillna(0).astype(int)
+    counts = as_result("filter", filtered).counts
+    return pd.DataFrame({"scored": counts.scored_per_source, "kept": counts.kept_per_source}).fillna(0).astype(int)
 
 
-def eval_table(evaluate_manifest: dict) -> pd.DataFrame:
+def eval_table(evaluate: StageResult | dict) -> pd.DataFrame:
     """The evaluate stage's rows, as in results/<run>/evaluate/table.csv."""
-    return pd.DataFrame(evaluate_manifest["table"])
+    return pd.DataFrame(as_result("evaluate", evaluate).table)
 
 
-def eval_speed(evaluate_manifest: dict) -> pd.DataFrame:
+def eval_speed(evaluate: StageResult | dict) -> pd.DataFrame:
     """Items per second of each evaluated model (loading excluded); a nested suite (CORE: {items,
     seconds, items_per_s}) becomes columns of its own (core_items, core_seconds, ...)."""
     rows = {}
-    for model, speed in evaluate_manifest["speed"].items():
+    for model, speed in as_result("evaluate", evaluate).speed.items():
         flat = {}
         for key, value in speed.items():
             if isinstance(value, dict):

@@ -1,8 +1,9 @@
 """The run report: one page on what a run is and what a researcher must know before reading its results.
 
 `study report RUN` prints it and writes results/<run>/report.md; notebook 07 and the paper's appendix
-start with it (the figures stage renders it as LaTeX). It reads only what the stages wrote (manifests,
-train logs, evaluate/decisions.json or table.csv), so it works on a partial run and on a copied one.
+start with it (the figures stage renders it as LaTeX). It reads only what the stages wrote (their typed
+results, pipelines/runs/results.py read_result; train logs, evaluate/decisions.json or table.csv), so it
+works on a partial run and on a copied one.
 
   facts    what the run is: preset, data, sources and their tokens, which labels trained the classifier,
            the generator / annotator / trained / reference models
@@ -23,7 +24,9 @@ import pandas as pd
 
 from pipelines.config import load_config
 from pipelines.errors import StudyError
+from pipelines.files import write_text_atomic
 from pipelines.runs.manifest import STAGES, Run, check_run_name
+from pipelines.runs.results import DataSet, GitState, StageResult, as_result, read_result
 from pipelines.runs.trainlog import read_log
 
 REPORT_FILE = "report.md"
@@ -87,69 +90,60 @@ def open_run(name: str, results_dir: str | Path | None = None, overrides: list[s
     return Run(load_config(str(saved), [*overrides, f"results_dir={results}"]), name)
 
 
-def _manifest(run: Run, stage: str) -> dict | None:
-    """A stage's manifest when it finished (done or stale), else None."""
-    m = run.read_manifest(stage)
-    return m if m and m.get("status") == "complete" else None
-
-
 def _n(x) -> str:
     return f"{x:,}" if isinstance(x, int) else f"{x:,.0f}" if isinstance(x, float) else str(x)
 
 
-def _data_text(desc: dict | None) -> str:
+def _data_text(desc: DataSet | None) -> str:
     if not desc:
         return "?"
-    if desc.get("kind") == "hub":
-        return f"the hub ({'/'.join(str(desc[k]) for k in ('dataset', 'config') if desc.get(k)) or 'hub'})"
-    if desc.get("kind") == "embedded":
-        return f"the repository's embedded data ({desc.get('path')})"
-    return f"a local path ({desc.get('path')})"
+    if desc.kind == "hub":
+        return f"the hub ({'/'.join(str(x) for x in (desc.dataset, desc.config) if x) or 'hub'})"
+    if desc.kind == "embedded":
+        return f"the repository's embedded data ({desc.path})"
+    return f"a local path ({desc.path})"
 
 
 # ---------------------------------------------------------------------------------------------
 # which labels trained the classifier
 
 
-def label_source(classify: dict | None, annotate: dict | None = None) -> dict:
+def label_source(classify: StageResult | dict | None, annotate: StageResult | dict | None = None) -> dict:
     """{used: annotate | sample | hub | path | none, short (an axis name), text (a sentence), fields}
-    from the classify manifest (its label_source record: where the labels came from and, with a fallback,
-    why) and the annotate manifest (its annotators)."""
+    from the classify result (its label_source record: where the labels came from and, with a fallback,
+    why) and the annotate result (its annotators)."""
     if not classify:
         return {"used": "none", "short": "labels", "text": "no classifier was trained", "fields": []}
-    ls = classify.get("label_source") or {}
-    fields = [f.get("field", "?") for f in ls.get("fields") or []]
-    if not fields:  # manifests written before fields were recorded: the config's
-        fields = [f["field"] for f in (classify.get("config", {}).get("classifier", {}).get("label_fields") or [])]
-    choice = ls.get("choice") or {}
-    where = str(ls.get("from") or "")
-    annotators = [a.get("model") or a.get("name") for a in (annotate or {}).get("annotators", [])]
+    cls = as_result("classify", classify)
+    ls, fields = cls.label_source, cls.label_fields
+    where = str(ls.from_ or "")
+    annotators = [a.label for a in as_result("annotate", annotate).annotators] if annotate else []
     named = "; ".join(dict.fromkeys(KNOWN_FIELDS.get(f, f) for f in fields))
-    if where.startswith("stage") and "annotate" in where or choice.get("used") == "annotate":
+    if where.startswith("stage") and "annotate" in where or ls.choice.used == "annotate":
         who = ", ".join(annotators) or "the annotate stage's LLM"
         out = {"used": "annotate", "short": "LLM annotation",
-               "text": f"this run's LLM annotations ({who}; {_n(ls.get('labelled', 0))} labelled pages)"}
+               "text": f"this run's LLM annotations ({who}; {_n(ls.labelled)} labelled pages)"}
     else:
         kind = ("sample" if where in ("embedded", "") or "web_sample" in where or "web_pages" in where
                 else "hub" if where.startswith("hub") else "path")
         src = {"sample": "the embedded sample", "hub": where, "path": where}[kind]
         out = {"used": kind, "short": f"{'sample' if kind == 'sample' else 'existing'} labels: "
                                       + ", ".join(f.split(".")[-1] for f in fields),
-               "text": f"labels already in {src}: {named} ({_n(ls.get('labelled', 0))} labelled pages), "
+               "text": f"labels already in {src}: {named} ({_n(ls.labelled)} labelled pages), "
                        f"not LLM annotations of this run"}
-    if choice.get("used") == "fallback":
-        out["text"] += f"; the fallback, because {choice.get('why')}"
+    if ls.choice.used == "fallback":
+        out["text"] += f"; the fallback, because {ls.choice.why}"
     return {**out, "fields": fields}
 
 
 # ---------------------------------------------------------------------------------------------
-# facts
+# facts: one function per stage, each from that stage's result
 
 
-def _facts(run: Run, rep: Report, ms: dict[str, dict | None]) -> None:
+def _run_facts(run: Run, rep: Report, rs: dict[str, StageResult | None]) -> None:
     cfg = run.config
-    git = next((m.get("git") for m in ms.values() if m and m.get("git")), {}) or {}
-    commit = (git.get("commit") or "unknown")[:12] + (" (dirty)" if git.get("dirty") else "")
+    git = next((r.record.git for r in rs.values() if r is not None and r.record.git is not None), GitState())
+    commit = (git.commit or "unknown")[:12] + (" (dirty)" if git.dirty else "")
     rep.facts.append(("run", f"`{run.name}` from preset `{cfg.preset}`"
                       + (f" ({cfg.description})" if cfg.description else "") + f", commit {commit}"))
     states = {s: run.state(s).status for s in STAGES}
@@ -159,122 +153,137 @@ def _facts(run: Run, rep: Report, ms: dict[str, dict | None]) -> None:
     other = [f"{s} {states[s]}" for s in used if states[s] != "done"]
     rep.facts.append(("stages", f"{len(done)} done ({', '.join(done) or 'none'})"
                       + (f"; {', '.join(other)}" if other else "")))
-    if ing := ms.get("ingest"):
-        c = ing.get("counts", {})
-        rep.info["pages"] = {"documents": c.get("documents", 0), "train": c.get("train_documents", 0),
-                             "val": c.get("val_documents", 0), "from": _data_text((ing.get("data") or {}).get("pages"))}
-        rep.facts.append(("web pages", f"{_n(c.get('documents', 0))} pages ({_n(c.get('train_documents', 0))} train, "
-                          f"{_n(c.get('val_documents', 0))} held out) from {_data_text((ing.get('data') or {}).get('pages'))}"))
-    if gen := ms.get("generate"):
-        g = gen.get("generator", {})
-        models = ", ".join(g.get("models", {})) or "?"
-        c = gen.get("counts", {})
-        rep.info["generator"] = {"models": list(g.get("models", {})), "backend": g.get("backend"),
-                                 "documents": c.get("documents", 0), "tokens": c.get("tokens", 0)}
-        rep.facts.append(("synthetic text", f"{_n(c.get('documents', 0))} documents, {_n(c.get('tokens', 0))} "
-                          f"generator tokens, written by {models} ({g.get('backend', '?')} backend)"))
-    if ann := ms.get("annotate"):
-        c = ann.get("counts", {})
-        who = ", ".join(f"{a.get('model') or a.get('name')}" for a in ann.get("annotators", [])) or "?"
-        rate = c.get("parse_failure_rate")
-        rep.info["annotation"] = {"annotators": [a.get("model") or a.get("name") for a in ann.get("annotators", [])],
-                                  "pages": c.get("pages", 0), "parse_failure_rate": rate,
-                                  "label_from": c.get("label_from"),
-                                  "extract_chars": ann.get("config", {}).get("annotate", {}).get("extract_chars")}
-        rep.facts.append(("annotation", f"{_n(c.get('pages', 0))} pages scored by {who}"
-                          + (f"; {rate:.0%} of answers did not parse" if rate is not None else "")))
-    if cls := ms.get("classify"):
-        rep.facts.append(("classifier labels", rep.labels["text"]))
-        metrics = cls.get("metrics", {})
-        ccfg = cls.get("config", {}).get("classifier", {})
-        rep.info["classifier"] = {"kinds": ccfg.get("kinds", []), "threshold": ccfg.get("threshold"),
-                                  "train": cls.get("counts", {}).get("train", 0),
-                                  "validation": cls.get("counts", {}).get("validation", 0)}
-        parts = [f"{k}: validation F1 {v['validation']['binary']['f1']:.2f} at int_score ≥ "
-                 f"{v['validation']['binary'].get('threshold', '?')}"
-                 for k, v in metrics.items() if isinstance(v, dict) and "binary" in v.get("validation", {})]
-        if parts:
-            rep.facts.append(("classifier", f"{', '.join(cls.get('config', {}).get('classifier', {}).get('kinds', []))}"
-                              f" on {_n(cls.get('counts', {}).get('train', 0))} train / "
-                              f"{_n(cls.get('counts', {}).get('validation', 0))} validation pages; " + "; ".join(parts)))
-    if flt := ms.get("filter"):
-        c = flt.get("counts", {})
-        rep.facts.append(("filter", f"kept {_n(c.get('documents', 0))} of {_n(c.get('scored', 0))} pages "
-                          f"({c.get('keep_rate', 0):.1%}) with {flt.get('classifier', {}).get('kind', '?')} "
-                          f"int_score ≥ {flt.get('classifier', {}).get('threshold', '?')}"))
-    if mix := ms.get("mix"):
-        rep.info["mixes"] = {m["name"]: {"tokens": m["tokens"], "budget": m.get("budget_tokens", m["tokens"])}
-                             for m in mix.get("mixes", [])}
-        srcs = "; ".join(f"{name} ({s.get('stage') or s.get('dataset') or s.get('path')}): "
-                         f"{_n(s.get('documents_kept', 0))} documents, {_n(s.get('tokens_kept', 0))} tokens"
-                         for name, s in mix.get("sources", {}).items())
-        rep.facts.append(("sources (after dedup and decontamination)", srcs))
-        rep.facts.append(("mixes", "; ".join(
-            f"{m['name']}: {_n(m['tokens'])} tokens (budget {_n(m.get('budget_tokens', m['tokens']))}) = "
-            + " + ".join(f"{_n(v['tokens'])} {s}" for s, v in m["per_source"].items()) for m in mix.get("mixes", []))))
-    if tr := ms.get("train"):
-        runs = tr.get("runs", {})
-        params = sorted({r.get("parameters") for r in runs.values() if r.get("parameters")})
-        outs = tr.get("outputs", [])
-        tokens = sorted({int(o["tokens"]) for o in outs if o.get("tokens") is not None})
-        rep.info["train"] = {"models": list(cfg.train.run_models), "parameters": params, "backend": cfg.train.backend,
-                             "seeds": list(cfg.train.run_seeds), "tokens": tokens, "runs": len(outs)}
-        rep.facts.append(("trained models", f"{len(outs)} run(s), GPT-2 {', '.join(cfg.train.run_models)} "
-                          f"({', '.join(f'{p / 1e6:.1f}M' for p in params)} parameters), {cfg.train.backend} backend, "
-                          f"seeds {', '.join(map(str, cfg.train.run_seeds))}; "
-                          f"{' / '.join(_n(t) for t in tokens) or '?'} training tokens per run"))
-    if ev := ms.get("evaluate"):
-        items = ev.get("counts", {}).get("items", {})
-        refs = [m.name for m in cfg.evaluate.models]
-        suites = [f"{b} {_n(n)} items" for b, n in items.items()]
-        if "core" in cfg.evaluate.benchmarks:  # DCLM's CORE: tasks as configured, the first `limit` items of each
-            core = cfg.evaluate.core
-            suites.append(f"CORE {core.version} ({len(core.tasks) if core.tasks else 'all available'} tasks, "
-                          f"{f'the first {core.limit} items' if core.limit else 'every item'} of each)")
-        rep.facts.append(("evaluation", ", ".join(suites)
-                          + f"; reference models: {', '.join(refs) or 'none'}"
-                          + f"; benchmarks from {_data_text((ev.get('data') or {}).get('benchmarks'))}"))
+
+
+def _ingest_facts(run: Run, rep: Report, ing) -> None:
+    c, pages = ing.counts, _data_text(ing.record.data.get("pages"))
+    rep.info["pages"] = {"documents": c.documents, "train": c.train_documents, "val": c.val_documents,
+                         "from": pages}
+    rep.facts.append(("web pages", f"{_n(c.documents)} pages ({_n(c.train_documents)} train, "
+                      f"{_n(c.val_documents)} held out) from {pages}"))
+
+
+def _generate_facts(run: Run, rep: Report, gen) -> None:
+    g, c = gen.generator, gen.counts
+    rep.info["generator"] = {"models": list(g.models), "backend": g.backend, "documents": c.documents,
+                             "tokens": c.tokens}
+    rep.facts.append(("synthetic text", f"{_n(c.documents)} documents, {_n(c.tokens)} generator tokens, written "
+                      f"by {', '.join(g.models) or '?'} ({g.backend or '?'} backend)"))
+
+
+def _annotate_facts(run: Run, rep: Report, ann) -> None:
+    c, names = ann.counts, [a.label for a in ann.annotators]
+    rate = c.parse_failure_rate
+    rep.info["annotation"] = {"annotators": names, "pages": c.pages, "parse_failure_rate": rate,
+                              "label_from": c.label_from, "extract_chars": ann.extract_chars}
+    rep.facts.append(("annotation", f"{_n(c.pages)} pages scored by {', '.join(f'{n}' for n in names) or '?'}"
+                      + (f"; {rate:.0%} of answers did not parse" if rate is not None else "")))
+
+
+def _classify_facts(run: Run, rep: Report, cls) -> None:
+    rep.facts.append(("classifier labels", rep.labels["text"]))
+    c = cls.counts
+    rep.info["classifier"] = {"kinds": cls.kinds, "threshold": cls.threshold, "train": c.train,
+                              "validation": c.validation}
+    parts = [f"{k}: validation F1 {b.f1:.2f} at int_score ≥ {b.threshold if b.threshold is not None else '?'}"
+             for k, v in cls.metrics.items() if (b := v.validation.binary) is not None]
+    if parts:
+        rep.facts.append(("classifier", f"{', '.join(cls.kinds)} on {_n(c.train)} train / {_n(c.validation)} "
+                          f"validation pages; " + "; ".join(parts)))
+
+
+def _filter_facts(run: Run, rep: Report, flt) -> None:
+    c, used = flt.counts, flt.classifier
+    threshold = used.threshold if used.threshold is not None else "?"
+    rep.facts.append(("filter", f"kept {_n(c.documents)} of {_n(c.scored)} pages ({c.keep_rate or 0:.1%}) with "
+                      f"{used.kind or '?'} int_score ≥ {threshold}"))
+
+
+def _mix_facts(run: Run, rep: Report, mix) -> None:
+    rep.info["mixes"] = {m.name: {"tokens": m.tokens, "budget": m.budget} for m in mix.mixes}
+    srcs = "; ".join(f"{name} ({s.origin}): {_n(s.documents_kept)} documents, {_n(s.tokens_kept)} tokens"
+                     for name, s in mix.sources.items())
+    rep.facts.append(("sources (after dedup and decontamination)", srcs))
+    rep.facts.append(("mixes", "; ".join(
+        f"{m.name}: {_n(m.tokens)} tokens (budget {_n(m.budget)}) = "
+        + " + ".join(f"{_n(v.tokens)} {s}" for s, v in m.per_source.items()) for m in mix.mixes)))
+
+
+def _train_facts(run: Run, rep: Report, tr) -> None:
+    cfg = run.config.train
+    params = sorted({r.parameters for r in tr.runs.values() if r.parameters})
+    tokens = sorted({int(o.tokens) for o in tr.outputs if o.tokens is not None})
+    rep.info["train"] = {"models": list(cfg.run_models), "parameters": params, "backend": cfg.backend,
+                         "seeds": list(cfg.run_seeds), "tokens": tokens, "runs": len(tr.outputs)}
+    rep.facts.append(("trained models", f"{len(tr.outputs)} run(s), GPT-2 {', '.join(cfg.run_models)} "
+                      f"({', '.join(f'{p / 1e6:.1f}M' for p in params)} parameters), {cfg.backend} backend, "
+                      f"seeds {', '.join(map(str, cfg.run_seeds))}; "
+                      f"{' / '.join(_n(t) for t in tokens) or '?'} training tokens per run"))
+
+
+def _evaluate_facts(run: Run, rep: Report, ev) -> None:
+    cfg = run.config.evaluate
+    suites = [f"{b} {_n(n)} items" for b, n in ev.counts.items.items()]
+    if "core" in cfg.benchmarks:  # DCLM's CORE: tasks as configured, the first `limit` items of each
+        core = cfg.core
+        suites.append(f"CORE {core.version} ({len(core.tasks) if core.tasks else 'all available'} tasks, "
+                      f"{f'the first {core.limit} items' if core.limit else 'every item'} of each)")
+    rep.facts.append(("evaluation", ", ".join(suites)
+                      + f"; reference models: {', '.join(m.name for m in cfg.models) or 'none'}"
+                      + f"; benchmarks from {_data_text(ev.record.data.get('benchmarks'))}"))
+
+
+STAGE_FACTS = {"ingest": _ingest_facts, "generate": _generate_facts, "annotate": _annotate_facts,
+               "classify": _classify_facts, "filter": _filter_facts, "mix": _mix_facts, "train": _train_facts,
+               "evaluate": _evaluate_facts}  # in the report's order
+
+
+def _facts(run: Run, rep: Report, rs: dict[str, StageResult | None]) -> None:
+    _run_facts(run, rep, rs)
+    for stage, facts in STAGE_FACTS.items():
+        if rs.get(stage) is not None:
+            facts(run, rep, rs[stage])
 
 
 # ---------------------------------------------------------------------------------------------
 # flags
 
 
-def _trained_tokens(train: dict | None) -> dict[str, int]:
+def _trained_tokens(train) -> dict[str, int]:
     """{mix: most tokens any plain (not scheduled) run trained on it}."""
     out: dict[str, int] = {}
-    for o in (train or {}).get("outputs", []):
-        if not o.get("schedule"):
-            out[o["mix"]] = max(out.get(o["mix"], 0), int(o.get("tokens") or 0))
+    for o in train.outputs if train is not None else []:
+        if not o.schedule:
+            out[o.mix] = max(out.get(o.mix, 0), int(o.tokens or 0))
     return out
 
 
-def _repeated(mix: dict, train: dict | None) -> list[Flag]:
+def _repeated(mix, train) -> list[Flag]:
     trained = _trained_tokens(train)
     flags = []
-    for m in mix.get("mixes", []):
-        for s, v in m["per_source"].items():
-            ep = v.get("epochs")
+    for m in mix.mixes:
+        for s, v in m.per_source.items():
+            ep = v.epochs
             if ep is None or ep <= 1.0:
                 continue
-            msg = (f"source `{s}` is repeated {ep:.1f} times in mix `{m['name']}` (its "
-                   f"{_n(v.get('unique_documents', 0))} unique documents, {_n(v.get('available_tokens', 0))} tokens, "
-                   f"fill {_n(v['tokens'])} tokens of the mix)")
-            if m["name"] in trained and m["tokens"]:
-                passes = ep * trained[m["name"]] / m["tokens"]
-                msg += f"; training reads {_n(trained[m['name']])} of the mix's tokens: about {passes:.1f} passes"
+            msg = (f"source `{s}` is repeated {ep:.1f} times in mix `{m.name}` (its "
+                   f"{_n(v.unique_documents)} unique documents, {_n(v.available_tokens)} tokens, "
+                   f"fill {_n(v.tokens)} tokens of the mix)")
+            if m.name in trained and m.tokens:
+                passes = ep * trained[m.name] / m.tokens
+                msg += f"; training reads {_n(trained[m.name])} of the mix's tokens: about {passes:.1f} passes"
             flags.append(Flag("repeated_source", "repeated source", round(ep, 2), msg))
     return flags
 
 
-def _under_budget(mix: dict, train: dict) -> list[Flag]:
-    budgets = {m["name"]: m.get("budget_tokens", m["tokens"]) for m in mix.get("mixes", [])}
+def _under_budget(mix, train) -> list[Flag]:
+    budgets = {m.name: m.budget for m in mix.mixes}
     groups: dict[tuple[int, int], list[str]] = {}
-    for o in train.get("outputs", []):
-        b = budgets.get(o["mix"])
-        if o.get("schedule") or not b or o.get("tokens") is None or o["tokens"] >= b:
+    for o in train.outputs:
+        b = budgets.get(o.mix)
+        if o.schedule or not b or o.tokens is None or o.tokens >= b:
             continue
-        groups.setdefault((int(o["tokens"]), int(b)), []).append(o.get("dir", o["mix"]))
+        groups.setdefault((int(o.tokens), int(b)), []).append(o.folder)
     return [Flag("under_budget", "trained below the mix budget", round(t / b, 3),
                  f"{len(names)} run(s) ({', '.join(names[:6])}{' ...' if len(names) > 6 else ''}) trained on "
                  f"{_n(t)} tokens, {t / b:.0%} of their mix's {_n(b)}-token budget: the mix tables describe data "
@@ -282,20 +291,19 @@ def _under_budget(mix: dict, train: dict) -> list[Flag]:
             for (t, b), names in groups.items()]
 
 
-def _parse_failures(annotate: dict) -> list[Flag]:
-    c = annotate.get("counts", {})
-    if c.get("label_from") and c.get("unlabelled_rate") is not None:  # annotate.scoring: labels without the text
-        then = (f"the labels come from the {c['label_from']} instead ({1 - c['unlabelled_rate']:.0%} of pages "
-                f"labelled)")
+def _parse_failures(annotate) -> list[Flag]:
+    c = annotate.counts
+    if c.label_from and c.unlabelled_rate is not None:  # annotate.scoring: labels without the text
+        then = f"the labels come from the {c.label_from} instead ({1 - c.unlabelled_rate:.0%} of pages labelled)"
     else:
         then = "those pages carry no label"
     flags = []
-    for a in annotate.get("annotators", []):
-        rate = a.get("parse_failure_rate")
+    for a in annotate.annotators:
+        rate = a.parse_failure_rate
         if rate is not None and rate > PARSE_FAILURE_MAX:
-            n = (a.get("parsed") or 0) + (a.get("failed") or 0)
+            n = (a.parsed or 0) + (a.failed or 0)
             flags.append(Flag("parse_failures", "annotation parse failures", round(rate, 3),
-                              f"{rate:.0%} of {_n(n)} answers of {a.get('model') or a.get('name')} did not parse "
+                              f"{rate:.0%} of {_n(n)} answers of {a.label} did not parse "
                               f"(no final score line): {then}"))
     return flags
 
@@ -319,10 +327,10 @@ def val_loss_rising(df: pd.DataFrame) -> dict | None:
     return None
 
 
-def _val_rising(run: Run, train: dict) -> list[Flag]:
+def _val_rising(run: Run, train) -> list[Flag]:
     flags = []
-    for o in train.get("outputs", []):
-        name = o.get("dir", o["mix"])
+    for o in train.outputs:
+        name = o.folder
         try:
             r = val_loss_rising(read_log(run.dir("train") / name))
         except (OSError, StudyError):
@@ -335,9 +343,8 @@ def _val_rising(run: Run, train: dict) -> list[Flag]:
     return flags
 
 
-def _small_classes(classify: dict) -> list[Flag]:
-    labels = classify.get("labels", {})
-    every, val = labels.get("all", {}), labels.get("validation", {})
+def _small_classes(classify) -> list[Flag]:
+    every, val = classify.labels.all, classify.labels.validation
     small = {k: n for k, n in every.items() if n < MIN_CLASS_PAGES}
     if not small:
         return []
@@ -404,23 +411,23 @@ def _within_ci(run: Run) -> list[Flag]:
     return []
 
 
-def _flags(run: Run, rep: Report, ms: dict[str, dict | None]) -> None:
+def _flags(run: Run, rep: Report, rs: dict[str, StageResult | None]) -> None:
     """Each check runs when its stages finished; one that cannot read what it needs says so (not_checked)."""
-    mix, train = ms.get("mix"), ms.get("train")
-    checks = [("repeated sources (mix)", bool(mix), lambda: _repeated(mix, train)),
-              ("trained tokens against the budget (mix, train)", bool(mix and train), lambda: _under_budget(mix, train)),
-              ("annotation parse failures (annotate)", bool(ms.get("annotate")),
-               lambda: _parse_failures(ms["annotate"])),
-              ("validation loss (train)", bool(train), lambda: _val_rising(run, train)),
-              ("classifier classes (classify)", bool(ms.get("classify")), lambda: _small_classes(ms["classify"])),
-              ("differences within CIs (evaluate)", bool(ms.get("evaluate")), lambda: _within_ci(run))]
+    mix, train, annotate, classify = rs.get("mix"), rs.get("train"), rs.get("annotate"), rs.get("classify")
+    checks = [("repeated sources (mix)", mix is not None, lambda: _repeated(mix, train)),
+              ("trained tokens against the budget (mix, train)", mix is not None and train is not None,
+               lambda: _under_budget(mix, train)),
+              ("annotation parse failures (annotate)", annotate is not None, lambda: _parse_failures(annotate)),
+              ("validation loss (train)", train is not None, lambda: _val_rising(run, train)),
+              ("classifier classes (classify)", classify is not None, lambda: _small_classes(classify)),
+              ("differences within CIs (evaluate)", rs.get("evaluate") is not None, lambda: _within_ci(run))]
     for what, ready, check in checks:
         if not ready:
             rep.not_checked.append(what)
             continue
         try:
             rep.flags += check()
-        except (KeyError, TypeError, ValueError, OSError) as e:  # a manifest of another shape or version
+        except (KeyError, TypeError, ValueError, OSError) as e:  # a file of another shape or version
             rep.not_checked.append(f"{what}: unreadable ({type(e).__name__}: {e})")
 
 
@@ -428,12 +435,26 @@ def _flags(run: Run, rep: Report, ms: dict[str, dict | None]) -> None:
 # the report
 
 
+def _results(run: Run, rep: Report) -> dict[str, StageResult | None]:
+    """{stage: its result} of the finished stages (done or stale); a manifest that does not read as its
+    stage's result is left out, and said so."""
+    out = {}
+    for stage in STAGES:
+        try:
+            out[stage] = read_result(run, stage, missing_ok=True)
+        except StudyError as e:
+            out[stage] = None
+            rep.not_checked.append(f"stage {stage}: {e}")
+    return out
+
+
 def build(run: Run) -> Report:
-    """The report of a run from its manifests and outputs (finished stages only; stale ones as they are)."""
-    ms = {s: _manifest(run, s) for s in STAGES}
-    rep = Report(run.name, labels=label_source(ms.get("classify"), ms.get("annotate")))
-    _facts(run, rep, ms)
-    _flags(run, rep, ms)
+    """The report of a run from its stages' results and outputs (finished stages only; stale ones as they are)."""
+    rep = Report(run.name)
+    rs = _results(run, rep)
+    rep.labels = label_source(rs.get("classify"), rs.get("annotate"))
+    _facts(run, rep, rs)
+    _flags(run, rep, rs)
     return rep
 
 
@@ -441,5 +462,5 @@ def write(run: Run) -> tuple[Report, Path]:
     """build() and write it to results/<run>/report.md."""
     rep = build(run)
     path = run.root / REPORT_FILE
-    path.write_text(rep.markdown())
+    write_text_atomic(path, rep.markdown())
     return rep, path

@@ -91,13 +91,11 @@ class Record(Model):
     data: dict[str, DataSet] = {}  # what = "pages", "labels", "benchmarks", "source <name>", ...
     timings: Timings = Timings()
     versions: dict[str, str] = {}
-    git: GitState = GitState()
+    git: GitState | None = None
     argv: list[str] = []
 
 
 RECORD_FIELDS = frozenset(Record.model_fields)
-BEFORE_RESULT = ("stage", "run", "status", "execution", "preset", "config", "config_hash", "derived", "inputs",
-                 "data")  # then the result's fields, then timings, versions, git, argv
 
 
 # ---------------------------------------------------------------------------------------------
@@ -105,11 +103,10 @@ BEFORE_RESULT = ("stage", "run", "status", "execution", "preset", "config", "con
 
 
 class StageResult(Model):
-    """What every stage returns: its outputs (files relative to its folder) and counts. Each stage's
-    subclass narrows both and adds its own fields."""
+    """What a stage returns. Each stage's subclass declares its fields in the order its manifest has
+    them, `outputs` (files relative to its folder) and `counts` among them (pydantic keeps a base class's
+    fields first, so they are not declared here)."""
 
-    outputs: list[Any] = []
-    counts: Any = None
     _record: Record | None = PrivateAttr(None)
 
     @property
@@ -118,17 +115,55 @@ class StageResult(Model):
         that was never written)."""
         return self._record if self._record is not None else Record()
 
+    @classmethod
+    def of(cls, obj: "StageResult | dict") -> "StageResult":
+        """`obj` as this type: a result of it as it is; a dict of its fields validated, through JSON as the
+        manifest stores it (tuples become lists, int keys strings). Anything else: a TypeError."""
+        if isinstance(obj, cls):
+            return obj
+        if not isinstance(obj, dict):
+            raise TypeError(f"a stage returns a {cls.__name__} or a dict of its fields, not {type(obj).__name__}")
+        try:
+            return cls.model_validate(json.loads(json.dumps(obj, default=str)))
+        except ValidationError as e:
+            raise TypeError(f"not a {cls.__module__}.{cls.__name__}: {e}") from None
+
     def fields(self) -> dict:
         """The manifest's fields of this result: the keys the stage set, as JSON values."""
         return self.model_dump(mode="json", exclude_unset=True)
 
 
-class Output(Model):
-    """A file a stage wrote, relative to its folder; `split` train / val where the stage splits."""
+# the output files most stages list (paths relative to the stage folder)
+
+
+class DocumentFile(Model):
+    """A .jsonl.gz of documents (pipelines/data/documents.py ShardedWriter); split: train / val where the
+    stage splits (no split: every reader's split)."""
 
     split: str | None = None
     path: str = ""
     documents: int = 0
+    chars: int = 0
+
+
+class TokenShard(Model):
+    """An llm.c token shard (pipelines/llmc/shards.py ShardWriter)."""
+
+    split: str | None = None
+    path: str = ""
+    tokens: int = 0
+    documents: int = 0
+
+
+class LengthSummary(Model):
+    """min, p10, p50, p90, max and mean of lengths (pipelines/synthetic/prompts.py length_summary; none: {})."""
+
+    min: Number = 0
+    p10: Number = 0
+    p50: Number = 0
+    p90: Number = 0
+    max: Number = 0
+    mean: Number = 0
 
 
 def result_type(stage: str) -> type[StageResult]:
@@ -136,20 +171,17 @@ def result_type(stage: str) -> type[StageResult]:
 
 
 def as_result(stage: str, obj: StageResult | dict) -> StageResult:
-    """`obj` as the stage's result type: a result as it is; a dict (what run() returned, or a whole
-    manifest: its record goes to `.record`) validated, through JSON as the manifest stores it."""
-    cls = result_type(stage)
-    if isinstance(obj, cls):
-        return obj
+    """`obj` as the stage's result type: a result as it is; a dict of its fields, or a whole manifest
+    (its record goes to `.record`), validated (StageResult.of)."""
     if not isinstance(obj, dict):
-        raise TypeError(f"[{stage}] a result is a {cls.__name__} or a dict, not {type(obj).__name__}")
-    plain = json.loads(json.dumps(obj, default=str))  # tuples -> lists, int keys -> str: what the manifest holds
-    record = {k: v for k, v in plain.items() if k in RECORD_FIELDS}
-    try:
-        result = cls.model_validate({k: v for k, v in plain.items() if k not in RECORD_FIELDS})
-        result._record = Record.model_validate(record) if record else None
-    except ValidationError as e:
-        raise TypeError(f"[{stage}] not a {cls.__module__}.{cls.__name__}: {e}") from None
+        return result_type(stage).of(obj)
+    result = result_type(stage).of({k: v for k, v in obj.items() if k not in RECORD_FIELDS})
+    record = {k: v for k, v in obj.items() if k in RECORD_FIELDS}
+    if record:
+        try:
+            result._record = Record.model_validate(json.loads(json.dumps(record, default=str)))
+        except ValidationError as e:
+            raise TypeError(f"not a manifest's record: {e}") from None
     return result
 
 
