@@ -14,8 +14,8 @@ typed, with its record on `.record`; a missing stage is an error naming the comm
 Types are strict (a string is not a number, a float not an int) and closed (extra="forbid"): a stage
 that returns a field its type does not describe fails, the manifest is not written. A field a manifest
 may lack (one written before the field existed, or a test's small fake) has the default the readers
-used to fall back on. `Open` is for the few records that are open-ended by nature (a trainer's
-summary, throughput bags).
+used to fall back on. Open-ended by nature, and typed as such: throughput and speed counters and the
+evaluation table's rows (dict[str, Any]), and the data-set descriptions of the record (`Open`).
 """
 
 from __future__ import annotations
@@ -34,10 +34,11 @@ Number = int | float
 
 
 class Model(BaseModel):
-    """Strict, closed, and dumped as JSON with NaN / inf kept as they are (json writes them as NaN)."""
+    """Strict, closed (also when a field is assigned later), and dumped as JSON with NaN / inf kept as they
+    are (json writes them as NaN)."""
 
-    model_config = ConfigDict(strict=True, extra="forbid", ser_json_inf_nan="constants", validate_by_name=True,
-                              validate_by_alias=True, serialize_by_alias=True)
+    model_config = ConfigDict(strict=True, extra="forbid", validate_assignment=True, ser_json_inf_nan="constants",
+                              validate_by_name=True, validate_by_alias=True, serialize_by_alias=True)
 
 
 class Open(Model):
